@@ -1,0 +1,99 @@
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.config import ConfigError, Params
+
+
+def test_defaults_and_files_load():
+    default = config.load()
+    assert default.name == "default" and default.data.source == "synthetic"
+    paper = config.load("paper")
+    assert (paper.train.epochs, paper.train.batch_size, paper.train.optimizer) == (150, 32, "adamw")
+    assert (paper.train.learning_rate, paper.train.min_learning_rate, paper.train.weight_decay) == (1e-3, 1e-5, 1e-5)
+    assert (paper.audio.n_mels, paper.audio.n_fft, paper.audio.hop_length) == (256, 2048, 1024)
+    assert paper.model.channels == (64, 128, 128, 128)
+
+
+def test_overrides_are_typed():
+    p = config.load(None, ["train.epochs=3", "audio.n_mels=128", "train.learning_rate=2e-3",
+                           "model.channels=[8, 16, 16, 16]", "audio.fmax_hz=null",
+                           "augment.specaugment.positions=input,block2", "train.deterministic=true"])
+    assert p.train.epochs == 3 and isinstance(p.train.epochs, int)
+    assert p.audio.n_mels == 128
+    assert p.train.learning_rate == pytest.approx(2e-3) and isinstance(p.train.learning_rate, float)
+    assert p.model.channels == (8, 16, 16, 16)
+    assert p.augment.specaugment.positions == ("input", "block2")
+    assert p.train.deterministic is True
+    # frozen
+    with pytest.raises(Exception):
+        p.train.epochs = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=0", ["train.epochs", "minimum 1"]),
+    ("train.epochs=abc", ["train.epochs", "integer"]),
+    ("train.epochs=2.5", ["train.epochs", "integer"]),
+    ("train.learning_rate=-1", ["train.learning_rate", "greater than 0"]),
+    ("train.optimizer=lamb", ["train.optimizer", "adamw"]),
+    ("trian.epochs=3", ["trian", "allowed"]),
+    ("train.epoch=3", ["train.epoch", "epochs"]),
+    ("audio.window=boxcar", ["audio.window", "hann", "hamming"]),
+    ("audio.center=maybe", ["audio.center", "true or false"]),
+    ("audio.fmax_hz=30000", ["audio.fmax_hz", "Nyquist"]),
+    ("audio.fmin_hz=9000", None),
+    ("audio.win_length=4096", ["audio.win_length", "n_fft"]),
+    ("model.channels=[64, -1, 8, 8]", ["model.channels", "positive integers"]),
+    ("model.channels=[64, 64]", ["model.channels", "4 blocks"]),
+    ("augment.specaugment.positions=[input, block9]", ["positions", "block9", "block4"]),
+    ("augment.specaugment.mode=xx", ["augment.specaugment.mode", "mm"]),
+    ("augment.tta.chunk_copies=100", ["chunk_copies", "n_copies"]),
+    ("train.min_learning_rate=1", ["train.min_learning_rate", "learning_rate"]),
+    ("seed=-3", ["seed", "minimum"]),
+    ("train=3", ["train", "mapping"]),
+    ("noequals", ["key=value"]),
+])
+def test_every_validation_error_names_the_key(override, words):
+    if override == "audio.fmin_hz=9000":
+        override, words = "audio.fmax_hz=8000", ["audio.fmin_hz"]
+        with pytest.raises(ConfigError) as err:
+            config.load(None, [override, "audio.fmin_hz=9000"])
+    else:
+        with pytest.raises(ConfigError) as err:
+            config.load(None, [override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(listy)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump({"train": {"epochs": 2, "momentum": 0.9}}))
+    with pytest.raises(ConfigError, match=r"train\.momentum"):
+        config.load(unknown)
+
+
+def test_flat_roundtrip_and_fingerprint():
+    p = config.load()
+    flat = p.flat()
+    assert flat["train.epochs"] == p.train.epochs
+    assert flat["model.channels"] == "64,128,128,128"
+    assert config.from_dict(yaml.safe_load(p.to_yaml())) == p
+    q = p.replace(**{"compress.target_sparsity": "0.7"})
+    assert q.fingerprint("train", "model") == p.fingerprint("train", "model")
+    assert q.fingerprint() != p.fingerprint()
+
+
+def test_describe_lists_every_key():
+    keys = [row[0] for row in config.describe()]
+    assert "train.epochs" in keys and "augment.specaugment.mode" in keys
+    assert len(keys) == len(Params().flat())

@@ -1,0 +1,131 @@
+"""tf.data input: decoding values, fallbacks, shapes, dtypes and seeded order."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import tensorflow as tf
+
+from pipeline import data as tau
+from pipeline import inputs
+from pipeline.config import AudioParams, DataParams
+from tests.tau_fixture import tone, write_tau
+
+AUDIO = AudioParams()
+DATA = DataParams()
+
+
+def _one(tmp_path, name, x, rate, subtype):
+    path = tmp_path / name
+    sf.write(path, x, rate, subtype=subtype)
+    info = tau.read_wav_header(path)
+    code = inputs._format_code(info.encoding, info.bits)
+    return inputs.load_clip(tf.constant(str(path)), tf.constant(code), tf.constant(info.sample_rate, tf.int64),
+                            target_rate=44100, clip_samples=44100).numpy()
+
+
+@pytest.mark.parametrize("subtype, scale", [("PCM_16", 2 ** 15), ("PCM_24", 2 ** 23), ("PCM_32", 2 ** 31)])
+def test_pcm_decoding_matches_written_samples(tmp_path, subtype, scale):
+    rng = np.random.default_rng(1)
+    ints = rng.integers(-scale, scale, size=44100)
+    x = ints / scale  # exactly representable at this bit depth
+    got = _one(tmp_path, "x.wav", x, 44100, subtype)
+    # soundfile writes the integers themselves; decoding must give them back / scale
+    written, _ = sf.read(tmp_path / "x.wav", dtype="int32")
+    expected = written.astype(np.float64) / 2 ** 31
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+    np.testing.assert_allclose(got, x, atol=1.0 / scale)
+
+
+def test_float_wav_and_nonfinite_error_names_file(tmp_path):
+    x = tone()
+    np.testing.assert_allclose(_one(tmp_path, "f.wav", x, 44100, "FLOAT"), x, atol=1e-7)
+    x[100] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="nan.wav"):
+        _one(tmp_path, "nan.wav", x, 44100, "FLOAT")
+    x[100] = np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="non-finite"):
+        _one(tmp_path, "inf.wav", x, 44100, "FLOAT")
+
+
+def test_stereo_is_downmixed_short_padded_long_cropped(tmp_path):
+    st = tone(channels=2)
+    got = _one(tmp_path, "st.wav", st, 44100, "FLOAT")
+    np.testing.assert_allclose(got, st.mean(axis=1), atol=1e-7)
+    short = tone(seconds=0.25)
+    got = _one(tmp_path, "short.wav", short, 44100, "FLOAT")
+    np.testing.assert_allclose(got[: short.size], short, atol=1e-7)
+    assert np.all(got[short.size:] == 0) and got.shape == (44100,)
+    long = tone(seconds=1.7, freq=300)
+    np.testing.assert_allclose(_one(tmp_path, "long.wav", long, 44100, "FLOAT"), long[:44100], atol=1e-7)
+
+
+def test_48k_is_resampled(tmp_path):
+    x = tone(rate=48000, freq=1000.0, amp=0.5)
+    got = _one(tmp_path, "r.wav", x, 48000, "PCM_24")
+    assert got.shape == (44100,)
+    # the 1 kHz tone survives resampling: peak of the spectrum at 1 kHz, level preserved
+    spec = np.abs(np.fft.rfft(got[2000:42000] * np.hanning(40000)))
+    peak_hz = np.argmax(spec) * 44100 / 40000
+    assert abs(peak_hz - 1000) < 3
+    assert abs(np.sqrt(np.mean(got[2000:42000] ** 2)) - 0.5 / np.sqrt(2)) < 0.02
+
+
+@pytest.fixture()
+def index(tmp_path):
+    write_tau(tmp_path / "tau", subtype="PCM_24")
+    return tau.read_index(tmp_path / "tau"), tmp_path / "tau"
+
+
+def test_eval_dataset_order_shapes_dtypes(index):
+    idx, root = index
+    ev = idx[idx.split == "evaluate"].reset_index(drop=True)
+    ds = inputs.eval_dataset(ev, root, AUDIO, DATA, batch_size=8)
+    assert ds.element_spec[0].shape.as_list() == [None, 44100]
+    assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.int32
+    waves, labels = zip(*ds.as_numpy_iterator())
+    waves, labels = np.concatenate(waves), np.concatenate(labels)
+    assert waves.shape == (len(ev), 44100)
+    np.testing.assert_array_equal(labels, ev.label.to_numpy())
+    first, _ = sf.read(root / ev.filename[0], dtype="float64")
+    np.testing.assert_allclose(waves[0], first, atol=2 ** -23)
+
+
+def _epochs(ds):
+    return [labels.tolist() for _, labels in ds.as_numpy_iterator()]
+
+
+def test_train_order_is_seeded_reshuffled_and_resumable(index):
+    idx, root = index
+    tr = idx[idx.split == "train"].reset_index(drop=True)
+    ds, steps = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=0, epochs=3)
+    assert steps == int(np.ceil(len(tr) / 8))
+    batches = _epochs(ds)
+    assert len(batches) == 3 * steps
+    epoch = [sum(batches[e * steps:(e + 1) * steps], []) for e in range(3)]
+    assert all(sorted(e) == sorted(tr.label.tolist()) for e in epoch)  # each epoch: every clip once
+    assert epoch[0] != epoch[1]  # reshuffled
+    again, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=0, epochs=3)
+    assert _epochs(again) == batches  # same seed, same order
+    resumed, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=2, epochs=3)
+    assert _epochs(resumed) == batches[2 * steps:]  # resume sees what the full run saw
+    other, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=4, start_epoch=0, epochs=1)
+    assert _epochs(other) != batches[:steps]
+
+
+def test_memory_cache_gives_the_same_batches(index):
+    idx, root = index
+    tr = idx[idx.split == "train"].reset_index(drop=True)
+    plain, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=0, epochs=2)
+    cached, _ = inputs.train_dataset(tr, root, AUDIO, DataParams(cache="memory"), batch_size=8, seed=3,
+                                     start_epoch=0, epochs=2)
+    for (wa, la), (wb, lb) in zip(plain.as_numpy_iterator(), cached.as_numpy_iterator()):
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_representative_waveforms(index):
+    idx, root = index
+    reps = inputs.representative_waveforms(idx[idx.split == "train"], root, AUDIO, n=5, seed=0)
+    assert reps.shape == (5, 44100) and reps.dtype == np.float32
+    assert isinstance(idx, pd.DataFrame)
