@@ -4,6 +4,10 @@
 stage      reads                                       writes (under ``workdir``)
 =========  ==========================================  ======================================
 prepare    the dataset (``data.source``)               prepare/index.csv, summary.json/.csv
+train      prepare/                                    train/model.keras, best.keras,
+                                                       history.json, curves.png, checkpoints/
+evaluate   prepare/, train/model.keras                 evaluate/metrics.json, per_device.csv,
+                                                       per_class.csv, predictions*.csv, plots
 =========  ==========================================  ======================================
 
 Every stage runs inside its own nested MLflow run (:func:`run_stages` opens the parent),
@@ -16,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import data as tau
@@ -27,7 +33,7 @@ from pipeline.config import Params
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("prepare",)
+STAGES = ("prepare", "train", "evaluate")
 
 
 class StageError(RuntimeError):
@@ -118,9 +124,280 @@ def load_prepared(workdir: Path) -> tuple[pd.DataFrame, Path, str]:
     return index, Path(marker["root"]), marker["fingerprint"]
 
 
+# --------------------------------------------------------------------------- train
+
+TRAIN_SECTIONS = ("seed", "audio", "data", "model", "augment", "train")
+
+
+def train_fingerprint(params: Params) -> str:
+    """What the trained model depends on (TTA settings excluded: they only affect evaluation)."""
+    tree = params.to_dict()
+    tree["augment"].pop("tta")
+    tree = {k: tree[k] for k in TRAIN_SECTIONS}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train(params: Params, workdir: Path) -> dict:
+    """Train on fold1_train, validate each epoch on fold1_evaluate; resumable.
+
+    Returns:
+      ``{"model": path, "best": path, "history": dict, "run_id": str}``.
+    """
+    import mlflow
+
+    from evaluate import complexity, plots
+    from models import asc
+    from pipeline import inputs, training
+
+    index, root, data_fp = load_prepared(workdir)
+    out = workdir / "train"
+    files.clear_marker(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = train_fingerprint(params)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if state.get("fingerprint") not in (None, fp) or state.get("data_fingerprint") not in (None, data_fp):
+        logger.info("train: settings or data changed since the last checkpoint; starting afresh")
+        for stale in ("checkpoints", "history.json", "best.keras"):
+            target = out / stale
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    files.write_json(state_path, {"fingerprint": fp, "data_fingerprint": data_fp,
+                                  "run_id": mlflow.active_run().info.run_id})
+
+    training.seed_everything(params.seed, params.train.deterministic)
+    tr = index[index.split == "train"].reset_index(drop=True)
+    ev = index[index.split == "evaluate"].reset_index(drop=True)
+    if params.data.max_train_clips:
+        tr = tr.sample(n=min(len(tr), params.data.max_train_clips), random_state=params.seed).reset_index(drop=True)
+    if params.data.max_eval_clips:
+        ev = ev.sample(n=min(len(ev), params.data.max_eval_clips), random_state=params.seed).reset_index(drop=True)
+    if len(ev) == 0:
+        raise StageError("the evaluate split is empty: nothing to validate on")
+
+    strategy = training.strategy_for(params.train)
+    steps = int(np.ceil(len(tr) / params.train.batch_size))
+    with strategy.scope():
+        model = asc.build_model(params)
+        optimizer = training.make_optimizer(params.train, steps)
+        training.compile_model(model, optimizer)
+    cost = complexity.keras_complexity(asc.get_classifier(model))
+    mlflow.log_metrics({"model_params": cost["params"], "model_trainable_params": cost["trainable_params"],
+                        "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]})
+    logger.info("model %s: %d parameters, %.2f M MACs per clip", params.model.name, cost["params"],
+                cost["macs"] / 1e6)
+
+    manager = training.CheckpointManager(out / "checkpoints", model, optimizer)
+    # Build the optimizer's slots before restoring, so every saved object has its match.
+    optimizer.build(model.trainable_variables)
+    start = manager.restore()
+    history, best_val = training.load_history(out / "history.json")
+    history = training.trim_history(history, start)
+    if start:
+        logger.info("train: resuming at epoch %d of %d", start + 1, params.train.epochs)
+        mlflow.set_tag("resumed_at_epoch", str(start))
+    else:
+        files.write_text(out / "params.yaml", params.to_yaml())
+        mlflow.log_artifact(str(out / "params.yaml"))
+    train_ds, steps = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
+                                           seed=params.seed, start_epoch=start, epochs=params.train.epochs)
+    val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    if params.train.strategy == "mirrored":
+        train_ds = strategy.experimental_distribute_dataset(train_ds)
+    callback = training.EpochEnd(manager, out / "best.keras", out / "history.json", history,
+                                 params.train.epochs, best_val)
+    if start < params.train.epochs:
+        training.fit(params, model, train_ds, val_ds, steps, start, [callback])
+
+    with files.atomic_path(out / "model.keras") as tmp:
+        model.save(tmp)
+    curves = plots.plot_training_curves(callback.history, out / "curves.png")
+    mlflow.log_artifact(str(out / "model.keras"), artifact_path="checkpoints/final")
+    if (out / "best.keras").is_file():
+        mlflow.log_artifact(str(out / "best.keras"), artifact_path="checkpoints/best")
+    mlflow.log_artifact(str(curves))
+    mlflow.log_artifact(str(out / "history.json"))
+    _log_mlflow_model(model, params)
+    files.mark_complete(out, fingerprint=fp, data_fingerprint=data_fp)
+    final = {k: v[-1] for k, v in callback.history.items() if v}
+    logger.info("train: done; final val_accuracy %.3f val_loss %.4f", final.get("val_accuracy", float("nan")),
+                final.get("val_loss", float("nan")))
+    return {"model": out / "model.keras", "best": out / "best.keras", "history": callback.history,
+            "run_id": mlflow.active_run().info.run_id}
+
+
+def _log_mlflow_model(model, params: Params) -> None:
+    """The model in MLflow's tensorflow flavour, with an input signature (waveform in, logits out)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    wave = np.zeros((1, params.audio.clip_samples), np.float32)
+    signature = infer_signature(wave, model(wave, training=False).numpy())
+    try:
+        mlflow.tensorflow.log_model(model, name="model", signature=signature)
+    except Exception as exc:  # noqa: BLE001 - the .keras file is logged regardless
+        logger.warning("MLflow tensorflow flavour failed (%s); the .keras checkpoint is logged instead", exc)
+
+
+def train_run_id(workdir: Path) -> str | None:
+    state = workdir / "train" / "state.json"
+    return json.loads(state.read_text()).get("run_id") if state.is_file() else None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def load_trained(workdir: Path):
+    """The trained full model (refusing an incomplete train stage)."""
+    import tf_keras
+
+    import augment  # noqa: F401 - registers the custom layers
+    from models import asc  # noqa: F401
+
+    out = workdir / "train"
+    if files.read_marker(out) is None:
+        raise StageError(f"{out} is missing or incomplete: run --stage train first")
+    return tf_keras.models.load_model(out / "model.keras")
+
+
+def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: bool) -> np.ndarray:
+    """Class probabilities ``[N, K]`` for the clips of ``index``, in order; with TTA when asked."""
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from augment import tta as tta_lib
+    from models import asc
+    from pipeline import inputs
+
+    frontend = asc.frontend_model(model)
+    classifier = asc.get_classifier(model)
+    t = params.augment.tta
+    if tta:
+        view = tta_lib.make_tta_model(asc.tta_classifier(model, params), time_shift=t.time_shift,
+                                      specaugment=t.specaugment, seed=params.seed)
+
+        @tf.function(reduce_retracing=True)
+        def step(wave):
+            return tta_lib.tta_probabilities(view, frontend(wave, training=False), n_copies=t.n_copies,
+                                             chunk_copies=t.chunk_copies)
+    else:
+        @tf.function(reduce_retracing=True)
+        def step(wave):
+            return tf.nn.softmax(classifier(frontend(wave, training=False), training=False))
+
+    ds = inputs.eval_dataset(index, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    steps = int(np.ceil(len(index) / params.evaluate.batch_size))
+    out = [step(wave).numpy() for wave, _ in tqdm(ds, total=steps, desc="predict (TTA)" if tta else "predict",
+                                                   unit="batch", mininterval=2.0)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _experiment_points(params: Params) -> list[dict]:
+    """(name, size, accuracy) of the finished evaluate runs of the experiment, for the trade-off plot."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if exp is None:
+        return []
+    runs = mlflow.search_runs([exp.experiment_id], filter_string="tags.stage = 'evaluate' and status = 'FINISHED'",
+                              max_results=200, output_format="list")
+    points = []
+    for run in runs:
+        m = run.data.metrics
+        if "macro_accuracy" in m and "model_int8_bytes_estimate" in m:
+            points.append({"name": run.data.tags.get("mlflow.runName", run.info.run_id[:8]).split(": ")[-1],
+                           "size_bytes": m["model_int8_bytes_estimate"], "accuracy": m["macro_accuracy"],
+                           "macs": m.get("model_macs")})
+    return points
+
+
+def evaluate(params: Params, workdir: Path) -> dict:
+    """DCASE metrics on the evaluate split (and test split when labelled), with and without TTA."""
+    import mlflow
+
+    from evaluate import complexity, metrics as dm, plots
+    from models import asc
+
+    index, root, data_fp = load_prepared(workdir)
+    model = load_trained(workdir)
+    out = workdir / "evaluate"
+    files.clear_marker(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cost = complexity.keras_complexity(asc.get_classifier(model))
+    result: dict = {"model": params.model.name, "config": params.name, "data": data_name(params),
+                    "data_fingerprint": data_fp,
+                    "complexity": {k: cost[k] for k in ("params", "trainable_params", "size_bytes", "macs",
+                                                         "within_limits")},
+                    "tta": {"n_copies": params.augment.tta.n_copies, "time_shift": params.augment.tta.time_shift,
+                            "specaugment": params.augment.tta.specaugment},
+                    "splits": {}}
+    headline = {}
+    for split in params.evaluate.splits:
+        part = index[(index.split == split) & (index.label >= 0)].reset_index(drop=True)
+        if params.data.max_eval_clips and split == "evaluate":
+            part = part.sample(n=min(len(part), params.data.max_eval_clips),
+                               random_state=params.seed).reset_index(drop=True)
+        if len(part) == 0:
+            logger.warning("evaluate: split %r has no labelled clips; skipped", split)
+            continue
+        variants = {"plain": False, "tta": True} if params.augment.tta.enabled else {"plain": False}
+        result["splits"][split] = {}
+        for variant, use_tta in variants.items():
+            probs = predict(model, params, part, root, tta=use_tta)
+            m = dm.compute_metrics(part.label.to_numpy(), probs, part.device.to_numpy())
+            result["splits"][split][variant] = m
+            suffix = "" if (split, variant) == ("evaluate", "plain") else f"_{split}_{variant}".replace(
+                "_evaluate", "")
+            tables = dm.write_tables(m, out / f"tables{suffix}")
+            for kind, path in tables.items():
+                target = out / f"{kind}{suffix}.csv"
+                Path(path).replace(target)
+                mlflow.log_artifact(str(target))
+            (out / f"tables{suffix}").rmdir()
+            with files.atomic_path(out / f"predictions{suffix}.csv") as tmp:
+                dm.predictions_frame(part.filename.tolist(), part.label.to_numpy(), probs).to_csv(tmp, index=False)
+            mlflow.log_artifact(str(out / f"predictions{suffix}.csv"))
+            prefix = "" if variant == "plain" else "tta_"
+            prefix = prefix if split == "evaluate" else f"{split}_{prefix}"
+            flat = dm.flatten_for_mlflow(m, prefix)
+            mlflow.log_metrics(flat)
+            headline.update(flat)
+            logger.info("evaluate %s (%s): accuracy %.3f macro %.3f log loss %.3f | unseen devices %s",
+                        split, variant, m["overall"]["accuracy"], m["overall"]["macro_accuracy"],
+                        m["overall"]["log_loss"],
+                        f"{m['per_device_group']['unseen']['macro_accuracy']:.3f}"
+                        if "unseen" in m["per_device_group"] else "n/a")
+    if not result["splits"]:
+        raise StageError("evaluate: no labelled clips in the splits " + ", ".join(params.evaluate.splits))
+    mlflow.log_metrics({"model_params": cost["params"], "model_macs": cost["macs"],
+                        "model_int8_bytes_estimate": cost["size_bytes"]})
+
+    main = result["splits"].get("evaluate") or next(iter(result["splits"].values()))
+    plain = main["plain"]
+    pngs = [
+        plots.plot_confusion_matrix(plain["confusion_matrix"], list(plain["class_names"]), out / "confusion_matrix.png",
+                                    title=f"Confusion matrix ({params.model.name}, {data_name(params)})"),
+        plots.plot_device_accuracy(plain["per_device"], out / "device_accuracy.png",
+                                   title=f"Accuracy per device ({params.model.name}, {data_name(params)})"),
+    ]
+    history_file = workdir / "train" / "history.json"
+    if history_file.is_file():
+        pngs.append(plots.plot_training_curves(json.loads(history_file.read_text())["history"],
+                                               out / "training_curves.png"))
+    points = _experiment_points(params)
+    points.append({"name": f"{params.model.name}-{params.name} (this run)", "size_bytes": cost["size_bytes"],
+                   "accuracy": plain["overall"]["macro_accuracy"], "macs": cost["macs"]})
+    pngs.append(plots.plot_size_vs_accuracy(points, out / "size_vs_accuracy.png"))
+    for png in pngs:
+        mlflow.log_artifact(str(png), artifact_path="plots")
+    files.write_json(out / "metrics.json", result)
+    mlflow.log_artifact(str(out / "metrics.json"))
+    files.mark_complete(out, data_fingerprint=data_fp, train=files.read_marker(workdir / "train"))
+    return {"metrics": out / "metrics.json", "headline": headline}
+
+
 # --------------------------------------------------------------------------- orchestration
 
-_FUNCTIONS = {"prepare": prepare}
+_FUNCTIONS = {"prepare": prepare, "train": train, "evaluate": evaluate}
 
 
 def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, dict]:
@@ -136,6 +413,20 @@ def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, di
     with tracking.parent_run(params, name, label):
         for stage in stages:
             logger.info("stage %s", stage)
-            with tracking.stage_run(params, name, stage):
+            run_id = _resumable_run(params, workdir, stage)
+            with tracking.stage_run(params, name, stage, run_id=run_id):
                 results[stage] = _FUNCTIONS[stage](params, workdir)
     return results
+
+
+def _resumable_run(params: Params, workdir: Path, stage: str) -> str | None:
+    """The MLflow run of an interrupted train stage with the same settings (to log into it again)."""
+    if stage != "train":
+        return None
+    state_path = workdir / "train" / "state.json"
+    if not state_path.is_file() or files.read_marker(workdir / "train") is not None:
+        return None
+    state = json.loads(state_path.read_text())
+    if state.get("fingerprint") != train_fingerprint(params) or not (workdir / "train/checkpoints/latest.json").is_file():
+        return None
+    return state.get("run_id")

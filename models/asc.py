@@ -1,0 +1,191 @@
+"""The report's network (Xin et al., DCASE2022 Task 1), table-driven.
+
+::
+
+    waveform [B, samples]
+      -> LogMel                                   [B, T, M, 1]    (T = 44, M = 256 at the paper's settings)
+      -> TimeShift, SpecAugment++ (training only)
+      -> classifier (nested model "classifier", log-mel in, logits out: what is counted,
+         pruned and quantized):
+           BatchNorm over mel bins                [B, T, M, 1]
+           4 x block (table ``BLOCKS``):
+             SeparableBlock -> BN -> ReLU -> CoordAttention -> AvgPool 2x2 [-> SpecAugment++]
+                                                  [B, T/16, M/16, 128]
+           mean over frequency, mean + max over time  [B, 128]
+           Dropout 0.1 -> Dense 128 ReLU -> Dropout 0.1 -> Dense n_classes   [B, 10]
+
+Layer names are stable and hierarchical (``block2_attention``, ``head_dense1``) so weights,
+metrics and pruning reports line up across runs. ``build_classifier(..., augment=False)``
+builds the same classifier without augmentation layers; :func:`export_classifier` copies a
+trained model's weights into it for pruning, quantization and TFLite export.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from augment.shift import TimeShift  # noqa: E402
+from augment.specaugment import SpecAugmentPP  # noqa: E402
+from models.frontend import LogMel  # noqa: E402
+from models.layers import CoordAttention, SeparableBlock  # noqa: E402
+from pipeline.config import Params  # noqa: E402
+from pipeline.data import CLASSES  # noqa: E402
+
+# One row per block: (name, index into model.channels, pooling).
+BLOCKS = (
+    ("block1", 0, (2, 2)),
+    ("block2", 1, (2, 2)),
+    ("block3", 2, (2, 2)),
+    ("block4", 3, (2, 2)),
+)
+
+
+@tf_keras.saving.register_keras_serializable(package="asc")
+class TimeFreqPooling(tf_keras.layers.Layer):
+    """Global pooling of the report: mean over frequency, then mean + max over time, summed.
+
+    Input shape: ``[B, T, F, C]``. Output shape: ``[B, C]``.
+    Reference: section 2.3 of the report; Bursuc et al. 2021 (SP4ASC).
+    """
+
+    def call(self, inputs):
+        x = tf.reduce_mean(inputs, axis=2)  # [B, T, C]
+        return tf.reduce_mean(x, axis=1) + tf.reduce_max(x, axis=1)  # [B, C]
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], input_shape[-1]])
+
+
+def frontend(params: Params) -> LogMel:
+    a = params.audio
+    return LogMel(sample_rate=a.sample_rate_hz, n_fft=a.n_fft, win_length=a.win_length,
+                  hop_length=a.hop_length, n_mels=a.n_mels, fmin=a.fmin_hz, fmax=a.fmax_hz,
+                  window=a.window, center=a.center, power=a.power, mel_scale=a.mel_scale,
+                  log=a.log, log_offset=a.log_offset, name="logmel")
+
+
+def input_frames(params: Params) -> int:
+    """Log-mel frames per clip (44 for 1 s at hop 1024, centred)."""
+    samples, hop = params.audio.clip_samples, params.audio.hop_length
+    return 1 + samples // hop if params.audio.center else 1 + (samples - params.audio.n_fft) // hop
+
+
+def _specaugment(params: Params, position: str, frames: int, bins: int, seed: int):
+    s = params.augment.specaugment
+    if not s.enabled or position not in s.positions:
+        return None
+    return SpecAugmentPP(
+        max_time_width=int(round(s.time_width_fraction * frames)),
+        max_freq_width=int(round(s.freq_width_fraction * bins)),
+        n_time_masks=s.n_time_masks, n_freq_masks=s.n_freq_masks, mode=s.mode,
+        seed=seed, name=f"{position}_specaugment",
+    )
+
+
+def build_classifier(params: Params, *, augment: bool = True, name: str = "classifier") -> tf_keras.Model:
+    """The classifier: log-mel ``[T, M, 1]`` in, logits ``[n_classes]`` out.
+
+    Args:
+      params: the parameter tree (audio for the input shape, model, augment).
+      augment: include the hidden-space SpecAugment++ layers (identity at inference).
+      name: the model's name.
+    """
+    m = params.model
+    frames, bins = input_frames(params), params.audio.n_mels
+    inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
+    x = tf_keras.layers.BatchNormalization(axis=2, name="input_bn")(inputs)  # [B, T, M, 1]
+    for i, (block, channel_index, pool) in enumerate(BLOCKS):
+        filters = m.channels[channel_index]
+        x = SeparableBlock(filters, name=f"{block}_sepconv")(x)  # [B, t, f, C]
+        x = tf_keras.layers.BatchNormalization(name=f"{block}_bn")(x)
+        x = tf_keras.layers.ReLU(name=f"{block}_relu")(x)
+        x = CoordAttention(reduction=m.attention_reduction, min_channels=m.attention_min_channels,
+                           name=f"{block}_attention")(x)  # [B, t, f, C]
+        x = tf_keras.layers.AveragePooling2D(pool, name=f"{block}_pool")(x)  # [B, t/2, f/2, C]
+        frames, bins = frames // pool[0], bins // pool[1]
+        aug = _specaugment(params, block, frames, bins, seed=params.seed + 11 * (i + 2)) if augment else None
+        if aug is not None:
+            x = aug(x)
+    x = TimeFreqPooling(name="head_pool")(x)  # [B, C]
+    x = tf_keras.layers.Dropout(m.dropout, seed=params.seed + 1, name="head_dropout1")(x)
+    x = tf_keras.layers.Dense(m.hidden_units, activation="relu", name="head_dense1")(x)  # [B, 128]
+    x = tf_keras.layers.Dropout(m.dropout, seed=params.seed + 2, name="head_dropout2")(x)
+    logits = tf_keras.layers.Dense(len(CLASSES), name="logits")(x)  # [B, 10]
+    return tf_keras.Model(inputs, logits, name=name)
+
+
+def build_model(params: Params) -> tf_keras.Model:
+    """The full model: waveform ``[samples]`` in, logits out (``model.name`` selects the network)."""
+    if params.model.name == "baseline":
+        from models.baseline import build_baseline
+
+        return build_baseline(n_classes=len(CLASSES), sample_rate=params.audio.sample_rate_hz,
+                              clip_samples=params.audio.clip_samples)
+    wave = tf_keras.Input(shape=(params.audio.clip_samples,), name="waveform")  # [B, samples]
+    x = frontend(params)(wave)  # [B, T, M, 1]
+    t = params.augment.time_shift
+    if t.enabled and t.std_frames > 0:
+        x = TimeShift(std_frames=t.std_frames, seed=params.seed + 7, name="time_shift")(x)
+    aug = _specaugment(params, "input", input_frames(params), params.audio.n_mels, seed=params.seed + 11)
+    if aug is not None:
+        x = aug(x)
+    logits = build_classifier(params, augment=True)(x)  # [B, 10]
+    return tf_keras.Model(wave, logits, name=f"asc_{params.model.name}")
+
+
+def get_classifier(model: tf_keras.Model) -> tf_keras.Model:
+    """The nested classifier (log-mel in, logits out) of a full model."""
+    return model.get_layer("classifier")
+
+
+def export_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
+    """A copy of the trained classifier without augmentation layers (for TFMOT and TFLite)."""
+    trained = get_classifier(model)
+    if params.model.name == "baseline":
+        clone = tf_keras.models.clone_model(trained)
+        clone.set_weights(trained.get_weights())
+        return clone
+    plain = build_classifier(params, augment=False)
+    for layer in plain.layers:
+        weights = trained.get_layer(layer.name).get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return plain
+
+
+def frontend_layer(model: tf_keras.Model) -> LogMel:
+    """The model's LogMel layer (whatever its name)."""
+    for layer in model.layers:
+        if isinstance(layer, LogMel):
+            return layer
+    raise ValueError(f"model {model.name!r} has no LogMel front end")
+
+
+def frontend_model(model: tf_keras.Model) -> tf_keras.Model:
+    """Waveform ``[samples]`` in, log-mel ``[T, M, 1]`` out: the float front end of ``model``."""
+    return tf_keras.Model(model.inputs, frontend_layer(model).output, name="frontend")
+
+
+def tta_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
+    """Log-mel in, logits out, with the input-level augmentations in front of the classifier.
+
+    Test-time augmentation runs on this model (see :mod:`augment.tta`), so the log-mel of a
+    clip is computed once and only the cheap augmentations and the classifier run per copy.
+    The time shift and input SpecAugment++ are fresh layers configured from ``params`` (identity
+    until TTA switches them on), so a model trained without them (the baseline) gets TTA too.
+    """
+    classifier = get_classifier(model)
+    frames, bins = (int(d) for d in classifier.inputs[0].shape[1:3])
+    inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
+    x = TimeShift(std_frames=params.augment.time_shift.std_frames, seed=params.seed + 7, name="tta_time_shift")(inputs)
+    s = params.augment.specaugment
+    x = SpecAugmentPP(max_time_width=int(round(s.time_width_fraction * frames)),
+                      max_freq_width=int(round(s.freq_width_fraction * bins)), n_time_masks=s.n_time_masks,
+                      n_freq_masks=s.n_freq_masks, mode=s.mode, seed=params.seed + 11,
+                      name="tta_input_specaugment")(x)
+    return tf_keras.Model(inputs, classifier(x), name="tta_classifier")

@@ -1,0 +1,205 @@
+"""Training machinery: seeding, optimizer and schedule, resumable checkpoints, MLflow epoch logging.
+
+Checkpoints hold the model's weights, the optimizer's state, the epoch and the state of every
+random generator of the model (dropout, time shift, SpecAugment++), so a run killed at any
+point and restarted with the same command resumes at the last complete epoch and ends with
+the same weights as an uninterrupted run. Each checkpoint is written to ``epoch-NNNN.tmp/`` and
+renamed to ``epoch-NNNN/`` when complete; ``latest.json`` (written atomically, last) names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from pipeline import files
+from pipeline.config import Params, TrainParams
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow; make Keras layers use checkpointable generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    tf_keras.utils.set_random_seed(seed)
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def strategy_for(train: TrainParams) -> tf.distribute.Strategy:
+    """``default``: the current (single-device) strategy; ``mirrored``: all local GPUs (or the CPU).
+
+    ``train.batch_size`` is the global batch: MirroredStrategy splits it over the replicas, so
+    each of R replicas sees ``batch_size / R`` clips per step and the learning rate stays as set.
+    """
+    if train.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+        logger.info("MirroredStrategy over %d replica(s); global batch %d", strategy.num_replicas_in_sync,
+                    train.batch_size)
+        return strategy
+    return tf.distribute.get_strategy()
+
+
+def make_optimizer(train: TrainParams, steps_per_epoch: int, learning_rate: float | None = None,
+                   epochs: int | None = None):
+    """AdamW (or Adam/SGD) with cosine annealing from ``learning_rate`` to ``min_learning_rate``."""
+    lr = learning_rate if learning_rate is not None else train.learning_rate
+    total = max(1, steps_per_epoch * (epochs if epochs is not None else train.epochs))
+    if train.schedule == "cosine":
+        schedule = tf_keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=lr, decay_steps=total, alpha=min(1.0, train.min_learning_rate / lr))
+    else:
+        schedule = lr
+    if train.optimizer == "adamw":
+        return tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return tf_keras.optimizers.Adam(learning_rate=schedule)
+    return tf_keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, weight_decay=train.weight_decay or None)
+
+
+def current_learning_rate(optimizer) -> float:
+    lr = optimizer.learning_rate
+    if isinstance(lr, tf_keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(optimizer.iterations)
+    return float(tf.convert_to_tensor(lr).numpy())
+
+
+def random_generators(model: tf_keras.Model) -> dict[str, tf.random.Generator]:
+    """Every ``tf.random.Generator`` of the model's layers, keyed by layer path (for checkpoints)."""
+    gens: dict[str, tf.random.Generator] = {}
+
+    def walk(layer, prefix):
+        rng = getattr(layer, "_random_generator", None)
+        if rng is not None:
+            rng._maybe_init()
+            gen = getattr(rng, "_generator", None)
+            if gen is not None:
+                gens[prefix + layer.name] = gen
+        for sub in getattr(layer, "layers", []) or []:
+            walk(sub, prefix + layer.name + "/")
+
+    for layer in model.layers:
+        walk(layer, "")
+    return gens
+
+
+class CheckpointManager:
+    """Atomic per-epoch checkpoints of model, optimizer, epoch and random generator states."""
+
+    def __init__(self, directory: Path, model: tf_keras.Model, optimizer, keep: int = 2):
+        self.directory = Path(directory)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        rngs = random_generators(model)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch,
+                                              rngs=dict(rngs))
+        self.keep = keep
+        self.n_generators = len(rngs)
+
+    def latest(self) -> Path | None:
+        marker = self.directory / "latest.json"
+        if not marker.is_file():
+            return None
+        name = json.loads(marker.read_text())["checkpoint"]
+        path = self.directory / name
+        return path if path.is_dir() else None
+
+    def restore(self) -> int:
+        """Restore the latest complete checkpoint; returns the number of epochs already done."""
+        path = self.latest()
+        if path is None:
+            return 0
+        self.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
+        logger.info("resumed from %s (epoch %d done)", path, int(self.epoch.numpy()))
+        return int(self.epoch.numpy())
+
+    def save(self, epochs_done: int) -> Path:
+        self.epoch.assign(epochs_done)
+        name = f"epoch-{epochs_done:04d}"
+        tmp = self.directory / f"{name}.tmp"
+        final = self.directory / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.checkpoint.write(str(tmp / "ckpt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        files.write_json(self.directory / "latest.json", {"checkpoint": name, "epoch": epochs_done})
+        for old in sorted(self.directory.glob("epoch-*")):
+            if old.name != name and (old.name.endswith(".tmp") or
+                                     int(old.name.split("-")[1].split(".")[0]) <= epochs_done - self.keep):
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+class EpochEnd(tf_keras.callbacks.Callback):
+    """After each epoch: MLflow metrics, one log line, the checkpoint and the best model."""
+
+    def __init__(self, manager: CheckpointManager, best_path: Path, history_path: Path,
+                 history: dict[str, list[float]], total_epochs: int, best_val: float | None):
+        super().__init__()
+        self.manager = manager
+        self.best_path = best_path
+        self.history_path = history_path
+        self.history = history
+        self.total_epochs = total_epochs
+        self.best_val = best_val
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        logs = dict(logs or {})
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        logs["epoch_seconds"] = time.perf_counter() - self._start
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+        logger.info("epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e (%.0f s)",
+                    epoch + 1, self.total_epochs, logs.get("loss", float("nan")),
+                    logs.get("accuracy", float("nan")), logs.get("val_loss", float("nan")),
+                    logs.get("val_accuracy", float("nan")), logs["learning_rate"], logs["epoch_seconds"])
+        val = logs.get("val_loss")
+        if val is not None and (self.best_val is None or val < self.best_val):
+            self.best_val = float(val)
+            with files.atomic_path(self.best_path) as tmp:
+                self.model.save(tmp)
+        files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val})
+        self.manager.save(epoch + 1)  # last: a checkpoint implies the history and best model above
+
+
+def load_history(path: Path) -> tuple[dict[str, list[float]], float | None]:
+    if not path.is_file():
+        return {}, None
+    data = json.loads(path.read_text())
+    return data["history"], data.get("best_val_loss")
+
+
+def trim_history(history: dict[str, list[float]], epochs_done: int) -> dict[str, list[float]]:
+    """History rows beyond the restored checkpoint (an epoch that ended after the last checkpoint)."""
+    return {k: v[:epochs_done] for k, v in history.items()}
+
+
+def compile_model(model: tf_keras.Model, optimizer) -> None:
+    model.compile(
+        optimizer=optimizer,
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def fit(params: Params, model, train_ds, val_ds, steps: int, start_epoch: int, callbacks) -> None:
+    model.fit(train_ds, validation_data=val_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
+              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if params.train.log_every_epoch else 2)
