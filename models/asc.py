@@ -36,6 +36,10 @@ from models.layers import CoordAttention, SeparableBlock  # noqa: E402
 from pipeline.config import Params  # noqa: E402
 from pipeline.data import CLASSES  # noqa: E402
 
+# BatchNorm as PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), as in the report's
+# reference code (SP4ASC); Keras' 0.99 leaves the moving statistics far off after short runs.
+BN = dict(momentum=0.9, epsilon=1e-5)
+
 # One row per block: (name, index into model.channels, pooling).
 BLOCKS = (
     ("block1", 0, (2, 2)),
@@ -52,6 +56,9 @@ class TimeFreqPooling(tf_keras.layers.Layer):
     Input shape: ``[B, T, F, C]``. Output shape: ``[B, C]``.
     Reference: section 2.3 of the report; Bursuc et al. 2021 (SP4ASC).
     """
+
+    def get_prunable_weights(self):
+        return []  # no weights (tfmot.sparsity.keras.PrunableLayer protocol)
 
     def call(self, inputs):
         x = tf.reduce_mean(inputs, axis=2)  # [B, T, C]
@@ -98,11 +105,11 @@ def build_classifier(params: Params, *, augment: bool = True, name: str = "class
     m = params.model
     frames, bins = input_frames(params), params.audio.n_mels
     inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
-    x = tf_keras.layers.BatchNormalization(axis=2, name="input_bn")(inputs)  # [B, T, M, 1]
+    x = tf_keras.layers.BatchNormalization(axis=2, name="input_bn", **BN)(inputs)  # [B, T, M, 1]
     for i, (block, channel_index, pool) in enumerate(BLOCKS):
         filters = m.channels[channel_index]
         x = SeparableBlock(filters, name=f"{block}_sepconv")(x)  # [B, t, f, C]
-        x = tf_keras.layers.BatchNormalization(name=f"{block}_bn")(x)
+        x = tf_keras.layers.BatchNormalization(name=f"{block}_bn", **BN)(x)
         x = tf_keras.layers.ReLU(name=f"{block}_relu")(x)
         x = CoordAttention(reduction=m.attention_reduction, min_channels=m.attention_min_channels,
                            name=f"{block}_attention")(x)  # [B, t, f, C]

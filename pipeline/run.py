@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one paragraph for the user, the traceback in the log
+        logger.debug("traceback", exc_info=True)
+        print(f"error: stage failed with {type(exc).__name__}: {exc}\n"
+              "The traceback is logged as error.txt in the stage's MLflow run "
+              "(or rerun with --log-level DEBUG).", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,6 +8,9 @@ train      prepare/                                    train/model.keras, best.k
                                                        history.json, curves.png, checkpoints/
 evaluate   prepare/, train/model.keras                 evaluate/metrics.json, per_device.csv,
                                                        per_class.csv, predictions*.csv, plots
+compress   prepare/, train/model.keras                 compress/model_int8.tflite, frontend.tflite,
+                                                       metrics.json
+report     prepare/, evaluate/, compress/ (optional)   report/report.md, report.html, plots
 =========  ==========================================  ======================================
 
 Every stage runs inside its own nested MLflow run (:func:`run_stages` opens the parent),
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from pipeline import data as tau
 from pipeline import files, tracking
@@ -33,7 +37,7 @@ from pipeline.config import Params
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("prepare", "train", "evaluate")
+STAGES = ("prepare", "train", "evaluate", "compress", "report")
 
 
 class StageError(RuntimeError):
@@ -395,9 +399,145 @@ def evaluate(params: Params, workdir: Path) -> dict:
     return {"metrics": out / "metrics.json", "headline": headline}
 
 
+# --------------------------------------------------------------------------- compress
+
+
+def _logmels(frontend, index: pd.DataFrame, root: Path, params: Params) -> np.ndarray:
+    from pipeline import inputs
+
+    ds = inputs.eval_dataset(index, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    return np.concatenate([frontend(wave, training=False).numpy() for wave, _ in ds])
+
+
+def compress(params: Params, workdir: Path) -> dict:
+    """Prune and/or QAT and/or PTQ the trained classifier, export int8 TFLite, evaluate what ships."""
+    import mlflow
+
+    from evaluate import complexity
+    from evaluate import compress as cz
+    from evaluate import metrics as dm
+    from models import asc
+    from pipeline import inputs, training
+
+    c = params.compress
+    index, root, data_fp = load_prepared(workdir)
+    model = load_trained(workdir)
+    out = workdir / "compress"
+    files.clear_marker(out)
+    out.mkdir(parents=True, exist_ok=True)
+    training.seed_everything(params.seed + 1000, params.train.deterministic)
+
+    tr = index[index.split == "train"].reset_index(drop=True)
+    ev = index[(index.split == "evaluate") & (index.label >= 0)].reset_index(drop=True)
+    if params.data.max_train_clips:
+        tr = tr.sample(n=min(len(tr), params.data.max_train_clips), random_state=params.seed).reset_index(drop=True)
+    if params.data.max_eval_clips:
+        ev = ev.sample(n=min(len(ev), params.data.max_eval_clips), random_state=params.seed).reset_index(drop=True)
+    frontend_layer = asc.frontend_layer(model)
+    frontend = asc.frontend_model(model)
+    classifier = asc.export_classifier(model, params)
+    float_classifier = classifier
+    clip = params.audio.clip_samples
+    steps = int(np.ceil(len(tr) / params.train.batch_size))
+
+    def data(epochs: int, offset: int):
+        ds, _ = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
+                                     seed=params.seed + offset, start_epoch=0, epochs=epochs)
+        return ds
+
+    result: dict = {"steps": [], "model": params.model.name, "data_fingerprint": data_fp}
+    pruned = False
+    if c.prune:
+        classifier, sparsity = cz.prune(classifier, frontend_layer, data(c.prune_epochs, 101), steps,
+                                        epochs=c.prune_epochs, target_sparsity=c.target_sparsity,
+                                        learning_rate=c.fine_tune_learning_rate, clip_samples=clip)
+        pruned = True
+        result["steps"].append("prune")
+        result["sparsity_per_kernel"] = sparsity
+        result["sparsity"] = cz.overall_sparsity(sparsity)
+        mlflow.log_metric("sparsity", result["sparsity"])
+        logger.info("compress: pruned to %.1f%% zeros", 100 * result["sparsity"])
+
+    rep_waves = inputs.representative_waveforms(tr, root, params.audio, c.representative_clips, params.seed)
+    representative = frontend(rep_waves, training=False).numpy()
+    eval_logmel = _logmels(frontend, ev, root, params)
+    y, devices = ev.label.to_numpy(), ev.device.to_numpy()
+
+    def score(probs):
+        return dm.compute_metrics(y, probs, devices)
+
+    float_probs = tf.nn.softmax(float_classifier.predict(eval_logmel, batch_size=64, verbose=0)).numpy()
+    result["float"] = score(float_probs.astype(np.float64))
+
+    ptq_bytes = None
+    if c.ptq or not c.qat:
+        ptq_bytes = cz.to_tflite(classifier, representative, c.input_type, c.output_type)
+        result["steps"].append("ptq")
+    if c.qat:
+        qat = cz.quantize_aware(classifier, frontend_layer, data(c.qat_epochs, 202), steps, epochs=c.qat_epochs,
+                                learning_rate=c.fine_tune_learning_rate, clip_samples=clip, pruned=pruned)
+        shipped = cz.to_tflite(qat, representative, c.input_type, c.output_type)
+        result["steps"].append("qat")
+        if pruned:
+            result["sparsity_after_qat"] = cz.overall_sparsity(cz.variable_sparsity(qat))
+    else:
+        shipped = ptq_bytes
+
+    cz.write_bytes(out / "model_int8.tflite", shipped)
+    cz.write_bytes(out / "frontend.tflite", cz.frontend_tflite(frontend))
+    int8_probs = cz.TFLiteClassifier(shipped).probabilities(eval_logmel)
+    result["int8"] = score(int8_probs)
+    if c.qat and ptq_bytes is not None:
+        cz.write_bytes(out / "model_int8_ptq.tflite", ptq_bytes)
+        result["ptq"] = score(cz.TFLiteClassifier(ptq_bytes).probabilities(eval_logmel))["overall"]
+    tfl = complexity.tflite_complexity(out / "model_int8.tflite")
+    result["tflite"] = {k: tfl[k] for k in ("params", "size_bytes", "macs", "within_limits") if k in tfl}
+    result["tflite"]["file_bytes"] = len(shipped)
+    result["gzip_bytes"] = cz.gzip_size(shipped)
+    fa, ia = result["float"]["overall"]["macro_accuracy"], result["int8"]["overall"]["macro_accuracy"]
+    result["accuracy_drop"] = fa - ia
+    result["argmax_agreement"] = float(np.mean(float_probs.argmax(1) == int8_probs.argmax(1)))
+
+    mlflow.log_metrics({"float_macro_accuracy": fa, "int8_macro_accuracy": ia, "int8_accuracy_drop": fa - ia,
+                        "int8_log_loss": result["int8"]["overall"]["log_loss"],
+                        "int8_size_bytes": result["tflite"]["size_bytes"], "int8_macs": result["tflite"]["macs"],
+                        "int8_gzip_bytes": result["gzip_bytes"], "int8_argmax_agreement": result["argmax_agreement"]})
+    mlflow.log_metrics(dm.flatten_for_mlflow(result["int8"], "int8_"))
+    files.write_json(out / "metrics.json", result)
+    for name in ("model_int8.tflite", "frontend.tflite", "metrics.json"):
+        mlflow.log_artifact(str(out / name))
+    if (out / "model_int8_ptq.tflite").is_file():
+        mlflow.log_artifact(str(out / "model_int8_ptq.tflite"))
+    files.mark_complete(out, data_fingerprint=data_fp, compress=params.fingerprint("compress"))
+    logger.info("compress: int8 TFLite %d bytes (NeSsi), %.2f M MACs, macro accuracy %.3f (float %.3f)",
+                result["tflite"]["size_bytes"], result["tflite"]["macs"] / 1e6, ia, fa)
+    return {"tflite": out / "model_int8.tflite", "metrics": out / "metrics.json"}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(params: Params, workdir: Path) -> dict:
+    """``report/report.md`` and ``report.html`` from the stage outputs, logged to MLflow."""
+    import mlflow
+
+    from evaluate import report as rep
+
+    for stage in ("prepare", "evaluate"):
+        if files.read_marker(workdir / stage) is None:
+            raise StageError(f"{workdir / stage} is missing or incomplete: run --stage {stage} first")
+    out = workdir / "report"
+    files.clear_marker(out)
+    result = rep.build_report(workdir, params.to_yaml(), out)
+    mlflow.log_artifacts(str(out), artifact_path="report")
+    files.mark_complete(out)
+    logger.info("report: %s", result["markdown"])
+    return result
+
+
 # --------------------------------------------------------------------------- orchestration
 
-_FUNCTIONS = {"prepare": prepare, "train": train, "evaluate": evaluate}
+_FUNCTIONS = {"prepare": prepare, "train": train, "evaluate": evaluate, "compress": compress, "report": report}
 
 
 def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, dict]:
