@@ -48,6 +48,13 @@ def _with_frontend(frontend_layer, classifier, clip_samples: int) -> tf_keras.Mo
     return tf_keras.Model(wave, classifier(frontend_layer(wave)), name=f"finetune_{classifier.name}")
 
 
+def copy_model(model: tf_keras.Model) -> tf_keras.Model:
+    """A copy with its own layers and weights (TFMOT wraps layers in place, changing the original)."""
+    clone = tf_keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def _compile(model, learning_rate: float) -> None:
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),

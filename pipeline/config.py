@@ -127,7 +127,7 @@ class TTAParams:
     n_copies: int = _f(30, min=1, max=256)
     time_shift: bool = _f(True)
     specaugment: bool = _f(False)
-    chunk_copies: int = _f(10, min=1, help="copies per forward pass (bounds memory)")
+    chunk_copies: int = _f(5, min=1, help="copies per forward pass (bounds memory: chunk_copies x evaluate.batch_size rows)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = _f(64, min=1)
+    batch_size: int = _f(32, min=1)
     splits: tuple = _f(("evaluate",), choices=("evaluate", "test"))
 
 
@@ -163,7 +163,7 @@ class EvaluateParams:
 class CompressParams:
     """Pruning, quantization-aware training and int8 TFLite export (TFMOT)."""
 
-    prune: bool = _f(True)
+    prune: bool = _f(False, help="magnitude pruning before quantization (costs accuracy on short fine-tuning)")
     target_sparsity: float = _f(0.5, min=0.0, max=0.99)
     prune_epochs: int = _f(2, min=1)
     qat: bool = _f(True)

@@ -69,7 +69,13 @@ def resolve_data(params: Params, workdir: Path) -> DataSource:
 
 
 def data_name(params: Params) -> str:
-    return "synthetic" if params.data.source == "synthetic" else Path(params.data.source).expanduser().resolve().name
+    """``synthetic`` for the built-in set (also when given by path), else the dataset folder's name."""
+    if params.data.source == "synthetic":
+        return "synthetic"
+    root = Path(params.data.source).expanduser().resolve()
+    from pipeline import synthetic
+
+    return "synthetic" if (root / synthetic.MARKER).is_file() else root.name
 
 
 # --------------------------------------------------------------------------- prepare
@@ -436,7 +442,6 @@ def compress(params: Params, workdir: Path) -> dict:
     frontend_layer = asc.frontend_layer(model)
     frontend = asc.frontend_model(model)
     classifier = asc.export_classifier(model, params)
-    float_classifier = classifier
     clip = params.audio.clip_samples
     steps = int(np.ceil(len(tr) / params.train.batch_size))
 
@@ -446,28 +451,35 @@ def compress(params: Params, workdir: Path) -> dict:
         return ds
 
     result: dict = {"steps": [], "model": params.model.name, "data_fingerprint": data_fp}
-    pruned = False
-    if c.prune:
-        classifier, sparsity = cz.prune(classifier, frontend_layer, data(c.prune_epochs, 101), steps,
-                                        epochs=c.prune_epochs, target_sparsity=c.target_sparsity,
-                                        learning_rate=c.fine_tune_learning_rate, clip_samples=clip)
-        pruned = True
-        result["steps"].append("prune")
-        result["sparsity_per_kernel"] = sparsity
-        result["sparsity"] = cz.overall_sparsity(sparsity)
-        mlflow.log_metric("sparsity", result["sparsity"])
-        logger.info("compress: pruned to %.1f%% zeros", 100 * result["sparsity"])
-
-    rep_waves = inputs.representative_waveforms(tr, root, params.audio, c.representative_clips, params.seed)
-    representative = frontend(rep_waves, training=False).numpy()
     eval_logmel = _logmels(frontend, ev, root, params)
     y, devices = ev.label.to_numpy(), ev.device.to_numpy()
 
     def score(probs):
         return dm.compute_metrics(y, probs, devices)
 
-    float_probs = tf.nn.softmax(float_classifier.predict(eval_logmel, batch_size=64, verbose=0)).numpy()
-    result["float"] = score(float_probs.astype(np.float64))
+    def keras_probs(model_):
+        return tf.nn.softmax(model_.predict(eval_logmel, batch_size=64, verbose=0)).numpy().astype(np.float64)
+
+    # The trained float classifier, before anything changes its weights (pruning wraps the same layers).
+    float_probs = keras_probs(classifier)
+    result["float"] = score(float_probs)
+    pruned = False
+    if c.prune:
+        classifier, sparsity = cz.prune(cz.copy_model(classifier), frontend_layer, data(c.prune_epochs, 101), steps,
+                                        epochs=c.prune_epochs, target_sparsity=c.target_sparsity,
+                                        learning_rate=c.fine_tune_learning_rate, clip_samples=clip)
+        pruned = True
+        result["steps"].append("prune")
+        result["sparsity_per_kernel"] = sparsity
+        result["sparsity"] = cz.overall_sparsity(sparsity)
+        result["pruned_float"] = score(keras_probs(classifier))["overall"]
+        mlflow.log_metrics({"sparsity": result["sparsity"],
+                            "pruned_float_macro_accuracy": result["pruned_float"]["macro_accuracy"]})
+        logger.info("compress: pruned to %.1f%% zeros; float macro accuracy %.3f -> %.3f", 100 * result["sparsity"],
+                    result["float"]["overall"]["macro_accuracy"], result["pruned_float"]["macro_accuracy"])
+
+    rep_waves = inputs.representative_waveforms(tr, root, params.audio, c.representative_clips, params.seed)
+    representative = frontend(rep_waves, training=False).numpy()
 
     ptq_bytes = None
     if c.ptq or not c.qat:
@@ -549,7 +561,7 @@ def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, di
     workdir.mkdir(parents=True, exist_ok=True)
     name = data_name(params)
     results: dict[str, dict] = {}
-    label = "all" if len(stages) > 1 else stages[0]
+    label = ",".join(stages)
     with tracking.parent_run(params, name, label):
         for stage in stages:
             logger.info("stage %s", stage)

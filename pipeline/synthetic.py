@@ -52,8 +52,11 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 import wave
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -145,12 +148,14 @@ _CLASS_RANGES = {
         "mains_prob": (0.0, 0.3), "talkers": (2.0, 8.0), "babble_db": (-8.0, 0.0),
         "steps_rate": (1.0, 4.0), "steps_db": (4.0, 12.0), "clicks_rate": (1.0, 8.0),
         "thumps_rate": (0.05, 0.4), "notes_rate": (0.0, 0.4), "notes_hz": (400.0, 1000.0),
-        "notes_bell": (0.3, 0.8), "pass_rate": (0.0, 0.2), "rt60": (1.0, 2.2), "wet_db": (-6.0, 0.0),
+        "notes_bell": (0.3, 0.8), "pass_rate": (0.0, 0.2), "rt60": (1.0, 2.2),
+        "wet_db": (-6.0, 0.0),
     },
     "bus": {
         "level_db": (-32.0, -20.0), "bed_tilt": (-8.0, -6.0), "bed_low_hz": (40.0, 100.0),
         "bed_low_db": (8.0, 14.0), "bed_hicut_hz": (3000.0, 6000.0), "bed_mod_depth": (0.1, 0.3),
-        "hum_prob": (0.8, 1.0), "hum_f0": (25.0, 60.0), "hum_db": (-8.0, 2.0), "hum_harm": (5.0, 8.0),
+        "hum_prob": (0.8, 1.0), "hum_f0": (25.0, 60.0), "hum_db": (-8.0, 2.0),
+        "hum_harm": (5.0, 8.0),
         "hum_jitter": (0.01, 0.03), "hum_glide": (-0.2, 0.2), "mains_prob": (0.0, 0.2),
         "whine_prob": (0.0, 0.2), "talkers": (0.0, 4.0), "babble_db": (-14.0, -4.0),
         "clicks_rate": (1.0, 5.0), "thumps_rate": (0.2, 0.8), "steps_rate": (0.0, 0.5),
@@ -238,10 +243,10 @@ _CLASS_RANGES = {
 
 _PARAM_NAMES = tuple(_DEFAULTS)
 # [class, param] lower and upper bounds of the class ranges
-_LOW = np.array([[_CLASS_RANGES[c].get(k, _DEFAULTS[k])[0] for k in _PARAM_NAMES] for c in CLASSES])
-_HIGH = np.array([[_CLASS_RANGES[c].get(k, _DEFAULTS[k])[1] for k in _PARAM_NAMES] for c in CLASSES])
-_NONNEGATIVE = np.array([k.endswith(("_rate", "_prob", "_depth", "_bell")) or k in ("talkers", "rt60")
-                         for k in _PARAM_NAMES])
+_LOW, _HIGH = np.array([[[_CLASS_RANGES[c].get(k, _DEFAULTS[k])[i] for k in _PARAM_NAMES]
+                         for c in CLASSES] for i in (0, 1)])
+_NONNEGATIVE = np.array([k.endswith(("_rate", "_prob", "_depth", "_bell"))
+                         or k in ("talkers", "rt60") for k in _PARAM_NAMES])
 
 # --------------------------------------------------------------------------- devices
 #
@@ -320,7 +325,8 @@ def _plan(n_clips: int, seed: int, n_cities: int) -> list[_Recording]:
     # about half the train clips; an odd count leaves the last recording on A alone.
     n_rec_train = (n_train + 1) // 2
     others = TRAIN_DEVICES[1:]
-    other_seq = np.concatenate([rng.permutation(len(others)) for _ in range(-(-n_rec_train // 5))])
+    other_seq = np.concatenate([rng.permutation(len(others))
+                                for _ in range(-(-n_rec_train // len(others)))])
     train_devices = []
     for r in range(n_rec_train):
         devs = ("A",) if (r == n_rec_train - 1 and n_train % 2) else ("A", others[other_seq[r]])
@@ -330,7 +336,8 @@ def _plan(n_clips: int, seed: int, n_cities: int) -> list[_Recording]:
     # taken in turn from successive random permutations, so they are equally frequent.
     per_rec = 3 if n_eval >= 3 * n_classes else 1
     n_rec_eval = -(-n_eval // per_rec)
-    dev_seq = np.concatenate([rng.permutation(len(DEVICES)) for _ in range(-(-n_rec_eval * per_rec // 9))])
+    dev_seq = np.concatenate([rng.permutation(len(DEVICES))
+                              for _ in range(-(-n_rec_eval * per_rec // len(DEVICES)))])
     eval_devices = []
     for r in range(n_rec_eval):
         take = min(per_rec, n_eval - r * per_rec)
@@ -369,17 +376,17 @@ def _plan(n_clips: int, seed: int, n_cities: int) -> list[_Recording]:
     seg_index = 0
     clip_index = 0
     for loc_index, (city, segments) in enumerate(locations):
-        number = int(next(numbers[city]))
+        identifier = f"{cities[city]}-{int(next(numbers[city]))}"
         for segment in segments:
             for sub, row in enumerate(segment):
                 split, label, devs = rows[row]
-                stem = f"{CLASSES[label]}-{cities[city]}-{number}-{int(seg_numbers[seg_index])}-{sub}"
+                stem = f"{CLASSES[label]}-{identifier}-{int(seg_numbers[seg_index])}-{sub}"
                 clips = []
                 for dev in devs:
                     clips.append((clip_index, dev, f"audio/{stem}-{dev.lower()}.wav"))
                     clip_index += 1
-                recordings.append(_Recording(len(recordings), label, city, f"{cities[city]}-{number}",
-                                             loc_index, seg_index, split, tuple(clips)))
+                recordings.append(_Recording(len(recordings), label, city, identifier, loc_index,
+                                             seg_index, split, tuple(clips)))
             seg_index += 1
     assert clip_index == n_clips, (clip_index, n_clips)
     return recordings
@@ -481,7 +488,8 @@ def _harmonic(rng, n, sr, seconds, f0, n_harm, rolloff_db, jitter, glide) -> np.
     return _rms_normalise(out)
 
 
-def _sweep(sr: int, inst: np.ndarray, partials: Sequence[tuple[float, float]], phase0: float) -> np.ndarray:
+def _sweep(sr: int, inst: np.ndarray, partials: Sequence[tuple[float, float]],
+           phase0: float) -> np.ndarray:
     """Sum of partials (ratio, amplitude) of an instantaneous-frequency track."""
     phase = (2.0 * np.pi / sr) * np.cumsum(inst) + phase0
     out = np.zeros(len(inst))
@@ -528,7 +536,8 @@ def _babble(rng, p, sr, n, seconds, talkers: int) -> np.ndarray:
     noise_env = np.zeros(m)
     for _ in range(talkers):
         syllable_hz = rng.uniform(3.0, 6.5)
-        env = np.sin(2 * np.pi * syllable_hz * tc + rng.uniform(0, 2 * np.pi)) + rng.uniform(-0.3, 0.5)
+        env = (np.sin(2 * np.pi * syllable_hz * tc + rng.uniform(0, 2 * np.pi))
+               + rng.uniform(-0.3, 0.5))
         env = np.maximum(env + 0.3 * _curve(rng, m, seconds, 8.0), 0.0) ** 1.5
         env *= (_curve(rng, m, seconds, 1.5) > rng.uniform(-0.9, 0.1))  # pauses between phrases
         env *= rng.uniform(0.3, 1.0)  # distance
@@ -554,30 +563,36 @@ def _babble(rng, p, sr, n, seconds, talkers: int) -> np.ndarray:
 def _events(rng, p, sr, n, seconds) -> np.ndarray:
     """Tonal and impulsive sources in the time domain (levels relative to the bed RMS)."""
     out = np.zeros(n)
-    db = lambda key: 10.0 ** (p[key] / 20.0) * rng.uniform(0.5, 1.0)  # noqa: E731
-    start = lambda length: int(rng.integers(-length // 2, n))  # noqa: E731
+
+    def db(key: str) -> float:  # an event's peak amplitude
+        return 10.0 ** (p[key] / 20.0) * rng.uniform(0.5, 1.0)
+
+    def start(length: int) -> int:  # events may begin before the clip (cut at its start)
+        return int(rng.integers(-length // 2, n))
 
     if rng.random() < p["hum_prob"]:  # engines, fans, HVAC
         out += 10.0 ** (p["hum_db"] / 20.0) * _harmonic(
             rng, n, sr, seconds, p["hum_f0"] * rng.uniform(0.9, 1.1), p["hum_harm"], 3.0,
             p["hum_jitter"], p["hum_glide"] * rng.uniform(-1.0, 1.0))
     if rng.random() < p["mains_prob"]:  # electrical hum at the mains frequency and harmonics
-        out += 10.0 ** (p["mains_db"] / 20.0) * _harmonic(rng, n, sr, seconds, p["mains_hz"], 4, 2.0,
-                                                          0.001, 0.0)
+        out += 10.0 ** (p["mains_db"] / 20.0) * _harmonic(
+            rng, n, sr, seconds, p["mains_hz"], 4, 2.0, 0.001, 0.0)
     if rng.random() < p["whine_prob"]:  # traction motor / inverter whine
         out += 10.0 ** (p["whine_db"] / 20.0) * _harmonic(
             rng, n, sr, seconds, p["whine_hz"] * rng.uniform(0.85, 1.15), 3, 8.0, 0.003,
             p["whine_glide"] * rng.uniform(-1.0, 1.0))
 
     for _ in range(_count(rng, p["steps_rate"], seconds)):  # footsteps
-        sig = _damped(rng, sr, rng.uniform(100, 350), rng.uniform(0.008, 0.025), rng.uniform(0.002, 0.005))
+        sig = _damped(rng, sr, rng.uniform(100, 350), rng.uniform(0.008, 0.025),
+                      rng.uniform(0.002, 0.005))
         _add(out, start(len(sig)), db("steps_db") * sig)
     for _ in range(_count(rng, p["clicks_rate"], seconds)):  # clicks, rattles, wheels
         m = max(int(rng.uniform(0.0005, 0.003) * sr), 2)
         sig = rng.standard_normal(m) * np.exp(-np.arange(m) / (m / 4.0))
         _add(out, start(m), db("clicks_db") * sig / max(float(np.abs(sig).max()), 1e-12))
     for _ in range(_count(rng, p["thumps_rate"], seconds)):  # door slams, bumps
-        sig = _damped(rng, sr, rng.uniform(40, 120), rng.uniform(0.03, 0.08), rng.uniform(0.004, 0.01))
+        sig = _damped(rng, sr, rng.uniform(40, 120), rng.uniform(0.03, 0.08),
+                      rng.uniform(0.004, 0.01))
         _add(out, start(len(sig)), db("thumps_db") * sig)
     for _ in range(_count(rng, p["clacks_rate"], seconds)):  # rail joints: clack-clack
         gap = int(rng.uniform(0.08, 0.2) * sr)
@@ -616,7 +631,8 @@ def _events(rng, p, sr, n, seconds) -> np.ndarray:
         length = int(rng.uniform(0.5, 1.5) * sr)
         tt = np.arange(length) / sr
         mid = tt[-1] / 2
-        doppler = 1.0 + 0.05 * rng.uniform(0.5, 1.5) * (1.0 - 2.0 / (1.0 + np.exp(-(tt - mid) / (mid / 5))))
+        drop = 1.0 - 2.0 / (1.0 + np.exp(-(tt - mid) / (mid / 5)))  # +1 -> -1 as it passes
+        doppler = 1.0 + 0.05 * rng.uniform(0.5, 1.5) * drop
         inst = rng.uniform(60, 180) * doppler
         env = np.exp(-(((tt - mid) / (mid / 2)) ** 2))
         partials = [(h, 10.0 ** (-4.0 * (h - 1) / 20.0)) for h in range(1, 7)]
@@ -717,7 +733,8 @@ def _compress(y: np.ndarray, sr: int, knee: float, ratio: float = 4.0) -> np.nda
     return y * np.interp(np.arange(len(y)), centres, gain)
 
 
-def _render_device(scene: np.ndarray, device: str, rng: np.random.Generator, sr: int, n: int) -> np.ndarray:
+def _render_device(scene: np.ndarray, device: str, rng: np.random.Generator, sr: int,
+                   n: int) -> np.ndarray:
     """One device's recording of a clean scene spectrum: float samples, peak <= -1 dBFS."""
     d = _DEVICE_TABLE[device]
     h, noise = _device_response(device, sr, n)
@@ -744,13 +761,23 @@ def _render_device(scene: np.ndarray, device: str, rng: np.random.Generator, sr:
 
 
 def _wav_bytes(y: np.ndarray) -> bytes:
-    """Float samples in [-1, 1] -> 24-bit little-endian PCM frames."""
+    """Float samples in [-1, 1] -> 24-bit PCM frames in the byte order ``wave`` expects."""
     q = np.round(np.clip(y, -1.0, 1.0) * _FULL_SCALE).astype("<i4")
-    return q.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    frames = q.view(np.uint8).reshape(-1, 4)[:, :3]  # the low three bytes, little-endian
+    if sys.byteorder == "big":  # wave byte-swaps native-order samples on big-endian hosts
+        frames = frames[:, ::-1]
+    return frames.tobytes()
 
 
-def write_wav24(path: Path, y: np.ndarray, sr: int) -> None:
-    """Write mono 24-bit PCM atomically (temporary name in the same directory, then rename)."""
+def write_wav24(path: str | os.PathLike, y: np.ndarray, sr: int) -> None:
+    """Write a mono 24-bit PCM WAV file atomically (temporary name, then rename).
+
+    Args:
+      path: the destination file.
+      y: float samples; values are clipped to [-1, 1] and 1.0 maps to 2**23 - 1.
+      sr: the sampling rate in Hz.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with wave.open(str(tmp), "wb") as w:
@@ -819,8 +846,8 @@ def _check(n_clips, seed, sample_rate_hz, clip_seconds, n_cities, workers) -> in
         raise ValueError(f"clip_seconds={clip_seconds!r}: need a positive number")
     n_samples = int(round(sample_rate_hz * clip_seconds))
     if n_samples < 256:
-        raise ValueError(f"clip_seconds={clip_seconds!r}: {n_samples} samples at {sample_rate_hz} Hz; "
-                         "need at least 256")
+        raise ValueError(f"clip_seconds={clip_seconds!r}: {n_samples} samples at "
+                         f"{sample_rate_hz} Hz; need at least 256")
     if not is_int(n_cities) or not 1 <= n_cities <= len(CITIES):
         raise ValueError(f"n_cities={n_cities!r}: need an integer in [1, {len(CITIES)}]")
     if not is_int(workers) or workers < 0:
@@ -846,11 +873,13 @@ def _is_complete(root: Path, params: dict) -> bool:
     marker = read_marker(root)
     if marker is None or marker.get("params") != params:
         return False
-    if not (root / META_FILE).is_file() or not all((root / f).is_file() for f in SPLIT_FILES.values()):
+    if not all((root / f).is_file() for f in (META_FILE, *SPLIT_FILES.values())):
         return False
     audio = root / "audio"
-    n_wav = sum(1 for e in os.scandir(audio) if e.name.endswith(".wav") and not e.name.startswith(".")) \
-        if audio.is_dir() else 0
+    if not audio.is_dir():
+        return False
+    n_wav = sum(1 for e in os.scandir(audio)
+                if e.name.endswith(".wav") and not e.name.startswith("."))
     return n_wav == params["n_clips"]
 
 
@@ -931,15 +960,28 @@ def generate(root: str | os.PathLike, *, n_clips: int, seed: int, sample_rate_hz
             for part in chunks:
                 bar.update(_render_recordings(job, part))
         else:
-            ctx = multiprocessing.get_context("spawn")  # safe with threads (TensorFlow) in the parent
-            with ctx.Pool(workers) as pool:
-                for done in pool.imap_unordered(functools.partial(_render_recordings, job), chunks):
-                    bar.update(done)
+            # "spawn" is safe with threads (TensorFlow) in the parent; an executor (unlike
+            # multiprocessing.Pool) fails instead of hanging when a worker process dies
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_render_recordings, job, part) for part in chunks]
+                try:
+                    for future in as_completed(futures):
+                        bar.update(future.result())
+                except BrokenProcessPool as err:
+                    raise RuntimeError(
+                        f"a synthetic-dataset worker process died while writing {root}; nothing "
+                        "was marked complete. If generate() runs from a script, call it under "
+                        "'if __name__ == \"__main__\":' (worker processes re-import the "
+                        "script)") from err
+                finally:
+                    for future in futures:
+                        future.cancel()
 
     rows = sorted((filename, CLASSES[rec.label], rec.identifier, device.lower(), rec.split)
                   for rec in recordings for _, device, filename in rec.clips)
-    _write_text_atomic(root / META_FILE, _tsv(("filename", "scene_label", "identifier", "source_label"),
-                                              [r[:4] for r in rows]))
+    meta_columns = ("filename", "scene_label", "identifier", "source_label")
+    _write_text_atomic(root / META_FILE, _tsv(meta_columns, [r[:4] for r in rows]))
     train = [r[:2] for r in rows if r[4] == "train"]
     evaluate = [r[:2] for r in rows if r[4] == "evaluate"]
     _write_text_atomic(root / SPLIT_FILES["train"], _tsv(("filename", "scene_label"), train))
@@ -950,6 +992,8 @@ def generate(root: str | os.PathLike, *, n_clips: int, seed: int, sample_rate_hz
               "evaluate": len(evaluate),
               "devices": {d: sum(1 for r in rows if r[3] == d.lower()) for d in DEVICES},
               "locations": len({r[2] for r in rows})}
-    _write_text_atomic(root / MARKER, json.dumps({"params": params, "counts": counts}, indent=2) + "\n")
-    logger.info("wrote %d synthetic clips to %s in %.1f s", n_clips, root, time.perf_counter() - started)
+    _write_text_atomic(root / MARKER,
+                       json.dumps({"params": params, "counts": counts}, indent=2) + "\n")
+    logger.info("wrote %d synthetic clips to %s in %.1f s", n_clips, root,
+                time.perf_counter() - started)
     return root

@@ -104,7 +104,7 @@ def parent_run(params: Params, data_name: str, stage: str) -> Iterator[object]:
     mlflow = _mlflow()
     setup(params)
     tags = base_tags(params, data_name)
-    tags["stage"] = stage
+    tags["stages"] = stage
     with mlflow.start_run(run_name=run_name(params, data_name), tags=tags) as run:
         mlflow.log_params(params.flat())
         logger.info("MLflow parent run %s (experiment '%s', store %s)", run.info.run_id,

@@ -3,3 +3,43 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic dataset in the TAU22 layout, generated once per test session.
+
+    Tests read it through ``data.source=<path>``: the same code path as the real dataset.
+    """
+    from pipeline import synthetic
+
+    root = tmp_path_factory.mktemp("tiny") / "tau"
+    synthetic.generate(root, n_clips=60, seed=5, workers=1, progress=False)
+    return root
+
+
+def tiny_overrides(workdir, dataset, **extra) -> list[str]:
+    """Overrides for a tiny, fast run of every stage (seconds per stage on 2 cores)."""
+    base = {
+        "data.source": str(dataset),
+        "audio.n_mels": 32,
+        "model.channels": "[8, 8, 16, 16]",
+        "model.hidden_units": 16,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.deterministic": "true",
+        "evaluate.batch_size": 16,
+        "augment.tta.n_copies": 3,
+        "augment.tta.chunk_copies": 3,
+        "compress.prune": "true",
+        "compress.prune_epochs": 1,
+        "compress.qat_epochs": 1,
+        "compress.representative_clips": 8,
+        "tracking.uri": f"sqlite:///{workdir}/mlflow.db",
+        "tracking.artifact_root": f"{workdir}/mlruns",
+        "tracking.experiment": "tiny",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

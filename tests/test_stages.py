@@ -1,0 +1,177 @@
+"""Stages end to end on a tiny dataset: outputs, MLflow records, determinism, resume, failures."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tf_keras
+
+from pipeline import config, run, stages, training
+from tests.conftest import tiny_overrides
+
+
+def _params(workdir, dataset, **extra):
+    return config.load(None, tiny_overrides(workdir, dataset, **extra))
+
+
+def _client(workdir):
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+
+
+def _runs(workdir, stage=None):
+    client = _client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    flt = f"tags.stage = '{stage}'" if stage else ""
+    return client.search_runs([exp.experiment_id], filter_string=flt)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_dataset):
+    workdir = tmp_path_factory.mktemp("all")
+    params = _params(workdir, tiny_dataset)
+    results = stages.run_stages(params, workdir, list(stages.STAGES))
+    return workdir, params, results
+
+
+def test_every_stage_writes_its_outputs(full_run):
+    workdir, params, _ = full_run
+    for rel in ("prepare/index.csv", "prepare/summary.json", "train/model.keras", "train/best.keras",
+                "train/curves.png", "evaluate/metrics.json", "evaluate/per_device.csv", "evaluate/per_class.csv",
+                "evaluate/predictions.csv", "evaluate/predictions_tta.csv", "evaluate/confusion_matrix.png",
+                "evaluate/device_accuracy.png", "evaluate/size_vs_accuracy.png", "compress/model_int8.tflite",
+                "compress/frontend.tflite", "compress/metrics.json", "report/report.md", "report/report.html"):
+        assert (workdir / rel).is_file(), rel
+    for stage in stages.STAGES:
+        assert (workdir / stage / "_SUCCESS.json").is_file()
+    index = pd.read_csv(workdir / "prepare/index.csv")
+    assert list(index.columns[:7]) == ["filename", "scene_label", "label", "city", "identifier", "device", "split"]
+    model = tf_keras.models.load_model(workdir / "train/model.keras")  # project packages only
+    assert model.count_params() > 0
+
+
+def test_evaluate_metrics_schema_and_tta(full_run):
+    workdir, params, _ = full_run
+    m = json.loads((workdir / "evaluate/metrics.json").read_text())
+    assert set(m["complexity"]) >= {"params", "size_bytes", "macs"}
+    ev = m["splits"]["evaluate"]
+    assert set(ev) == {"plain", "tta"}
+    for variant in ev.values():
+        assert set(variant["overall"]) >= {"accuracy", "macro_accuracy", "log_loss", "per_class"}
+        assert {"S4", "S5", "S6"} <= set(variant["per_device"])
+        assert set(variant["per_device_group"]) == {"real", "seen", "unseen"}
+    predictions = pd.read_csv(workdir / "evaluate/predictions.csv")
+    n_eval = (pd.read_csv(workdir / "prepare/index.csv").split == "evaluate").sum()
+    assert len(predictions) == n_eval
+    assert np.allclose(predictions.iloc[:, 3:].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_compress_outputs_and_agreement(full_run):
+    workdir, params, _ = full_run
+    m = json.loads((workdir / "compress/metrics.json").read_text())
+    assert m["steps"] == ["prune", "ptq", "qat"]
+    assert m["tflite"]["size_bytes"] <= 128_000
+    assert 0.45 <= m["sparsity"] <= 0.55  # target 0.5
+    assert set(m["int8"]["overall"]) >= {"accuracy", "macro_accuracy", "log_loss"}
+    report = (workdir / "report/report.md").read_text()
+    assert "not on TAU Urban Acoustic Scenes" in report and "46.512" in report and "75.562" in report
+
+
+def test_mlflow_records_every_stage(full_run):
+    workdir, params, _ = full_run
+    client = _client(workdir)
+    parents = [r for r in _runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["train.epochs"] == "2"
+    for stage in stages.STAGES:
+        (run_,) = _runs(workdir, stage)
+        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run_.info.status == "FINISHED"
+    (train_run,) = _runs(workdir, "train")
+    assert set(train_run.data.tags) >= {"git.commit", "version.tensorflow", "model", "config", "data", "seed"} - (
+        set() if "git.commit" in train_run.data.tags else {"git.commit"})
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        history = client.get_metric_history(train_run.info.run_id, key)
+        assert [h.step for h in history] == [1, 2], key
+    assert train_run.data.metrics["model_params"] > 0 and train_run.data.metrics["model_macs"] > 0
+    artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id)}
+    assert {"params.yaml", "curves.png", "history.json", "checkpoints"} <= artifacts
+    (prep,) = _runs(workdir, "prepare")
+    assert len(prep.data.tags["dataset.fingerprint"]) == 16
+    (ev,) = _runs(workdir, "evaluate")
+    assert {"macro_accuracy", "tta_macro_accuracy", "device_S4_accuracy"} <= set(ev.data.metrics)
+    plots = {a.path for a in client.list_artifacts(ev.info.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in plots
+
+
+def test_same_seed_same_losses(full_run, tmp_path, tiny_dataset):
+    workdir, params, _ = full_run
+    first = json.loads((workdir / "train/history.json").read_text())["history"]
+    params2 = _params(tmp_path, tiny_dataset)
+    stages.run_stages(params2, tmp_path, ["prepare", "train"])
+    second = json.loads((tmp_path / "train/history.json").read_text())["history"]
+    assert first["loss"] == second["loss"]
+    assert first["val_loss"] == second["val_loss"]
+
+
+def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, tiny_dataset, monkeypatch):
+    workdir, params, _ = full_run
+    reference = tf_keras.models.load_model(workdir / "train/model.keras").get_weights()
+    params2 = _params(tmp_path, tiny_dataset)
+    original = training.EpochEnd.on_epoch_end
+
+    def interrupt_after_first(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(training.EpochEnd, "on_epoch_end", interrupt_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run_stages(params2, tmp_path, ["prepare", "train"])
+    assert not (tmp_path / "train/_SUCCESS.json").exists()
+    assert not (tmp_path / "train/model.keras").exists()
+    assert json.loads((tmp_path / "train/checkpoints/latest.json").read_text())["epoch"] == 1
+    (killed,) = _runs(tmp_path, "train")
+    assert killed.info.status == "KILLED"
+
+    monkeypatch.setattr(training.EpochEnd, "on_epoch_end", original)
+    stages.run_stages(params2, tmp_path, ["train"])
+    runs = _runs(tmp_path, "train")
+    assert len(runs) == 1, [(r.info.run_id, r.info.status, r.data.tags.get("mlflow.runName")) for r in runs]
+    (resumed,) = runs  # the same MLflow run, continued
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_at_epoch"] == "1"
+    history = _client(tmp_path).get_metric_history(resumed.info.run_id, "loss")
+    assert sorted(h.step for h in history) == [1, 2]
+    weights = tf_keras.models.load_model(tmp_path / "train/model.keras").get_weights()
+    for a, b in zip(reference, weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_failing_stage_is_marked_failed_with_traceback(tmp_path, tiny_dataset):
+    params = _params(tmp_path, tiny_dataset)
+    with pytest.raises(stages.StageError, match="run --stage prepare first"):
+        stages.run_stages(params, tmp_path, ["train"])
+    (failed,) = _runs(tmp_path, "train")
+    assert failed.info.status == "FAILED"
+    artifacts = {a.path for a in _client(tmp_path).list_artifacts(failed.info.run_id)}
+    assert "error.txt" in artifacts
+
+
+def test_cli_config_error_fails_before_any_work(tmp_path, capsys):
+    code = run.main(["--stage", "train", "--workdir", str(tmp_path), "--set", "train.epochs=-1"])
+    assert code == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_bad_dataset_is_reported(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    code = run.main(["--stage", "prepare", "--workdir", str(tmp_path / "w"), "--data", str(tmp_path / "bad"),
+                     *[f"--set={o}" for o in tiny_overrides(tmp_path, tmp_path / "bad")[-3:]]])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "meta.csv: missing file" in err
+    assert not (tmp_path / "w" / "prepare" / "_SUCCESS.json").exists()
