@@ -1,0 +1,349 @@
+"""Test-time augmentation (TTA): average the softmax over randomly augmented copies of each clip.
+
+Reference: section 3.3 of the DCASE2022 Task 1 report (Xin et al.), which averages the softmax
+predictions of 30 augmented copies; after Kandel & Castelli (2021) and the report's reference
+[7] (Bursuc, Puy, Jain, "Separable convolutions and test-time augmentations for low-complexity
+and calibrated acoustic scene classification", 2021).
+
+Design. The augmentation layers of a model (:class:`augment.TimeShift`,
+:class:`augment.SpecAugmentPP`) are identities at inference, and a functional model cannot pass an
+extra call argument (``augment=True``) down to its inner layers. So TTA works on an *augmenting
+view* of the model, built by :func:`make_tta_model`: ``tf_keras.models.clone_model`` with a
+``clone_function`` that
+
+* replaces each augmentation layer that TTA should apply by a fresh copy of it with
+  ``always_on=True`` (the constructor flag equivalent to calling it with ``augment=True``) and a
+  seed derived from the TTA seed, and each augmentation layer that TTA should not apply by a
+  ``tf_keras.layers.Identity``;
+* returns every other layer itself, so the view *shares* the trained weights (no copy, and it
+  follows the original if the original is trained further); nested functional or Sequential
+  sub-models that contain augmentation layers are cloned the same way, recursively.
+
+The view is called with ``training=False`` (batch normalisation uses its moving statistics,
+dropout is off); only the ``always_on`` layers augment.
+
+Batching. Each input batch of B rows is tiled copy-major (row ``c * B + i`` is copy ``c`` of
+clip ``i``) in chunks of at most ``chunk_copies`` copies, so one forward pass sees at most
+``chunk_copies * B`` rows; the softmax of each chunk is reshaped to ``[copies, B, classes]`` and
+summed, and the sum over all chunks is divided by ``n_copies``.
+
+Reproducibility. :func:`predict_tta` builds a fresh view for every call, whose augmentation layers
+start their random streams from seeds derived from ``seed`` (see :mod:`augment._base`), so the
+same model, inputs, seed and settings give the same probabilities. The random draws of a forward
+pass depend on its number of rows, so changing ``batch_size`` or ``chunk_copies`` changes which
+augmentations each copy gets (not their distribution). With ``chunk_copies=1`` the result is
+exactly the mean of ``n_copies`` successive calls of a fresh view on each batch (the tests check
+this). SpecAugment++ with mixture masking or cutting mixes a clip with another row of the same
+forward pass (another clip, or a copy of the same clip), which makes a prediction depend on its
+batch-mates; :class:`TTAConfig` therefore switches it to zero masking unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from augment._base import check_bool, check_int  # noqa: E402
+from augment.shift import TimeShift  # noqa: E402
+from augment.specaugment import MODES, SpecAugmentPP  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# With chunk_copies=None, a forward pass holds at most this many rows (at least one copy).
+DEFAULT_MAX_ROWS = 256
+
+AUGMENTATION_LAYERS = (TimeShift, SpecAugmentPP)
+
+
+@dataclasses.dataclass(frozen=True)
+class TTAConfig:
+    """Options of test-time augmentation; field names are :func:`predict_tta`'s keywords.
+
+    ``predict_tta(model, x, **dataclasses.asdict(config))`` runs TTA with these options.
+
+    Attributes:
+      n_copies: augmented copies averaged per clip (the report's 30).
+      batch_size: clips per input batch when the inputs are an array (a dataset keeps its own
+        batching).
+      chunk_copies: copies per forward pass (at most ``chunk_copies * batch`` rows); None picks
+        ``max(1, DEFAULT_MAX_ROWS // batch)``.
+      time_shift: apply the model's ``TimeShift`` layers.
+      specaugment: apply the model's ``SpecAugmentPP`` layers.
+      specaugment_mode: masking mode of SpecAugment++ at test time ("zm", "mm", "cm"), or None to
+        keep each layer's training mode. Defaults to "zm" so that a clip's prediction does not
+        depend on the other clips of its batch.
+      seed: seed of the TTA random streams.
+      from_logits: the model outputs logits (softmax is applied); False if it outputs
+        probabilities already.
+    """
+
+    n_copies: int = 30
+    batch_size: int = 32
+    chunk_copies: int | None = None
+    time_shift: bool = True
+    specaugment: bool = False
+    specaugment_mode: str | None = "zm"
+    seed: int = 0
+    from_logits: bool = True
+
+    def __post_init__(self):
+        check_int("n_copies", self.n_copies, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        if self.chunk_copies is not None:
+            check_int("chunk_copies", self.chunk_copies, minimum=1)
+        check_bool("time_shift", self.time_shift)
+        check_bool("specaugment", self.specaugment)
+        if self.specaugment_mode is not None and self.specaugment_mode not in MODES:
+            raise ValueError(
+                f"specaugment_mode must be None or one of {MODES}, got {self.specaugment_mode!r}"
+            )
+        check_int("seed", self.seed, minimum=0)
+        check_bool("from_logits", self.from_logits)
+
+
+def _derived_seed(seed: int, index: int, layer_seed: int) -> int:
+    """Seed of the ``index``-th augmentation layer of a TTA view (31 bits, well mixed)."""
+    state = np.random.SeedSequence([seed, index, layer_seed]).generate_state(1, dtype=np.uint32)
+    return int(state[0] >> 1)
+
+
+def _contains_augmentation(model) -> bool:
+    return any(isinstance(m, AUGMENTATION_LAYERS) for m in model.submodules)
+
+
+def count_augmentation_layers(model, *, active_only: bool = False) -> int:
+    """Number of ``TimeShift``/``SpecAugmentPP`` layers in ``model`` (nested ones included).
+
+    With ``active_only``, only those built with ``always_on=True`` are counted.
+    """
+    return sum(
+        isinstance(m, AUGMENTATION_LAYERS) and (m.always_on or not active_only)
+        for m in model.submodules
+    )
+
+
+def make_tta_model(
+    model: tf_keras.Model,
+    *,
+    time_shift: bool = True,
+    specaugment: bool = False,
+    specaugment_mode: str | None = "zm",
+    seed: int = 0,
+) -> tf_keras.Model:
+    """The augmenting view of ``model`` used for test-time augmentation.
+
+    Clones the functional (or Sequential) ``model``, sharing every layer except the augmentation
+    layers: each ``TimeShift`` (if ``time_shift``) and ``SpecAugmentPP`` (if ``specaugment``) is
+    replaced by a copy with ``always_on=True`` and a seed derived from ``seed`` and its position;
+    the disabled ones are replaced by ``tf_keras.layers.Identity``. Nested functional/Sequential
+    sub-models that contain augmentation layers are handled recursively.
+
+    Args:
+      model: a functional or Sequential ``tf_keras`` model (weights are shared, not copied).
+      time_shift: keep the time shift on at test time.
+      specaugment: keep the SpecAugment++ masks on at test time.
+      specaugment_mode: "zm", "mm" or "cm" for the test-time SpecAugment++ copies, or None to keep
+        each layer's own mode.
+      seed: non-negative integer seed of the view's random streams.
+
+    Returns:
+      A new ``tf_keras.Model`` with the same inputs and outputs as ``model``.
+
+    Raises:
+      ValueError: for bad arguments, or when ``model`` (or a sub-model holding augmentation
+        layers) is a subclassed model, which cannot be cloned.
+    """
+    TTAConfig(  # validates the arguments
+        time_shift=time_shift, specaugment=specaugment, specaugment_mode=specaugment_mode, seed=seed
+    )
+    counter = itertools.count()
+
+    def replace(layer):
+        if isinstance(layer, tf_keras.Model):
+            return clone(layer) if _contains_augmentation(layer) else layer
+        if not isinstance(layer, AUGMENTATION_LAYERS):
+            return layer  # shared: same weights as the original
+        index = next(counter)
+        enabled = time_shift if isinstance(layer, TimeShift) else specaugment
+        if not enabled:
+            return tf_keras.layers.Identity(name=layer.name)
+        config = layer.get_config()
+        config["always_on"] = True
+        config["seed"] = _derived_seed(seed, index, layer.seed)
+        if isinstance(layer, SpecAugmentPP) and specaugment_mode is not None:
+            config["mode"] = specaugment_mode
+        return layer.__class__.from_config(config)
+
+    def clone(sub_model):
+        if not (isinstance(sub_model, tf_keras.Sequential) or sub_model._is_graph_network):
+            raise ValueError(
+                f"make_tta_model needs a functional or Sequential model, got the subclassed "
+                f"model {sub_model.name!r} ({type(sub_model).__name__})"
+            )
+        return tf_keras.models.clone_model(sub_model, clone_function=replace)
+
+    if not isinstance(model, tf_keras.Model):
+        raise ValueError(f"model must be a tf_keras.Model, got {type(model).__name__}")
+    view = clone(model)
+    logger.info(
+        "TTA view of %r: %d augmentation layers, %d active (time_shift=%s, specaugment=%s)",
+        model.name,
+        count_augmentation_layers(model),
+        count_augmentation_layers(view, active_only=True),
+        time_shift,
+        specaugment,
+    )
+    return view
+
+
+def _chunk_sizes(n_copies: int, chunk_copies: int | None) -> list[int]:
+    """Copies per forward pass: full chunks of ``chunk_copies`` then the remainder."""
+    chunk = n_copies if chunk_copies is None else min(chunk_copies, n_copies)
+    return [min(chunk, n_copies - start) for start in range(0, n_copies, chunk)]
+
+
+def _tile_copies(x, copies: int):
+    """``copies`` copies of each tensor of the structure ``x``, copy-major along axis 0."""
+
+    def tile(t):
+        t = tf.convert_to_tensor(t)
+        multiples = tf.concat([[copies], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
+        return tf.tile(t, multiples)  # [copies * B, ...]
+
+    return tf.nest.map_structure(tile, x)
+
+
+def _copies_probability_sum(tta_model, x, copies: int, from_logits: bool = True):
+    """Sum over ``copies`` augmented copies of the class probabilities, ``[B, classes]``."""
+    batch = tf.shape(tf.nest.flatten(x)[0])[0]
+    outputs = tta_model(_tile_copies(x, copies), training=False)  # [copies * B, K]
+    outputs = tf.cast(outputs, tf.float32)
+    probabilities = tf.nn.softmax(outputs, axis=-1) if from_logits else outputs  # [copies * B, K]
+    probabilities = tf.reshape(probabilities, tf.stack([copies, batch, -1]))  # [copies, B, K]
+    return tf.reduce_sum(probabilities, axis=0)  # [B, K]
+
+
+def tta_probabilities(
+    tta_model, x, n_copies: int = 30, chunk_copies: int | None = None, from_logits: bool = True
+) -> tf.Tensor:
+    """Mean class probabilities over ``n_copies`` augmented copies of the batch ``x``.
+
+    Graph-safe (can be wrapped in a ``tf.function``; the loop over chunks is a static Python loop).
+
+    Args:
+      tta_model: the augmenting view from :func:`make_tta_model`.
+      x: a batch ``[B, ...]`` (or a structure of them, as the model takes).
+      n_copies: copies averaged.
+      chunk_copies: copies per forward pass; None runs all copies in one pass.
+      from_logits: apply softmax to the model outputs.
+
+    Returns:
+      float32 ``[B, classes]``.
+    """
+    n_copies = check_int("n_copies", n_copies, minimum=1)
+    if chunk_copies is not None:
+        chunk_copies = check_int("chunk_copies", chunk_copies, minimum=1)
+    total = None
+    for copies in _chunk_sizes(n_copies, chunk_copies):
+        part = _copies_probability_sum(tta_model, x, copies, from_logits)  # [B, K]
+        total = part if total is None else total + part
+    return total / float(n_copies)  # [B, K]
+
+
+def _input_batches(inputs, batch_size: int):
+    """Batches of model inputs from an array/tensor or from a batched ``tf.data.Dataset``."""
+    if isinstance(inputs, tf.data.Dataset):
+        for element in inputs:
+            yield element[0] if isinstance(element, tuple) else element
+        return
+    inputs = inputs if tf.is_tensor(inputs) else np.asarray(inputs)
+    for start in range(0, int(inputs.shape[0]), batch_size):
+        yield inputs[start : start + batch_size]
+
+
+def predict_tta(
+    model: tf_keras.Model,
+    inputs,
+    n_copies: int = 30,
+    batch_size: int = 32,
+    chunk_copies: int | None = None,
+    *,
+    time_shift: bool = True,
+    specaugment: bool = False,
+    specaugment_mode: str | None = "zm",
+    seed: int = 0,
+    from_logits: bool = True,
+) -> np.ndarray:
+    """Class probabilities averaged over ``n_copies`` augmented copies of each input clip.
+
+    Builds the augmenting view of ``model`` (:func:`make_tta_model`), then for each batch runs
+    ``ceil(n_copies / chunk_copies)`` compiled forward passes of at most ``chunk_copies * batch``
+    rows and averages the softmax of the outputs. See the module docstring for reproducibility.
+
+    Args:
+      model: a functional or Sequential ``tf_keras`` model whose outputs are logits (or
+        probabilities with ``from_logits=False``).
+      inputs: an array or tensor ``[N, ...]`` (split into batches of ``batch_size``), or a batched
+        ``tf.data.Dataset`` of inputs or of ``(inputs, labels, ...)`` tuples.
+      n_copies: augmented copies per clip (the report's 30).
+      batch_size: clips per batch for array inputs.
+      chunk_copies: copies per forward pass; None: ``max(1, DEFAULT_MAX_ROWS // batch)``.
+      time_shift: apply the model's ``TimeShift`` layers.
+      specaugment: apply the model's ``SpecAugmentPP`` layers.
+      specaugment_mode: test-time SpecAugment++ mode, or None to keep the layers' own.
+      seed: seed of the augmentations; same seed and settings, same result.
+      from_logits: apply softmax to the model outputs.
+
+    Returns:
+      float32 ``[N, classes]`` mean probabilities.
+    """
+    config = TTAConfig(
+        n_copies=n_copies,
+        batch_size=batch_size,
+        chunk_copies=chunk_copies,
+        time_shift=time_shift,
+        specaugment=specaugment,
+        specaugment_mode=specaugment_mode,
+        seed=seed,
+        from_logits=from_logits,
+    )
+    view = make_tta_model(
+        model,
+        time_shift=config.time_shift,
+        specaugment=config.specaugment,
+        specaugment_mode=config.specaugment_mode,
+        seed=config.seed,
+    )
+    if count_augmentation_layers(view, active_only=True) == 0:
+        logger.warning(
+            "TTA on %r applies no augmentation (time_shift=%s, specaugment=%s, %d augmentation "
+            "layers): all %d copies are identical",
+            model.name,
+            config.time_shift,
+            config.specaugment,
+            count_augmentation_layers(model),
+            config.n_copies,
+        )
+    forward = tf.function(
+        lambda x, copies: _copies_probability_sum(view, x, copies, config.from_logits),
+        reduce_retracing=True,
+    )
+    results = []
+    for batch in _input_batches(inputs, config.batch_size):
+        rows = int(tf.nest.flatten(batch)[0].shape[0])
+        chunk = config.chunk_copies or max(1, DEFAULT_MAX_ROWS // max(rows, 1))
+        total = 0.0
+        for copies in _chunk_sizes(config.n_copies, chunk):
+            total = total + forward(batch, copies).numpy()  # [B, K]
+        results.append((total / config.n_copies).astype(np.float32))
+    if not results:
+        raise ValueError("predict_tta got no input batches")
+    return np.concatenate(results, axis=0)
