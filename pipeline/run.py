@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory for all stage outputs (default: work)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key with a YAML value, e.g. --set train.epochs=3; repeatable")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun stages whose outputs are complete for the same settings (default: reuse them)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="logging verbosity (default: INFO)")
     return parser
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = list(stages.STAGES) if args.stage == "all" else [args.stage]
     try:
-        stages.run_stages(params, args.workdir, names)
+        stages.run_stages(params, args.workdir, names, force=args.force)
     except (DatasetError, stages.StageError, config.ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
               "The traceback is logged as error.txt in the stage's MLflow run "
               "(or rerun with --log-level DEBUG).", file=sys.stderr)
         return 1
+    if args.stage == "all" or "report" in names:
+        print(stages.summary(params, args.workdir))
     return 0
 
 

@@ -552,8 +552,48 @@ def report(params: Params, workdir: Path) -> dict:
 _FUNCTIONS = {"prepare": prepare, "train": train, "evaluate": evaluate, "compress": compress, "report": report}
 
 
-def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, dict]:
-    """Run ``stages`` in order under one MLflow parent run, one nested run per stage."""
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_key(params: Params, workdir: Path, stage: str) -> str | None:
+    """What a stage's outputs depend on; equal keys mean the outputs can be reused (None: always run)."""
+    tree = params.to_dict()
+    if stage == "prepare":
+        facts = {"data": tree["data"], "seed": params.seed, "audio": [params.audio.sample_rate_hz,
+                                                                      params.audio.clip_seconds]}
+        if params.data.source != "synthetic":
+            root = Path(params.data.source).expanduser()
+            facts["files"] = [(rel, p.stat().st_size, p.stat().st_mtime_ns) for rel in
+                              ("meta.csv", *tau.SPLIT_FILES.values()) if (p := root / rel).is_file()]
+        return _digest(facts)
+    prepared = files.read_marker(workdir / "prepare") or {}
+    if stage == "train":
+        return _digest({"train": train_fingerprint(params), "data": prepared.get("fingerprint")})
+    model_sha = (files.read_marker(workdir / "train") or {}).get("model_sha")
+    if stage == "evaluate":
+        return _digest({"model": model_sha, "data": prepared.get("fingerprint"), "evaluate": tree["evaluate"],
+                        "tta": tree["augment"], "audio": tree["audio"], "limit": params.data.max_eval_clips,
+                        "seed": params.seed})
+    if stage == "compress":
+        return _digest({"model": model_sha, "data": prepared.get("fingerprint"), "compress": tree["compress"],
+                        "train": tree["train"], "dataset": tree["data"], "seed": params.seed})
+    return None
+
+
+def run_stages(params: Params, workdir: Path, stages: list[str], *, force: bool = False) -> dict[str, dict]:
+    """Run ``stages`` in order under one MLflow parent run, one nested run per stage.
+
+    A stage whose outputs are complete (``_SUCCESS.json``) for the same :func:`stage_key` is
+    reused, not rerun: it still gets a nested MLflow run, tagged ``reused=true``, and says so
+    in the log. ``force`` reruns every stage.
+    """
     unknown = [s for s in stages if s not in _FUNCTIONS]
     if unknown:
         raise StageError(f"unknown stage(s) {unknown}; available: {list(_FUNCTIONS)}")
@@ -564,11 +604,59 @@ def run_stages(params: Params, workdir: Path, stages: list[str]) -> dict[str, di
     label = ",".join(stages)
     with tracking.parent_run(params, name, label):
         for stage in stages:
+            key = stage_key(params, workdir, stage)
+            marker = files.read_marker(workdir / stage)
+            if not force and key is not None and marker is not None and marker.get("key") == key:
+                logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; "
+                            "--force reruns it)", stage, workdir / stage)
+                with tracking.stage_run(params, name, stage, extra_tags={"reused": "true"}):
+                    import mlflow
+
+                    mlflow.log_dict(marker, "reused_marker.json")
+                results[stage] = {"reused": True}
+                continue
             logger.info("stage %s", stage)
             run_id = _resumable_run(params, workdir, stage)
             with tracking.stage_run(params, name, stage, run_id=run_id):
                 results[stage] = _FUNCTIONS[stage](params, workdir)
+            marker = files.read_marker(workdir / stage) or {}
+            marker["key"] = stage_key(params, workdir, stage) if stage == "prepare" else key
+            if stage == "train":
+                marker["model_sha"] = _sha256(workdir / "train" / "model.keras")
+            files.write_json(workdir / stage / files.MARKER, marker)
     return results
+
+
+def summary(params: Params, workdir: Path) -> str:
+    """A short closing summary: where the report is, headline metrics, int8 size and MACs, the UI command."""
+    workdir = Path(workdir)
+    lines = [f"Outputs in {workdir.resolve()}"]
+    report_md = workdir / "report" / "report.md"
+    if report_md.is_file():
+        lines.append(f"  report:   {report_md.resolve()} (and report.html)")
+    ev_path = workdir / "evaluate" / "metrics.json"
+    if ev_path.is_file():
+        ev = json.loads(ev_path.read_text())
+        split = ev["splits"].get("evaluate") or next(iter(ev["splits"].values()))
+        plain = split["plain"]["overall"]
+        line = (f"  evaluate: macro accuracy {plain['macro_accuracy']:.1%}, log loss {plain['log_loss']:.3f}")
+        if "tta" in split:
+            line += (f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
+                     f"{split['tta']['overall']['log_loss']:.3f}")
+        lines.append(line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else ""))
+    cz_path = workdir / "compress" / "metrics.json"
+    if cz_path.is_file():
+        cz = json.loads(cz_path.read_text())
+        t = cz["tflite"]
+        lines.append(f"  int8:     {workdir.resolve() / 'compress' / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
+                     f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
+                     f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
+                     f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})")
+    uri = params.tracking.uri
+    root = params.tracking.artifact_root
+    lines.append(f"  MLflow:   mlflow ui --backend-store-uri {uri} --default-artifact-root {root} "
+                 f"(experiment '{params.tracking.experiment}')")
+    return "\n".join(lines)
 
 
 def _resumable_run(params: Params, workdir: Path, stage: str) -> str | None:

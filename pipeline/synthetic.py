@@ -893,8 +893,10 @@ def _reset(root: Path) -> None:
             raise FileExistsError(
                 f"synthetic dataset root {root} is not empty and was not written by {GENERATOR} "
                 f"(no {OWNER}); refusing to overwrite it -- choose another directory")
+        if (root / MARKER).exists():
+            (root / MARKER).unlink()  # first: a half-emptied directory must not look complete
         for entry in entries:
-            if entry.name == OWNER:
+            if entry.name in (OWNER, MARKER):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

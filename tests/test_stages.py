@@ -175,3 +175,20 @@ def test_cli_bad_dataset_is_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "meta.csv: missing file" in err
     assert not (tmp_path / "w" / "prepare" / "_SUCCESS.json").exists()
+
+
+def test_second_all_with_new_compress_settings_reuses_training(full_run, tiny_dataset):
+    workdir, params, _ = full_run
+    model_mtime = (workdir / "train/model.keras").stat().st_mtime_ns
+    changed = _params(workdir, tiny_dataset, **{"compress.representative_clips": 6})
+    results = stages.run_stages(changed, workdir, list(stages.STAGES))
+    assert results["prepare"] == {"reused": True}
+    assert results["train"] == {"reused": True}
+    assert results["evaluate"] == {"reused": True}
+    assert "reused" not in results["compress"] and "reused" not in results["report"]
+    assert (workdir / "train/model.keras").stat().st_mtime_ns == model_mtime
+    reused = [r for r in _runs(workdir, "train") if r.data.tags.get("reused") == "true"]
+    assert len(reused) == 1
+    text = stages.summary(changed, workdir)
+    assert "report.md" in text and "macro accuracy" in text and "mlflow ui --backend-store-uri" in text
+    assert "bytes (NeSsi)" in text
