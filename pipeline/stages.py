@@ -613,18 +613,46 @@ def run_stages(params: Params, workdir: Path, stages: list[str], *, force: bool 
                     import mlflow
 
                     mlflow.log_dict(marker, "reused_marker.json")
+                    if marker.get("run_id"):
+                        mlflow.set_tag("reused_from_run", marker["run_id"])
+                        _log_headline(marker["run_id"], stage)
                 results[stage] = {"reused": True}
+                _log_headline(marker.get("run_id"), stage)
                 continue
             logger.info("stage %s", stage)
             run_id = _resumable_run(params, workdir, stage)
-            with tracking.stage_run(params, name, stage, run_id=run_id):
+            with tracking.stage_run(params, name, stage, run_id=run_id) as stage_mlflow_run:
                 results[stage] = _FUNCTIONS[stage](params, workdir)
+            _log_headline(stage_mlflow_run.info.run_id, stage)
             marker = files.read_marker(workdir / stage) or {}
-            marker["key"] = stage_key(params, workdir, stage) if stage == "prepare" else key
+            marker["key"] = key
+            marker["run_id"] = stage_mlflow_run.info.run_id
             if stage == "train":
                 marker["model_sha"] = _sha256(workdir / "train" / "model.keras")
             files.write_json(workdir / stage / files.MARKER, marker)
     return results
+
+
+HEADLINE = {
+    "evaluate": ("macro_accuracy", "log_loss", "tta_macro_accuracy", "tta_log_loss", "group_unseen_macro_accuracy",
+                 "model_params", "model_macs", "model_int8_bytes_estimate"),
+    "compress": ("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
+}
+
+
+def _log_headline(source_run_id: str | None, stage: str) -> None:
+    """Copy a stage run's headline metrics onto the active run (the parent, or a reusing stage run)."""
+    import mlflow
+
+    keys = HEADLINE.get(stage)
+    if not keys or source_run_id is None or mlflow.active_run() is None:
+        return
+    try:
+        metrics = mlflow.MlflowClient().get_run(source_run_id).data.metrics
+    except mlflow.exceptions.MlflowException:
+        logger.warning("MLflow run %s of stage %s not found; headline metrics not copied", source_run_id, stage)
+        return
+    mlflow.log_metrics({k: metrics[k] for k in keys if k in metrics})
 
 
 def summary(params: Params, workdir: Path) -> str:

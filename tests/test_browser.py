@@ -1,0 +1,128 @@
+"""The MLflow UI over a store made by two tiny runs, driven in headless Chromium (Playwright).
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python package (no
+browser download: Playwright is pointed at the system Chromium). Skipped when either is
+missing; CI installs both. Screenshots are saved under ``tests/artifacts/``.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, stages
+from tests.conftest import tiny_overrides
+
+CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory, tiny_dataset):
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    workdir = tmp_path_factory.mktemp("ui")
+    for seed in (1, 2):
+        params = config.load(None, tiny_overrides(workdir / f"run{seed}", tiny_dataset, **{
+            "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false",
+            "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"}))
+        stages.run_stages(params, workdir / f"run{seed}", ["prepare", "train", "evaluate"])
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
+         "--default-artifact-root", str(workdir / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture()
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1600, "height": 1100})
+        yield pg
+        browser.close()
+
+
+def test_runs_listed_and_compared(mlflow_server, page):
+    base = mlflow_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    (exp,) = [e for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
+              if e["name"] == "tiny"]
+    eid = exp["experiment_id"]
+    found = _api(base, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [eid], "filter": "tags.stages = 'prepare,train,evaluate'", "max_results": 10})
+    parents = sorted(found["runs"], key=lambda r: r["data"]["tags"] and r["info"]["run_name"])
+    assert [r["info"]["run_name"] for r in parents] == ["asc-default-synthetic-seed1", "asc-default-synthetic-seed2"]
+    accuracies = {r["info"]["run_name"]: {m["key"]: m["value"] for m in r["data"]["metrics"]}["macro_accuracy"]
+                  for r in parents}
+
+    # The experiment's training runs: both invocations are listed by name.
+    page.goto(f"{base}/#/experiments/{eid}/runs")
+    for name in accuracies:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow_runs.png"), full_page=True)
+
+    # Each run's page shows its metrics with their values.
+    for run in parents:
+        page.goto(f"{base}/#/experiments/{eid}/runs/{run['info']['run_id']}")
+        page.get_by_text("macro_accuracy", exact=True).first.wait_for(timeout=30_000)
+        body = page.inner_text("body")
+        assert "model_macs" in body and "log_loss" in body
+        value = accuracies[run["info"]["run_name"]]
+        assert f"{value:.3f}"[:4] in body or str(round(value, 4)) in body
+    page.screenshot(path=str(ARTIFACTS / "mlflow_run.png"), full_page=True)
+
+    # The compare view of the two runs lists the metrics side by side.
+    ids = json.dumps([r["info"]["run_id"] for r in parents])
+    page.goto(f'{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}')
+    page.get_by_text("Comparing 2 Runs").first.wait_for(timeout=30_000)
+    page.get_by_text("macro_accuracy", exact=True).first.wait_for(timeout=30_000)
+    body = page.inner_text("body")
+    for name in accuracies:
+        assert name in body
+    for key in ("macro_accuracy", "log_loss", "model_params", "train.epochs"):
+        assert key in body, key
+    page.screenshot(path=str(ARTIFACTS / "mlflow_compare.png"), full_page=True)
