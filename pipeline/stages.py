@@ -196,9 +196,10 @@ def train(params: Params, workdir: Path) -> dict:
     logger.info("model %s: %d parameters, %.2f M MACs per clip", params.model.name, cost["params"],
                 cost["macs"] / 1e6)
 
-    manager = training.CheckpointManager(out / "checkpoints", model, optimizer)
-    # Build the optimizer's slots before restoring, so every saved object has its match.
-    optimizer.build(model.trainable_variables)
+    with strategy.scope():
+        manager = training.CheckpointManager(out / "checkpoints", model, optimizer)
+        # Build the optimizer's slots before restoring, so every saved object has its match.
+        optimizer.build(model.trainable_variables)
     start = manager.restore()
     history, best_val = training.load_history(out / "history.json")
     history = training.trim_history(history, start)
@@ -211,8 +212,6 @@ def train(params: Params, workdir: Path) -> dict:
     train_ds, steps = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
                                            seed=params.seed, start_epoch=start, epochs=params.train.epochs)
     val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
-    if params.train.strategy == "mirrored":
-        train_ds = strategy.experimental_distribute_dataset(train_ds)
     callback = training.EpochEnd(manager, out / "best.keras", out / "history.json", history,
                                  params.train.epochs, best_val)
     if start < params.train.epochs:

@@ -138,3 +138,23 @@ def test_golden_outputs():
     for key in ("silence", "noise", "sine"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-4, err_msg=key)
     assert not np.allclose(ref["silence"], ref["sine"])
+
+
+def test_all_augmentations_on_trains_with_decreasing_loss(tiny_dataset):
+    """The network with time shift and SpecAugment++ (mm) at all five positions learns the synthetic data."""
+    from pipeline import data, inputs, training
+
+    params = _small_params(**{"augment.specaugment.positions": "[input, block1, block2, block3, block4]",
+                              "augment.specaugment.mode": "mm", "train.learning_rate": "3e-3",
+                              "train.schedule": "constant", "audio.clip_seconds": "1.0"})
+    training.seed_everything(3)
+    model = asc.build_model(params)
+    kinds = [type(layer).__name__ for layer in model.layers + asc.get_classifier(model).layers]
+    assert kinds.count("SpecAugmentPP") == 5 and kinds.count("TimeShift") == 1
+    index = data.read_index(tiny_dataset)
+    train = index[index.split == "train"].reset_index(drop=True)
+    ds, steps = inputs.train_dataset(train, tiny_dataset, params.audio, params.data, batch_size=8, seed=3,
+                                     start_epoch=0, epochs=6)
+    training.compile_model(model, training.make_optimizer(params.train, steps, epochs=6))
+    history = model.fit(ds, epochs=6, steps_per_epoch=steps, verbose=0).history["loss"]
+    assert history[-1] < history[0] - 0.1, history

@@ -192,3 +192,11 @@ def test_second_all_with_new_compress_settings_reuses_training(full_run, tiny_da
     text = stages.summary(changed, workdir)
     assert "report.md" in text and "macro accuracy" in text and "mlflow ui --backend-store-uri" in text
     assert "bytes (NeSsi)" in text
+
+
+def test_mirrored_strategy_runs_as_one_replica_on_cpu(tmp_path, tiny_dataset):
+    params = _params(tmp_path, tiny_dataset, **{"train.strategy": "mirrored", "train.epochs": 1})
+    stages.run_stages(params, tmp_path, ["prepare", "train"])
+    history = json.loads((tmp_path / "train/history.json").read_text())["history"]
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    assert (tmp_path / "train/model.keras").is_file()
