@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -51,19 +49,8 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
 logger = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = (
-    "airport",
-    "bus",
-    "metro",
-    "metro_station",
-    "park",
-    "public_square",
-    "shopping_mall",
-    "street_pedestrian",
-    "street_traffic",
-    "tram",
-)
-DEVICES: tuple[str, ...] = ("A", "B", "C", "S1", "S2", "S3", "S4", "S5", "S6")
+from pipeline.data import CLASSES, DEVICES  # noqa: E402  (the one list of classes and devices)
+
 # "seen" = simulated devices seen in training; "unseen" = simulated, test split only.
 DEVICE_GROUPS: dict[str, tuple[str, ...]] = {
     "real": ("A", "B", "C"),
@@ -333,16 +320,10 @@ def results_tables(metrics: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, float_format="%.6f")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; readable like any other output
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pipeline.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, float_format="%.6f")
 
 
 def write_tables(metrics: Mapping, out_dir) -> dict[str, Path]:

@@ -187,8 +187,8 @@ class TrackingParams:
 class Params:
     """The whole parameter tree; ``name`` is the config's name (for run names and tags)."""
 
-    name: str = _f("default")
-    seed: int = _f(42, min=0, max=2**31 - 1)
+    name: str = _f("default", help="config name (run names, tags); defaults to the YAML file name")
+    seed: int = _f(42, min=0, max=2**31 - 1, help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data")
     audio: AudioParams = field(default_factory=AudioParams)
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)

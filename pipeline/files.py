@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 MARKER = "_SUCCESS.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -29,6 +31,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; make it like any other output
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -69,21 +69,8 @@ logger = logging.getLogger(__name__)
 GENERATOR = "pipeline.synthetic"
 GENERATOR_VERSION = 1
 
-CLASSES = (
-    "airport",
-    "bus",
-    "metro",
-    "metro_station",
-    "park",
-    "public_square",
-    "shopping_mall",
-    "street_pedestrian",
-    "street_traffic",
-    "tram",
-)
-DEVICES = ("A", "B", "C", "S1", "S2", "S3", "S4", "S5", "S6")
-TRAIN_DEVICES = ("A", "B", "C", "S1", "S2", "S3")
-UNSEEN_DEVICES = ("S4", "S5", "S6")
+from pipeline.data import CLASSES, DEVICES, SEEN_DEVICES as TRAIN_DEVICES, UNSEEN_DEVICES  # noqa: E402,F401
+
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague",
           "stockholm", "vienna")
 
