@@ -73,7 +73,8 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
     summary = json.loads((workdir / "prepare" / "summary.json").read_text())
     ev = json.loads((workdir / "evaluate" / "metrics.json").read_text())
     comp_path = workdir / "compress" / "metrics.json"
-    comp = json.loads(comp_path.read_text()) if comp_path.is_file() else None
+    complete = (workdir / "compress" / "_SUCCESS.json").is_file()  # never report a half-written compress stage
+    comp = json.loads(comp_path.read_text()) if complete and comp_path.is_file() else None
     synthetic = ev.get("data") == "synthetic"
 
     split = "evaluate" if "evaluate" in ev["splits"] else next(iter(ev["splits"]))

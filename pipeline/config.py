@@ -75,8 +75,8 @@ class DataParams:
 
     source: str = _f("synthetic", help="'synthetic' or the path of a TAU22 development set")
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
-    shuffle_buffer: int = _f(4096, min=1)
-    cache: str = _f("none", choices=("none", "memory", "disk"))
+    cache: str = _f("none", choices=("none", "memory"),
+                    help="memory: decode every clip once and keep the waveforms in RAM (small sets only)")
     num_parallel_calls: int = _f(-1, min=-1, help="-1 = tf.data.AUTOTUNE")
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
@@ -150,7 +150,7 @@ class TrainParams:
     schedule: str = _f("cosine", choices=("cosine", "constant"))
     strategy: str = _f("default", choices=("default", "mirrored"))
     deterministic: bool = _f(False, help="tf.config.experimental.enable_op_determinism")
-    log_every_epoch: bool = _f(True)
+    progress_bar: bool = _f(True, help="Keras progress bar per epoch (the one-line epoch log is always written)")
 
 
 @dataclass(frozen=True)
@@ -364,6 +364,17 @@ def _cross_check(p: Params) -> None:
         )
     if len(p.model.channels) != 4 and p.model.name == "asc":
         raise ConfigError(f"model.channels: the report's network has 4 blocks, got {list(p.model.channels)}")
+    frames = 1 + a.clip_samples // a.hop_length if a.center else 1 + (a.clip_samples - a.n_fft) // a.hop_length
+    if a.center and a.clip_samples <= a.n_fft // 2:
+        raise ConfigError(f"audio.clip_seconds: {a.clip_seconds} s is shorter than half a window "
+                          f"(audio.n_fft={a.n_fft}); reflect padding needs more samples")
+    if p.model.name == "asc" and (frames < 16 or a.n_mels < 16):
+        raise ConfigError(f"audio: the network pools 4 times by 2, so it needs at least 16 frames and 16 mel bins; "
+                          f"got {frames} frames (audio.clip_seconds={a.clip_seconds}, audio.hop_length={a.hop_length})"
+                          f" and audio.n_mels={a.n_mels}")
+    if p.model.name == "baseline" and round(a.clip_seconds * 44100) < 44100:
+        raise ConfigError(f"audio.clip_seconds: the DCASE2022 baseline needs 1-s clips (51 frames), "
+                          f"got {a.clip_seconds}")
     if p.augment.tta.chunk_copies > p.augment.tta.n_copies:
         raise ConfigError(
             f"augment.tta.chunk_copies: {p.augment.tta.chunk_copies} exceeds augment.tta.n_copies "

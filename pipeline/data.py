@@ -163,20 +163,26 @@ def read_wav_header(path: str | os.PathLike) -> WavInfo:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
-    """Read one tab-separated file, checking delimiter and columns; problems appended."""
+    """Read one tab-separated file, checking delimiter, columns and every row; problems appended.
+
+    Returns a DataFrame of string columns plus ``_line`` (the row's line number in the file), or
+    None when the file cannot be used at all. Blank lines are ignored; a row with the wrong number
+    of fields is reported and left out.
+    """
     if not path.is_file():
         problems.append(f"{path}: missing file")
         return None
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, on_bad_lines="skip").fillna("")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: malformed CSV ({str(exc).splitlines()[0]})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: unreadable CSV ({exc})")
         return None
-    except pd.errors.EmptyDataError:
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
         problems.append(f"{path}: empty file (expected a tab-separated header {list(columns)})")
         return None
-    header = list(frame.columns)
-    if len(header) == 1 and any(d in header[0] for d in (",", ";")) and len(columns) > 1:
+    header = lines[0].split("\t")
+    if len(header) == 1 and len(columns) > 1 and any(d in header[0] for d in (",", ";")):
         problems.append(f"{path}: wrong delimiter: expected tab-separated columns {list(columns)}, "
                         f"got header {header[0]!r}")
         return None
@@ -184,21 +190,22 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
     if missing:
         problems.append(f"{path}: missing column(s) {missing}; expected {list(columns)}, got {header}")
         return None
-    # Rows with a different field count appear as NaN-free strings: check row lengths directly.
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if number == 1 or not line:
-                continue
-            if line.count("\t") != len(header) - 1:
-                problems.append(f"{path}: line {number}: expected {len(header)} tab-separated fields, "
-                                f"got {line.count(chr(9)) + 1}")
-    empty = frame[list(columns)].eq("").any(axis=1)
-    for row in np.flatnonzero(empty.to_numpy())[:MAX_LISTED]:
-        problems.append(f"{path}: line {row + 2}: empty field")
-    dup = frame.duplicated(subset=["filename"], keep="first")
-    for row in np.flatnonzero(dup.to_numpy()):
-        problems.append(f"{path}: line {row + 2}: duplicate filename {frame.filename.iloc[row]!r}")
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            problems.append(f"{path}: line {number}: expected {len(header)} tab-separated fields, got {len(fields)}")
+            continue
+        rows.append(fields)
+        numbers.append(number)
+    frame = pd.DataFrame(rows, columns=header, dtype=str)
+    frame["_line"] = numbers
+    for i in np.flatnonzero(frame[list(columns)].eq("").any(axis=1).to_numpy())[:MAX_LISTED]:
+        problems.append(f"{path}: line {frame._line.iloc[i]}: empty field")
+    for i in np.flatnonzero(frame.duplicated(subset=["filename"], keep="first").to_numpy()):
+        problems.append(f"{path}: line {frame._line.iloc[i]}: duplicate filename {frame.filename.iloc[i]!r}")
     return frame
 
 
@@ -239,11 +246,11 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
 
     bad_label = ~meta.scene_label.isin(CLASSES)
     for row in np.flatnonzero(bad_label.to_numpy()):
-        problems.append(f"{root / 'meta.csv'}: line {row + 2}: unknown scene_label "
+        problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown scene_label "
                         f"{meta.scene_label.iloc[row]!r}; allowed: {list(CLASSES)}")
     devices = meta.source_label.str.upper()
     for row in np.flatnonzero((~devices.isin(DEVICES)).to_numpy()):
-        problems.append(f"{root / 'meta.csv'}: line {row + 2}: unknown source_label "
+        problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown source_label "
                         f"{meta.source_label.iloc[row]!r}; allowed: {[d.lower() for d in DEVICES]}")
     meta_by_name = meta.drop_duplicates("filename").set_index("filename")
 
@@ -254,12 +261,12 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
         rel = SPLIT_FILES[split]
         absent = ~table.filename.isin(meta_by_name.index)
         for row in np.flatnonzero(absent.to_numpy()):
-            problems.append(f"{root / rel}: line {row + 2}: {table.filename.iloc[row]!r} is not in meta.csv")
+            problems.append(f"{root / rel}: line {table._line.iloc[row]}: {table.filename.iloc[row]!r} is not in meta.csv")
         table = table[~absent]
         if "scene_label" in table.columns:
             wrong = table.scene_label.to_numpy() != meta_by_name.loc[table.filename, "scene_label"].to_numpy()
             for row in np.flatnonzero(wrong):
-                problems.append(f"{root / rel}: {table.filename.iloc[row]!r}: scene_label "
+                problems.append(f"{root / rel}: line {table._line.iloc[row]}: {table.filename.iloc[row]!r}: scene_label "
                                 f"{table.scene_label.iloc[row]!r} disagrees with meta.csv")
         if split == "test":
             table = table[~table.filename.isin(splits["evaluate"].filename)]

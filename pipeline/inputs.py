@@ -155,14 +155,18 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
             return load(tf.gather(t_paths, i), tf.gather(t_codes, i), tf.gather(t_rates, i),
                         tf.gather(t_labels, i))
 
+    def fetch_batch(batch_indices):  # [b] -> ([b, samples], [b])
+        return tf.map_fn(fetch, batch_indices, fn_output_signature=(tf.float32, tf.int32))
+
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int32), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return (tf.data.Dataset.from_tensor_slices(order)
-                .map(fetch, num_parallel_calls=parallel, deterministic=True)
-                .batch(batch_size))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)  # batches of clip indices
 
+    # Batches never span two epochs; one top-level parallel map decodes whole batches (no parallel
+    # stage nested inside flat_map, whose iterator teardown was seen to deadlock under load).
     ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_batches)
+    ds = ds.map(fetch_batch, num_parallel_calls=parallel, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE), steps
 
 

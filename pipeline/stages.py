@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,11 @@ def train(params: Params, workdir: Path) -> dict:
     start = manager.restore()
     history, best_val = training.load_history(out / "history.json")
     history = training.trim_history(history, start)
+    if start == 0 or not history.get("val_loss"):
+        best_val = None  # a best model of an abandoned epoch must not outrank this run's epochs
+        (out / "best.keras").unlink(missing_ok=True)
+    else:
+        best_val = min(history["val_loss"])
     if start:
         logger.info("train: resuming at epoch %d of %d", start + 1, params.train.epochs)
         mlflow.set_tag("resumed_at_epoch", str(start))
@@ -311,6 +317,8 @@ def _experiment_points(params: Params) -> list[dict]:
                               max_results=200, output_format="list")
     points = []
     for run in runs:
+        if run.data.tags.get("reused") == "true":  # a reuse repeats another run's figures
+            continue
         m = run.data.metrics
         if "macro_accuracy" in m and "model_int8_bytes_estimate" in m:
             points.append({"name": run.data.tags.get("mlflow.runName", run.info.run_id[:8]).split(": ")[-1],
@@ -561,16 +569,44 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _listing_digest(directory: Path) -> str | None:
+    """Digest of a folder's file names, sizes and modification times (no file is read)."""
+    if not directory.is_dir():
+        return None
+    h = hashlib.sha256()
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        st = entry.stat()
+        h.update(f"{entry.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+UPSTREAM = {"train": ("prepare",), "evaluate": ("prepare", "train"), "compress": ("prepare", "train"),
+            "report": ("prepare", "evaluate")}
+
+
+def check_upstream(params: Params, workdir: Path, stage: str) -> None:
+    """Refuse inputs that are missing, incomplete or made with other settings than ``params``."""
+    for up in UPSTREAM.get(stage, ()):
+        marker = files.read_marker(workdir / up)
+        if marker is None:
+            raise StageError(f"{workdir / up} is missing or incomplete: run --stage {up} first")
+        if marker.get("key") != stage_key(params, workdir, up):
+            raise StageError(f"{workdir / up} was made with other settings or inputs than this run's; "
+                             f"run --stage {up} (or --stage all) with the same --config/--set first")
+
+
 def stage_key(params: Params, workdir: Path, stage: str) -> str | None:
     """What a stage's outputs depend on; equal keys mean the outputs can be reused (None: always run)."""
     tree = params.to_dict()
     if stage == "prepare":
-        facts = {"data": tree["data"], "seed": params.seed, "audio": [params.audio.sample_rate_hz,
-                                                                      params.audio.clip_seconds]}
-        if params.data.source != "synthetic":
+        facts = {"source": params.data.source, "audio": [params.audio.sample_rate_hz, params.audio.clip_seconds]}
+        if params.data.source == "synthetic":
+            facts.update(synthetic=[params.data.synthetic.n_clips, params.data.synthetic.n_cities], seed=params.seed)
+        else:
             root = Path(params.data.source).expanduser()
             facts["files"] = [(rel, p.stat().st_size, p.stat().st_mtime_ns) for rel in
                               ("meta.csv", *tau.SPLIT_FILES.values()) if (p := root / rel).is_file()]
+            facts["audio_listing"] = _listing_digest(root / "audio")
         return _digest(facts)
     prepared = files.read_marker(workdir / "prepare") or {}
     if stage == "train":
@@ -617,12 +653,20 @@ def run_stages(params: Params, workdir: Path, stages: list[str], *, force: bool 
                         _log_headline(marker["run_id"], stage)
                 results[stage] = {"reused": True}
                 _log_headline(marker.get("run_id"), stage)
+                if stage == "prepare":
+                    _tag_dataset(workdir)
                 continue
             logger.info("stage %s", stage)
+            if force or stage != "train":
+                # Start clean: no output of an earlier run with other settings survives next to new ones.
+                shutil.rmtree(workdir / stage, ignore_errors=True)
             run_id = _resumable_run(params, workdir, stage)
             with tracking.stage_run(params, name, stage, run_id=run_id) as stage_mlflow_run:
+                check_upstream(params, workdir, stage)
                 results[stage] = _FUNCTIONS[stage](params, workdir)
             _log_headline(stage_mlflow_run.info.run_id, stage)
+            if stage == "prepare":
+                _tag_dataset(workdir)
             marker = files.read_marker(workdir / stage) or {}
             marker["key"] = key
             marker["run_id"] = stage_mlflow_run.info.run_id
@@ -637,6 +681,15 @@ HEADLINE = {
                  "model_params", "model_macs", "model_int8_bytes_estimate"),
     "compress": ("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
 }
+
+
+def _tag_dataset(workdir: Path) -> None:
+    """Dataset path and fingerprint as tags of the parent run."""
+    import mlflow
+
+    marker = files.read_marker(workdir / "prepare") or {}
+    if marker.get("fingerprint"):
+        mlflow.set_tags({"dataset.path": marker.get("root", ""), "dataset.fingerprint": marker["fingerprint"]})
 
 
 def _log_headline(source_run_id: str | None, stage: str) -> None:
@@ -662,7 +715,7 @@ def summary(params: Params, workdir: Path) -> str:
     if report_md.is_file():
         lines.append(f"  report:   {report_md.resolve()} (and report.html)")
     ev_path = workdir / "evaluate" / "metrics.json"
-    if ev_path.is_file():
+    if ev_path.is_file() and files.read_marker(workdir / "evaluate") is not None:
         ev = json.loads(ev_path.read_text())
         split = ev["splits"].get("evaluate") or next(iter(ev["splits"].values()))
         plain = split["plain"]["overall"]
@@ -672,7 +725,7 @@ def summary(params: Params, workdir: Path) -> str:
                      f"{split['tta']['overall']['log_loss']:.3f}")
         lines.append(line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else ""))
     cz_path = workdir / "compress" / "metrics.json"
-    if cz_path.is_file():
+    if cz_path.is_file() and files.read_marker(workdir / "compress") is not None:
         cz = json.loads(cz_path.read_text())
         t = cz["tflite"]
         lines.append(f"  int8:     {workdir.resolve() / 'compress' / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
@@ -696,4 +749,13 @@ def _resumable_run(params: Params, workdir: Path, stage: str) -> str | None:
     state = json.loads(state_path.read_text())
     if state.get("fingerprint") != train_fingerprint(params) or not (workdir / "train/checkpoints/latest.json").is_file():
         return None
-    return state.get("run_id")
+    run_id = state.get("run_id")
+    try:
+        import mlflow
+
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - the run is gone (store moved or deleted): log into a new one
+        logger.warning("train: MLflow run %s of the interrupted run is not in this store; starting a new run",
+                       run_id)
+        return None
+    return run_id

@@ -202,4 +202,4 @@ def compile_model(model: tf_keras.Model, optimizer) -> None:
 
 def fit(params: Params, model, train_ds, val_ds, steps: int, start_epoch: int, callbacks) -> None:
     model.fit(train_ds, validation_data=val_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if params.train.log_every_epoch else 2)
+              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if params.train.progress_bar else 2)

@@ -97,3 +97,11 @@ def test_describe_lists_every_key():
     keys = [row[0] for row in config.describe()]
     assert "train.epochs" in keys and "augment.specaugment.mode" in keys
     assert len(keys) == len(Params().flat())
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [row[0] for row in config.describe() if f"`{row[0]}`" not in readme]
+    assert not missing, f"config keys missing from the README's configuration table: {missing}"

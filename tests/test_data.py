@@ -182,3 +182,15 @@ def test_parse_filename():
     with pytest.raises(ValueError, match="does not follow"):
         tau.parse_filename("audio/whatever.wav")
     assert isinstance(pd.DataFrame, type)
+
+
+def test_line_numbers_are_exact_after_blank_and_bad_lines(dataset):
+    root, _ = dataset
+    lines = (root / "evaluation_setup/fold1_train.csv").read_text().splitlines()
+    # line 2 is the first data row; insert a blank line and a 3-field row before a duplicate
+    lines = [lines[0], lines[1], "", "audio/x.wav\tbus\textra", lines[1]] + lines[2:]
+    (root / "evaluation_setup/fold1_train.csv").write_text("\n".join(lines) + "\n")
+    msg = _problems(root)
+    assert "fold1_train.csv: line 4: expected 2 tab-separated fields, got 3" in msg
+    assert f"fold1_train.csv: line 5: duplicate filename {lines[1].split(chr(9))[0]!r}" in msg
+    assert "empty field" not in msg
