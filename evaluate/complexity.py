@@ -263,6 +263,8 @@ def _traced_op_macs(layer, args, kwargs) -> int:
     for op in graph.get_operations():
         if op.type in ("Mean", "Max") and op.inputs[0].shape.is_fully_defined():
             macs += _n(op.inputs[0].shape)
+        elif op.type in ("AvgPool", "MaxPool") and op.outputs[0].shape.is_fully_defined():
+            macs += _n(op.outputs[0].shape) * _n(op.get_attr("ksize"))  # as pooling layers: out x window
         elif op.type == "Mul" and op.outputs[0].shape.is_fully_defined():
             if all(_source_type(t) != "Const" for t in op.inputs):
                 macs += _n(op.outputs[0].shape)

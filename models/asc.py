@@ -26,6 +26,7 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
@@ -61,8 +62,17 @@ class TimeFreqPooling(tf_keras.layers.Layer):
         return []  # no weights (tfmot.sparsity.keras.PrunableLayer protocol)
 
     def call(self, inputs):
-        x = tf.reduce_mean(inputs, axis=2)  # [B, T, C]
-        return tf.reduce_mean(x, axis=1) + tf.reduce_max(x, axis=1)  # [B, C]
+        t, f = inputs.shape[1], inputs.shape[2]
+        if t is None or f is None:  # unknown sizes: plain reductions
+            x = tf.reduce_mean(inputs, axis=2)  # [B, T, C]
+            return tf.reduce_mean(x, axis=1) + tf.reduce_max(x, axis=1)  # [B, C]
+        # Pooling ops rather than reduce_mean over a middle axis: int8 TFLite runs AVERAGE_POOL_2D
+        # and MAX_POOL_2D exactly, while its int8 MEAN over the frequency axis lost ~8 quantization
+        # steps here (TFLite quantization debugger).
+        x = tf.nn.avg_pool2d(inputs, ksize=(1, f), strides=(1, f), padding="VALID")  # [B, T, 1, C]
+        mean = tf.nn.avg_pool2d(x, ksize=(t, 1), strides=(t, 1), padding="VALID")  # [B, 1, 1, C]
+        peak = tf.nn.max_pool2d(x, ksize=(t, 1), strides=(t, 1), padding="VALID")  # [B, 1, 1, C]
+        return tf.reshape(mean + peak, [-1, inputs.shape[-1]])  # [B, C]
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], input_shape[-1]])
@@ -94,12 +104,16 @@ def _specaugment(params: Params, position: str, frames: int, bins: int, seed: in
     )
 
 
-def build_classifier(params: Params, *, augment: bool = True, name: str = "classifier") -> tf_keras.Model:
+def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = False,
+                     name: str = "classifier") -> tf_keras.Model:
     """The classifier: log-mel ``[T, M, 1]`` in, logits ``[n_classes]`` out.
 
     Args:
       params: the parameter tree (audio for the input shape, model, augment).
       augment: include the hidden-space SpecAugment++ layers (identity at inference).
+      fold_bn: the export form: each block's BatchNorm folded into its SeparableBlock (depthwise
+        kernels scaled, a bias added), so int8 TFLite has no separate per-channel MUL/ADD (whose
+        int8 range clipped badly: the quantization debugger measured errors of several steps).
       name: the model's name.
     """
     m = params.model
@@ -108,8 +122,9 @@ def build_classifier(params: Params, *, augment: bool = True, name: str = "class
     x = tf_keras.layers.BatchNormalization(axis=2, name="input_bn", **BN)(inputs)  # [B, T, M, 1]
     for i, (block, channel_index, pool) in enumerate(BLOCKS):
         filters = m.channels[channel_index]
-        x = SeparableBlock(filters, name=f"{block}_sepconv")(x)  # [B, t, f, C]
-        x = tf_keras.layers.BatchNormalization(name=f"{block}_bn", **BN)(x)
+        x = SeparableBlock(filters, use_bias=fold_bn, name=f"{block}_sepconv")(x)  # [B, t, f, C]
+        if not fold_bn:
+            x = tf_keras.layers.BatchNormalization(name=f"{block}_bn", **BN)(x)
         x = tf_keras.layers.ReLU(name=f"{block}_relu")(x)
         x = CoordAttention(reduction=m.attention_reduction, min_channels=m.attention_min_channels,
                            name=f"{block}_attention")(x)  # [B, t, f, C]
@@ -157,8 +172,17 @@ def export_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
         clone = tf_keras.models.clone_model(trained)
         clone.set_weights(trained.get_weights())
         return clone
-    plain = build_classifier(params, augment=False)
+    plain = build_classifier(params, augment=False, fold_bn=True)
     for layer in plain.layers:
+        if isinstance(layer, SeparableBlock):
+            pointwise, dw_time, dw_freq = trained.get_layer(layer.name).get_weights()
+            gamma, beta, mean, var = trained.get_layer(layer.name.replace("_sepconv", "_bn")).get_weights()
+            bn = trained.get_layer(layer.name.replace("_sepconv", "_bn"))
+            scale = gamma / np.sqrt(var + bn.epsilon)  # [C]
+            # BN(dw_t(h) + dw_f(h)) = dw_t'(h) + dw_f'(h) + bias, kernels [kh, kw, C, 1] scaled per channel
+            layer.set_weights([pointwise, dw_time * scale[None, None, :, None], beta - mean * scale,
+                               dw_freq * scale[None, None, :, None]])
+            continue
         weights = trained.get_layer(layer.name).get_weights()
         if weights:
             layer.set_weights(weights)

@@ -98,6 +98,9 @@ class SeparableBlock(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
       freq_dilation: dilation of the frequency kernel (positive int).
       kernel_initializer: initializer of the three kernels (Keras identifier).
       kernel_regularizer: optional regularizer of the three kernels (Keras identifier).
+      use_bias: add a per-channel bias (held by ``depthwise_time``, so TFLite fuses it into that
+        convolution). Off in training, where a BatchNorm follows; the export for int8 folds that
+        BatchNorm into the depthwise kernels and this bias (``models.asc.export_classifier``).
       **kwargs: base ``Layer`` arguments (``name``, ``dtype``, ...).
 
     Input shape:
@@ -122,9 +125,13 @@ class SeparableBlock(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         freq_dilation=2,
         kernel_initializer="he_uniform",
         kernel_regularizer=None,
+        use_bias=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not isinstance(use_bias, bool):
+            raise ValueError(f"use_bias must be True or False, got {use_bias!r}")
+        self.use_bias = use_bias
         self.filters = _check_positive_int("filters", filters)
         self.time_kernel = _check_positive_odd_int("time_kernel", time_kernel)
         self.freq_kernel = _check_positive_odd_int("freq_kernel", freq_kernel)
@@ -157,7 +164,7 @@ class SeparableBlock(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
             kernel_size=(self.time_kernel, 1),
             dilation_rate=(self.time_dilation, 1),
             padding="same",
-            use_bias=False,
+            use_bias=self.use_bias,
             depthwise_initializer=self._fresh_initializer(),
             depthwise_regularizer=self._fresh_regularizer(),
             dtype=self.dtype_policy,
@@ -202,6 +209,7 @@ class SeparableBlock(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
                 "freq_kernel": self.freq_kernel,
                 "time_dilation": self.time_dilation,
                 "freq_dilation": self.freq_dilation,
+                "use_bias": self.use_bias,
                 "kernel_initializer": tf_keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": tf_keras.regularizers.serialize(self.kernel_regularizer)
                 if self.kernel_regularizer is not None
