@@ -66,15 +66,8 @@ def _prefixed(prefix: str, name: str) -> str:
     return f"{prefix}_{name}" if prefix else name
 
 
-@tf_keras.saving.register_keras_serializable(package="asc")
-class PrefixedLastValueQuantizer(_quantizers.LastValueQuantizer):
-    """``LastValueQuantizer`` whose range variables are named ``{prefix}_{name}_min/max``."""
-
-    def __init__(self, prefix="", num_bits=8, per_axis=True, symmetric=True, narrow_range=True):
-        super().__init__(
-            num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range
-        )
-        self.prefix = prefix
+class _PrefixedNames:
+    """Mixin for TFMOT quantizers: range variables named ``{prefix}_{name}_min/max``."""
 
     def build(self, tensor_shape, name, layer):
         return super().build(tensor_shape, _prefixed(self.prefix, name), layer)
@@ -87,6 +80,17 @@ class PrefixedLastValueQuantizer(_quantizers.LastValueQuantizer):
 
     def __ne__(self, other):
         return not self.__eq__(other)
+
+
+@tf_keras.saving.register_keras_serializable(package="asc")
+class PrefixedLastValueQuantizer(_PrefixedNames, _quantizers.LastValueQuantizer):
+    """``LastValueQuantizer`` whose range variables are named ``{prefix}_{name}_min/max``."""
+
+    def __init__(self, prefix="", num_bits=8, per_axis=True, symmetric=True, narrow_range=True):
+        super().__init__(
+            num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range
+        )
+        self.prefix = prefix
 
 
 @tf_keras.saving.register_keras_serializable(package="asc")
@@ -110,7 +114,7 @@ class DepthwiseKernelQuantizer(PrefixedLastValueQuantizer):
 
 
 @tf_keras.saving.register_keras_serializable(package="asc")
-class PrefixedMovingAverageQuantizer(_quantizers.MovingAverageQuantizer):
+class PrefixedMovingAverageQuantizer(_PrefixedNames, _quantizers.MovingAverageQuantizer):
     """``MovingAverageQuantizer`` whose range variables are named ``{prefix}_{name}_min/max``."""
 
     def __init__(self, prefix="", num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
@@ -118,18 +122,6 @@ class PrefixedMovingAverageQuantizer(_quantizers.MovingAverageQuantizer):
             num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range
         )
         self.prefix = prefix
-
-    def build(self, tensor_shape, name, layer):
-        return super().build(tensor_shape, _prefixed(self.prefix, name), layer)
-
-    def get_config(self):
-        return {"prefix": self.prefix, **super().get_config()}
-
-    def __eq__(self, other):
-        return super().__eq__(other) and self.prefix == getattr(other, "prefix", None)
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 @tf_keras.saving.register_keras_serializable(package="asc")

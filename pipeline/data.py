@@ -240,7 +240,9 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
     problems: list[str] = []
     meta = _read_csv(root / "meta.csv", META_COLUMNS, problems)
     splits = {name: _read_csv(root / rel, SPLIT_COLUMNS[name], problems)
-              for name, rel in SPLIT_FILES.items()}
+              for name, rel in SPLIT_FILES.items() if name != "test" or (root / rel).is_file()}
+    if "test" not in splits:
+        logger.warning("%s: no %s; the test split is empty", root, SPLIT_FILES["test"])
     if meta is None or any(splits[s] is None for s in ("train", "evaluate")):
         raise DatasetError(root, problems)
 

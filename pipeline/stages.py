@@ -580,6 +580,8 @@ def _listing_digest(directory: Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+MAIN_OUTPUT = {"prepare": "index.csv", "train": "model.keras", "evaluate": "metrics.json",
+               "compress": "model_int8.tflite", "report": "report.md"}
 UPSTREAM = {"train": ("prepare",), "evaluate": ("prepare", "train"), "compress": ("prepare", "train"),
             "report": ("prepare", "evaluate")}
 
@@ -641,7 +643,8 @@ def run_stages(params: Params, workdir: Path, stages: list[str], *, force: bool 
         for stage in stages:
             key = stage_key(params, workdir, stage)
             marker = files.read_marker(workdir / stage)
-            if not force and key is not None and marker is not None and marker.get("key") == key:
+            outputs_there = (workdir / stage / MAIN_OUTPUT[stage]).is_file()
+            if not force and key is not None and marker is not None and marker.get("key") == key and outputs_there:
                 logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; "
                             "--force reruns it)", stage, workdir / stage)
                 with tracking.stage_run(params, name, stage, extra_tags={"reused": "true"}):

@@ -194,3 +194,11 @@ def test_line_numbers_are_exact_after_blank_and_bad_lines(dataset):
     assert "fold1_train.csv: line 4: expected 2 tab-separated fields, got 3" in msg
     assert f"fold1_train.csv: line 5: duplicate filename {lines[1].split(chr(9))[0]!r}" in msg
     assert "empty field" not in msg
+
+
+def test_test_split_file_is_optional(dataset):
+    root, rows = dataset
+    (root / "evaluation_setup/fold1_test.csv").unlink()
+    index = tau.read_index(root)
+    assert set(index.split) == {"train", "evaluate"}
+    assert len(index) == len(rows["train"]) + len(rows["evaluate"])
