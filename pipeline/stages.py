@@ -202,13 +202,13 @@ def train(params: Params, workdir: Path) -> dict:
         # Build the optimizer's slots before restoring, so every saved object has its match.
         optimizer.build(model.trainable_variables)
     start = manager.restore()
-    history, best_val = training.load_history(out / "history.json")
+    history, best_epoch = training.load_history(out / "history.json")
     history = training.trim_history(history, start)
-    if start == 0 or not history.get("val_loss"):
-        best_val = None  # a best model of an abandoned epoch must not outrank this run's epochs
+    best_val = min(history["val_loss"]) if start and history.get("val_loss") else None
+    if start == 0 or best_epoch is None or best_epoch > start:
+        # best.keras came from an epoch the restored checkpoint does not include (or from another run):
+        # drop it; only epochs of this run that beat the kept history's best can write it again.
         (out / "best.keras").unlink(missing_ok=True)
-    else:
-        best_val = min(history["val_loss"])
     if start:
         logger.info("train: resuming at epoch %d of %d", start + 1, params.train.epochs)
         mlflow.set_tag("resumed_at_epoch", str(start))
@@ -220,6 +220,7 @@ def train(params: Params, workdir: Path) -> dict:
     val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
     callback = training.EpochEnd(manager, out / "best.keras", out / "history.json", history,
                                  params.train.epochs, best_val)
+    callback.best_epoch = best_epoch if (out / "best.keras").is_file() else None
     if start < params.train.epochs:
         training.fit(params, model, train_ds, val_ds, steps, start, [callback])
 

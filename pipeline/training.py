@@ -153,6 +153,7 @@ class EpochEnd(tf_keras.callbacks.Callback):
         self.history = history
         self.total_epochs = total_epochs
         self.best_val = best_val
+        self.best_epoch: int | None = None
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -174,17 +175,20 @@ class EpochEnd(tf_keras.callbacks.Callback):
         val = logs.get("val_loss")
         if val is not None and (self.best_val is None or val < self.best_val):
             self.best_val = float(val)
+            self.best_epoch = epoch + 1
             with files.atomic_path(self.best_path) as tmp:
                 self.model.save(tmp)
-        files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val})
+        files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val,
+                                             "best_epoch": self.best_epoch})
         self.manager.save(epoch + 1)  # last: a checkpoint implies the history and best model above
 
 
-def load_history(path: Path) -> tuple[dict[str, list[float]], float | None]:
+def load_history(path: Path) -> tuple[dict[str, list[float]], int | None]:
+    """The per-epoch history and the epoch of ``best.keras`` (None when unknown)."""
     if not path.is_file():
         return {}, None
     data = json.loads(path.read_text())
-    return data["history"], data.get("best_val_loss")
+    return data["history"], data.get("best_epoch")
 
 
 def trim_history(history: dict[str, list[float]], epochs_done: int) -> dict[str, list[float]]:

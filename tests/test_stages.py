@@ -138,8 +138,19 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, tin
     (killed,) = _runs(tmp_path, "train")
     assert killed.info.status == "KILLED"
 
+    # A kill between writing best.keras and the checkpoint leaves a best model of an epoch the resume
+    # discards: simulate it; the resumed run must not keep it.
+    hist = json.loads((tmp_path / "train/history.json").read_text())
+    hist["best_epoch"] = 2
+    saved_val = hist["history"]["val_loss"][0]
+    hist["history"]["val_loss"][0] = -1.0  # no later epoch can beat it, so best.keras is not rewritten
+    (tmp_path / "train/history.json").write_text(json.dumps(hist))
+    (tmp_path / "train/best.keras").write_bytes(b"a model of a discarded epoch")
+
     monkeypatch.setattr(training.EpochEnd, "on_epoch_end", original)
     stages.run_stages(params2, tmp_path, ["train"])
+    assert not (tmp_path / "train/best.keras").exists()  # the stale best model was dropped
+    assert saved_val != -1.0
     runs = _runs(tmp_path, "train")
     assert len(runs) == 1, [(r.info.run_id, r.info.status, r.data.tags.get("mlflow.runName")) for r in runs]
     (resumed,) = runs  # the same MLflow run, continued
