@@ -91,6 +91,19 @@ def prepare_case(workdir: str, model_path: str | None, config_name: str, overrid
             "int8_bytes": (work / "classifier_int8.tflite").stat().st_size}
 
 
+def _time_step(tf, step, waves, batch: int, calls: int, repeats: int):
+    """Latency of one clip and time of one batch of ``step``, with memory marks between phases."""
+    import numpy as np  # imported in the measured child process, like everything else here
+
+    one, many = tf.constant(waves[:1]), tf.constant(np.resize(waves, (batch, waves.shape[1])))
+    _common.memory_mark("setup")
+    latency = _latency(lambda: step(one).numpy(), calls)
+    _common.memory_mark("latency")
+    throughput = _latency(lambda: step(many).numpy(), repeats, warmup=1)
+    _common.memory_mark("batch")
+    return latency, throughput
+
+
 def _latency(fn, calls: int, warmup: int = 3) -> list[float]:
     import time
 
@@ -113,12 +126,7 @@ def keras_case(workdir: str, batch: int, calls: int, repeats: int, one_thread: b
     model = _load_model(os.fspath(Path(workdir) / "model.keras"))
     waves = np.load(Path(workdir) / "waves.npy")
     step = tf.function(lambda w: tf.nn.softmax(model(w, training=False)), reduce_retracing=True)
-    one, many = tf.constant(waves[:1]), tf.constant(np.resize(waves, (batch, waves.shape[1])))
-    _common.memory_mark("setup")
-    latency = _latency(lambda: step(one).numpy(), calls)
-    _common.memory_mark("latency")
-    throughput = _latency(lambda: step(many).numpy(), repeats, warmup=1)
-    _common.memory_mark("batch")
+    latency, throughput = _time_step(tf, step, waves, batch, calls, repeats)
     return {"latency_s": latency, "batch_s": throughput,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
@@ -174,12 +182,7 @@ def tta_case(workdir: str, config_name: str, overrides: list[str], batch: int, c
                                   specaugment=t.specaugment, seed=params.seed)
     step = tf.function(lambda w: tta_lib.tta_probabilities(view, frontend(w, training=False), n_copies=t.n_copies,
                                                            chunk_copies=t.chunk_copies), reduce_retracing=True)
-    one, many = tf.constant(waves[:1]), tf.constant(np.resize(waves, (batch, waves.shape[1])))
-    _common.memory_mark("setup")
-    latency = _latency(lambda: step(one).numpy(), calls)
-    _common.memory_mark("latency")
-    throughput = _latency(lambda: step(many).numpy(), repeats, warmup=1)
-    _common.memory_mark("batch")
+    latency, throughput = _time_step(tf, step, waves, batch, calls, repeats)
     return {"latency_s": latency, "batch_s": throughput, "n_copies": t.n_copies, "chunk_copies": t.chunk_copies}
 
 

@@ -45,6 +45,11 @@ class StageError(RuntimeError):
     """A stage cannot run (missing inputs from an earlier stage, ...)."""
 
 
+def _digest(obj) -> str:
+    """SHA-256 (16 hex) of a JSON-able object: the key of settings and inputs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class DataSource:
     root: Path
@@ -59,7 +64,7 @@ def resolve_data(params: Params, workdir: Path) -> DataSource:
         syn = params.data.synthetic
         facts = {"n_clips": syn.n_clips, "n_cities": syn.n_cities, "seed": params.seed,
                  "sample_rate_hz": params.audio.sample_rate_hz, "clip_seconds": params.audio.clip_seconds}
-        key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
+        key = _digest(facts)[:10]
         root = workdir / "data" / f"synthetic-{syn.n_clips}-{key}"
         synthetic.generate(root, n_clips=syn.n_clips, seed=params.seed, sample_rate_hz=params.audio.sample_rate_hz,
                            clip_seconds=params.audio.clip_seconds, n_cities=syn.n_cities, workers=syn.workers,
@@ -144,8 +149,7 @@ def train_fingerprint(params: Params) -> str:
     """What the trained model depends on (TTA settings excluded: they only affect evaluation)."""
     tree = params.to_dict()
     tree["augment"].pop("tta")
-    tree = {k: tree[k] for k in TRAIN_SECTIONS}
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest({k: tree[k] for k in TRAIN_SECTIONS})
 
 
 def train(params: Params, workdir: Path) -> dict:
@@ -564,10 +568,6 @@ def _sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _listing_digest(directory: Path) -> str | None:
