@@ -1,12 +1,10 @@
 """Importing any project package selects Keras 2 (tf_keras) before TensorFlow loads."""
-import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pipeline.core.env  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
-from augment.shift import TimeShift  # noqa: E402
-from augment.specaugment import SpecAugmentPP  # noqa: E402
-from augment.tta import (  # noqa: E402
+from augment.shift import TimeShift
+from augment.specaugment import SpecAugmentPP
+from augment.tta import (
     TTAConfig,
     count_augmentation_layers,
     make_tta_model,

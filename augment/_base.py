@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import tensorflow as tf
+import tf_keras
 
 
 def check_int(name: str, value, minimum: int = 0) -> int:

@@ -12,14 +12,11 @@ the training / ``augment`` / ``always_on`` switch are described in :mod:`augment
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tf_keras
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from augment._base import RandomAugmentation, check_real  # noqa: E402
+from augment._base import RandomAugmentation, check_real
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,11 @@ described in :mod:`augment._base`.
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tf_keras
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from augment._base import RandomAugmentation, check_int  # noqa: E402
+from augment._base import RandomAugmentation, check_int
 
 logger = logging.getLogger(__name__)
 

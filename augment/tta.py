@@ -43,17 +43,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from augment._base import check_bool, check_int  # noqa: E402
-from augment.shift import TimeShift  # noqa: E402
-from augment.specaugment import MODES, SpecAugmentPP  # noqa: E402
+from augment._base import check_bool, check_int
+from augment.shift import TimeShift
+from augment.specaugment import MODES, SpecAugmentPP
 
 logger = logging.getLogger(__name__)
 

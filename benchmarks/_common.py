@@ -304,7 +304,8 @@ def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
     The store is the project's (``pipeline.tracking.setup`` with the default config, or
     ``tracking_uri``), the experiment ``benchmarks``, the run named after the benchmark.
     """
-    from pipeline import config, tracking
+    from pipeline.core import config
+    from pipeline import tracking
 
     overrides = ["tracking.experiment=benchmarks"]
     if tracking_uri:

@@ -45,7 +45,7 @@ CASES = ("keras_float", "keras_float_1thread", "tflite_int8", "tta")
 
 
 def _tf(one_thread: bool = False):
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import tensorflow as tf
 
     if one_thread:
@@ -71,7 +71,8 @@ def prepare_case(workdir: str, model_path: str | None, config_name: str, overrid
     _tf()
     from evaluate import compress
     from models import asc
-    from pipeline import config, data, inputs
+    from pipeline.core import config
+    from pipeline import data, inputs
 
     params = config.load(config_name, overrides)
     model = _load_model(model_path) if model_path else asc.build_model(params)
@@ -170,7 +171,7 @@ def tta_case(workdir: str, config_name: str, overrides: list[str], batch: int, c
     tf = _tf()
     from augment import tta as tta_lib
     from models import asc
-    from pipeline import config
+    from pipeline.core import config
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides + [f"augment.tta.n_copies={copies}"])

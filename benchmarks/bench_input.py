@@ -60,7 +60,7 @@ def _files(root: str) -> list[str]:
 
 
 def _audio(config_name: str, n_mels: int):
-    from pipeline import config
+    from pipeline.core import config
 
     return config.load(config_name, [f"audio.n_mels={n_mels}"])
 
@@ -136,7 +136,7 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
     """pipeline.inputs.eval_dataset -> LogMel per batch (tf.function); optionally on one thread."""
     import time
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import tensorflow as tf
 
     if fft_resampler:  # what-if: the project's pipeline with another resampler (this child only)
@@ -151,7 +151,7 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
 
     _common.memory_mark("imports")
     overrides = [f"audio.n_mels={n_mels}"] + (["data.num_parallel_calls=1"] if one_thread else [])
-    from pipeline import config
+    from pipeline.core import config
 
     params = config.load(config_name, overrides)
     index = data.read_index(root).drop_duplicates("filename").reset_index(drop=True)

@@ -42,10 +42,11 @@ def train_and_evaluate(config_name: str, overrides: list[str], workdir: str, ver
     import logging
     import time
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from pipeline import config, stages
+    from pipeline.core import config
+    from pipeline import stages
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)

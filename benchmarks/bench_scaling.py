@@ -39,9 +39,10 @@ def scaling_case(config_name: str, overrides: list[str], workdir: str) -> dict:
     import logging
     import time
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     logging.basicConfig(level=logging.WARNING, force=True)
-    from pipeline import config, stages
+    from pipeline.core import config
+    from pipeline import stages
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)

@@ -38,13 +38,14 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
     """Child: the two inputs into one model, interleaved; per-batch timestamps."""
     import time
 
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import numpy as np
     import tensorflow as tf
     import tf_keras
 
     from models import asc
-    from pipeline import config, data, inputs, training
+    from pipeline.core import config
+    from pipeline import data, inputs, training
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)

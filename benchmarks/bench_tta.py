@@ -27,14 +27,12 @@ import statistics
 import sys
 import time
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import tensorflow as tf
+import tf_keras
 
-import augment  # noqa: E402
-from augment import SpecAugmentPP, TimeShift  # noqa: E402
+import augment
+from augment import SpecAugmentPP, TimeShift
 
 logger = logging.getLogger("bench_tta")
 
@@ -64,7 +62,7 @@ def standin_model(seed: int = 0) -> tf_keras.Model:
 def project_model() -> tf_keras.Model:
     """The project's log-mel -> logits TTA classifier at the paper's settings."""
     from models import asc
-    from pipeline import config
+    from pipeline.core import config
 
     params = config.load("paper")
     model = asc.build_model(params)

@@ -102,11 +102,10 @@ import os
 import sys
 from typing import Iterable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
 logger = logging.getLogger(__name__)
 

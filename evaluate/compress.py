@@ -238,7 +238,7 @@ def gzip_size(content: bytes) -> int:
 
 
 def write_bytes(path: Path, content: bytes) -> Path:
-    from pipeline import files
+    from pipeline.core import files
 
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(content)

@@ -47,9 +47,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
-logger = logging.getLogger(__name__)
+from pipeline.core.labels import CLASSES, DEVICES  # the one list of classes and devices
 
-from pipeline.data import CLASSES, DEVICES  # noqa: E402  (the one list of classes and devices)
+logger = logging.getLogger(__name__)
 
 # "seen" = simulated devices seen in training; "unseen" = simulated, test split only.
 DEVICE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -320,7 +320,7 @@ def results_tables(metrics: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    from pipeline.files import atomic_path
+    from pipeline.core.files import atomic_path
 
     with atomic_path(path) as tmp:
         df.to_csv(tmp, float_format="%.6f")

@@ -43,7 +43,7 @@ def _new_figure(figsize) -> Figure:
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.files import atomic_path
+    from pipeline.core.files import atomic_path
 
     try:
         with atomic_path(path) as tmp:

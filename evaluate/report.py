@@ -181,7 +181,7 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
     md.append("```yaml\n" + params_yaml.rstrip() + "\n```\n")
 
     text = "\n".join(md)
-    from pipeline import files
+    from pipeline.core import files
 
     files.write_text(out_dir / "report.md", text)
     files.write_text(out_dir / "report.html", to_html(text, title=f"ASC report: {ev['model']} / {ev['config']}"))

@@ -22,20 +22,17 @@ trained model's weights into it for pruning, quantization and TFLite export.
 
 from __future__ import annotations
 
-import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np
+import tensorflow as tf
+import tf_keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-from augment.shift import TimeShift  # noqa: E402
-from augment.specaugment import SpecAugmentPP  # noqa: E402
-from models.frontend import LogMel  # noqa: E402
-from models.layers import CoordAttention, SeparableBlock  # noqa: E402
-from pipeline.config import Params  # noqa: E402
-from pipeline.data import CLASSES  # noqa: E402
+from augment.shift import TimeShift
+from augment.specaugment import SpecAugmentPP
+from models.frontend import LogMel
+from models.layers import CoordAttention, SeparableBlock
+from pipeline.core.config import Params
+from pipeline.core.labels import CLASSES
 
 # BatchNorm as PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), as in the report's
 # reference code (SP4ASC); Keras' 0.99 leaves the moving statistics far off after short runs.

@@ -1,5 +1,3 @@
-"""Importing any project package selects Keras 2 (tf_keras) before TensorFlow loads."""
-import os
+"""The pipeline: foundations (``pipeline.core``), data, input, training and the stages that wire them."""
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline.core import env  # noqa: F401  (selects tf_keras before TensorFlow loads)

@@ -44,29 +44,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES, SPLIT_FILES, UNSEEN_DEVICES  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-CLASSES = (
-    "airport",
-    "bus",
-    "metro",
-    "metro_station",
-    "park",
-    "public_square",
-    "shopping_mall",
-    "street_pedestrian",
-    "street_traffic",
-    "tram",
-)
-DEVICES = ("A", "B", "C", "S1", "S2", "S3", "S4", "S5", "S6")
-SEEN_DEVICES = ("A", "B", "C", "S1", "S2", "S3")
-UNSEEN_DEVICES = ("S4", "S5", "S6")
-
-SPLIT_FILES = {
-    "train": "evaluation_setup/fold1_train.csv",
-    "evaluate": "evaluation_setup/fold1_evaluate.csv",
-    "test": "evaluation_setup/fold1_test.csv",
-}
 META_COLUMNS = ("filename", "scene_label", "identifier", "source_label")
 SPLIT_COLUMNS = {"train": ("filename", "scene_label"), "evaluate": ("filename", "scene_label"),
                  "test": ("filename",)}

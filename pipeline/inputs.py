@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.config import AudioParams, DataParams
+from pipeline.core.config import AudioParams, DataParams
 
 logger = logging.getLogger(__name__)
 

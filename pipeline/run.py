@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import config
+from pipeline.core import config
 
 logger = logging.getLogger("pipeline")
 

@@ -33,8 +33,9 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline import data as tau
-from pipeline import files, tracking
-from pipeline.config import Params
+from pipeline.core import files
+from pipeline import tracking
+from pipeline.core.config import Params
 
 logger = logging.getLogger(__name__)
 

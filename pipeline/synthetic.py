@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 GENERATOR = "pipeline.synthetic"
 GENERATOR_VERSION = 1
 
-from pipeline.data import CLASSES, DEVICES, SEEN_DEVICES as TRAIN_DEVICES, UNSEEN_DEVICES  # noqa: E402,F401
+from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES as TRAIN_DEVICES, UNSEEN_DEVICES  # noqa: F401
 
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague",
           "stockholm", "vienna")

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import Params
+from pipeline.core.config import Params
 
 logger = logging.getLogger(__name__)
 

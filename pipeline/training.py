@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pipeline import files
-from pipeline.config import Params, TrainParams
+from pipeline.core import files
+from pipeline.core.config import Params, TrainParams
 
 logger = logging.getLogger(__name__)
 

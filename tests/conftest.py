@@ -1,10 +1,6 @@
-import os
+import pytest
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-import pytest  # noqa: E402
+import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow; quiet MLflow progress bars)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import tf_keras
 
 from evaluate import complexity
 from models import asc
-from pipeline import config
+from pipeline.core import config
 from tests.layer_testing import run_layer_test
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "asc_default.npz")

@@ -1,19 +1,17 @@
 """Tests of augment/: SpecAugment++, time shifting and test-time augmentation."""
 
+
+import dataclasses
 import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
 
-import dataclasses  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-
-import augment  # noqa: E402
-from augment import SpecAugmentPP, TimeShift  # noqa: E402
-from layer_testing import run_layer_test  # noqa: E402
+import augment
+from augment import SpecAugmentPP, TimeShift
+from layer_testing import run_layer_test
 
 
 # --------------------------------------------------------------------------------------------

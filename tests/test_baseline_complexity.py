@@ -8,23 +8,22 @@ import os
 import subprocess
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
 
-from evaluate import complexity  # noqa: E402
-from evaluate.complexity import (  # noqa: E402
+from evaluate import complexity
+from evaluate.complexity import (
     MAX_BYTES,
     MAX_MACS,
     keras_complexity,
     tflite_complexity,
     to_int8_tflite,
 )
-from models import layers as layers_module  # noqa: E402
-from models.baseline import build_baseline, build_baseline_classifier  # noqa: E402
+from models import layers as layers_module
+from models.baseline import build_baseline, build_baseline_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, stages
+from pipeline.core import config
+from pipeline import stages
 from tests.conftest import tiny_overrides
 
 CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")

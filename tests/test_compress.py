@@ -7,7 +7,8 @@ import tensorflow as tf
 from evaluate import complexity
 from evaluate import compress as cz
 from models import asc
-from pipeline import config, data, inputs, training
+from pipeline.core import config
+from pipeline import data, inputs, training
 from tests.conftest import tiny_overrides
 from tests.test_asc import _deterministic_weights
 

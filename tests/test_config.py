@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.config import ConfigError, Params
+from pipeline.core import config
+from pipeline.core.config import ConfigError, Params
 
 
 def test_defaults_and_files_load():

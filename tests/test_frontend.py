@@ -1,19 +1,16 @@
 """Tests of models.frontend.LogMel against librosa 0.11 (a test-only dependency)."""
 
 import math
-import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import librosa
+import numpy as np
+import pytest
+import scipy.signal
+import tensorflow as tf
+import tf_keras
+from layer_testing import run_layer_test
 
-import librosa  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import scipy.signal  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from layer_testing import run_layer_test  # noqa: E402
-
-from models.frontend import LogMel, hz_to_mel, mel_filterbank, mel_to_hz, split_tf32  # noqa: E402
+from models.frontend import LogMel, hz_to_mel, mel_filterbank, mel_to_hz, split_tf32
 
 SR = 44100
 # The project's front end (the report's) and the DCASE2022 baseline's (40 ms hamming, 20 ms hop).

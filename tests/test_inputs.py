@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from pipeline import data as tau
 from pipeline import inputs
-from pipeline.config import AudioParams, DataParams
+from pipeline.core.config import AudioParams, DataParams
 from tests.tau_fixture import tone, write_tau
 
 AUDIO = AudioParams()

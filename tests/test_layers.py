@@ -1,18 +1,15 @@
 """Tests of models.layers (SeparableBlock, CoordAttention) and models.quantize (QAT configs)."""
 
-import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
-import tf_keras  # noqa: E402
-
-from models import quantize  # noqa: E402
-from models.layers import CoordAttention, SeparableBlock, hard_swish  # noqa: E402
-from tests.layer_testing import run_layer_test  # noqa: E402
+from models import quantize
+from models.layers import CoordAttention, SeparableBlock, hard_swish
+from tests.layer_testing import run_layer_test
 
 SHAPE = (2, 8, 16, 4)  # [B, T, F, C]
 NO_DELEGATES = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import tf_keras
 
-from pipeline import config, run, stages, training
+from pipeline.core import config
+from pipeline import run, stages, training
 from tests.conftest import tiny_overrides
 
 
