@@ -100,14 +100,24 @@ def full_rate(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- layout
 
 
-def test_constants_match_the_reader():
-    from pipeline import data
+def test_generator_tables_cover_the_label_lists():
+    """The class and device lists are shared with the reader (``pipeline.core.labels``); what
+    can drift is the generator's own tables: every class needs its parameter ranges, every
+    device its response, and a misspelt parameter name in a class's ranges would otherwise
+    be ignored silently (the class would get the default range)."""
+    from pipeline.synthetic import classes, devices
 
-    assert synthetic.CLASSES == data.CLASSES
-    assert synthetic.DEVICES == data.DEVICES
-    assert synthetic.TRAIN_DEVICES == data.SEEN_DEVICES
-    assert synthetic.UNSEEN_DEVICES == data.UNSEEN_DEVICES
     assert len(synthetic.CLASSES) == 10 and synthetic.CLASSES[3] == "metro_station"
+    assert set(synthetic.SEEN_DEVICES) | set(synthetic.UNSEEN_DEVICES) == set(synthetic.DEVICES)
+    assert not set(synthetic.SEEN_DEVICES) & set(synthetic.UNSEEN_DEVICES)
+    assert sorted(classes.CLASS_RANGES) == sorted(synthetic.CLASSES)
+    assert sorted(devices.DEVICE_TABLE) == sorted(synthetic.DEVICES)
+    for name, ranges in classes.CLASS_RANGES.items():
+        unknown = set(ranges) - set(classes.DEFAULT_RANGES)
+        assert not unknown, f"{name}: unknown parameters {sorted(unknown)}"
+    for name, ranges in [("defaults", classes.DEFAULT_RANGES), *classes.CLASS_RANGES.items()]:
+        for key, (low, high) in ranges.items():
+            assert low <= high, f"{name}.{key}: ({low}, {high})"
 
 
 def test_layout_and_csv_headers(small):
@@ -179,7 +189,7 @@ def test_full_rate_minimum_set(full_rate):
     assert {r["source_label"] for r in rows if split[r["filename"]] == "evaluate"} == {
         d.lower() for d in synthetic.DEVICES}
     assert {r["source_label"] for r in rows if split[r["filename"]] == "train"} == {
-        d.lower() for d in synthetic.TRAIN_DEVICES}
+        d.lower() for d in synthetic.SEEN_DEVICES}
 
 
 def test_reader_accepts_the_set(small):
@@ -189,6 +199,13 @@ def test_reader_accepts_the_set(small):
     assert len(index) == SMALL["n_clips"]  # the test files are the evaluate files
     assert set(index.split) == {"train", "evaluate"}
     assert set(index.bits) == {24} and set(index.sample_rate) == {16000}
+    # the reader's view of the labels: every class in both splits, the seen devices in train,
+    # all nine in evaluate, label ids in CLASSES order
+    for split, devices in (("train", synthetic.SEEN_DEVICES), ("evaluate", synthetic.DEVICES)):
+        part = index[index.split == split]
+        assert set(part.scene_label) == set(synthetic.CLASSES), split
+        assert set(part.device) == set(devices), split
+    assert list(index.label) == [synthetic.CLASSES.index(s) for s in index.scene_label]
 
 
 # --------------------------------------------------------------------------- splits
@@ -367,7 +384,7 @@ def test_regenerated_when_parameters_change(tmp_path):
     on_disk = sorted(f"audio/{p.name}" for p in (root / "audio").iterdir())
     assert on_disk == sorted(r["filename"] for r in rows)
     assert old_files - {r["filename"] for r in rows}  # the old set is gone, not merged
-    assert synthetic.read_marker(root)["params"]["seed"] == 4
+    assert synthetic.read_completion_record(root)["params"]["seed"] == 4
     synthetic.generate(root, workers=1, progress=False,
                        **{**TINY, "n_clips": 40, "seed": 4, "clip_seconds": 0.5})
     with wave.open(str(root / rows[0]["filename"])) as w:
