@@ -4,20 +4,12 @@ import pipeline.core.env  # noqa: F401  (selects tf_keras before TensorFlow load
 
 from augment.shift import TimeShift
 from augment.specaugment import SpecAugmentPP
-from augment.tta import (
-    TTAConfig,
-    count_augmentation_layers,
-    make_tta_model,
-    predict_tta,
-    tta_probabilities,
-)
+from augment.tta import TTA, count_augmentation_layers, make_tta_model
 
 __all__ = [
     "SpecAugmentPP",
+    "TTA",
     "TimeShift",
-    "TTAConfig",
     "count_augmentation_layers",
     "make_tta_model",
-    "predict_tta",
-    "tta_probabilities",
 ]

@@ -24,37 +24,10 @@ of that call with stateless ops (``tf.random.stateless_uniform`` ...) from that 
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import tensorflow as tf
 import tf_keras
 
-
-def check_int(name: str, value, minimum: int = 0) -> int:
-    """``value`` as an int ``>= minimum``; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_real(name: str, value, minimum: float = 0.0) -> float:
-    """``value`` as a finite float ``>= minimum``; ``ValueError`` naming ``name`` otherwise."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def check_bool(name: str, value) -> bool:
-    """``value`` if it is a bool; ``ValueError`` naming ``name`` otherwise."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
+from pipeline.core.checks import check_bool, check_int
 
 
 class RandomAugmentation(tf_keras.__internal__.layers.BaseRandomLayer):

@@ -16,7 +16,8 @@ import logging
 import tensorflow as tf
 import tf_keras
 
-from augment._base import RandomAugmentation, check_real
+from augment._base import RandomAugmentation
+from pipeline.core.checks import check_real
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import logging
 import tensorflow as tf
 import tf_keras
 
-from augment._base import RandomAugmentation, check_int
+from augment._base import RandomAugmentation
+from pipeline.core.checks import check_choice, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,34 @@ class SpecAugmentPP(RandomAugmentation):
         self.max_freq_width = check_int("max_freq_width", max_freq_width)
         self.n_time_masks = check_int("n_time_masks", n_time_masks)
         self.n_freq_masks = check_int("n_freq_masks", n_freq_masks)
-        if not isinstance(mode, str) or mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice("mode", mode, MODES)
         self.input_spec = tf_keras.layers.InputSpec(ndim=4)
+
+    @classmethod
+    def from_params(cls, params, frames: int, bins: int, *, seed: int, **kwargs) -> SpecAugmentPP:
+        """The layer configured by a ``SpecAugmentParams`` for ``[B, frames, bins, C]`` feature maps.
+
+        The largest stripe widths are the configured fractions of the axis sizes, rounded
+        (``round(time_width_fraction * frames)``, ``round(freq_width_fraction * bins)``); the
+        counts and the mode are the configured ones. ``params.enabled`` and ``params.positions``
+        are the caller's business (whether and where to put the layer).
+
+        Args:
+          params: ``pipeline.core.config.SpecAugmentParams`` (``params.augment.specaugment``).
+          frames: time frames of the feature maps the layer will see.
+          bins: frequency bins of those feature maps.
+          seed: non-negative integer seed of the layer's random stream.
+          **kwargs: other constructor arguments (name, always_on, ...).
+        """
+        return cls(
+            max_time_width=round(params.time_width_fraction * frames),
+            max_freq_width=round(params.freq_width_fraction * bins),
+            n_time_masks=params.n_time_masks,
+            n_freq_masks=params.n_freq_masks,
+            mode=params.mode,
+            seed=seed,
+            **kwargs,
+        )
 
     def _augment(self, inputs):
         x = inputs  # [B, T, F, C]

@@ -22,88 +22,50 @@ view* of the model, built by :func:`make_tta_model`: ``tf_keras.models.clone_mod
 The view is called with ``training=False`` (batch normalisation uses its moving statistics,
 dropout is off); only the ``always_on`` layers augment.
 
+Use. :class:`TTA` is the one entry point: ``TTA(model, params.augment.tta, seed)`` builds the view
+once from a :class:`pipeline.core.config.TTAParams` (the only TTA configuration), and
+``TTA.probabilities(x)`` returns the mean class probabilities ``[B, K]`` of one batch (graph-safe:
+the evaluate stage wraps it, after the front end, in its own ``tf.function``); ``TTA.predict``
+runs it over an array or a batched ``tf.data.Dataset``. :func:`models.asc.tta_predictor` builds the
+``TTA`` of a full project model from its ``Params``.
+
 Batching. Each input batch of B rows is tiled copy-major (row ``c * B + i`` is copy ``c`` of
 clip ``i``) in chunks of at most ``chunk_copies`` copies, so one forward pass sees at most
 ``chunk_copies * B`` rows; the softmax of each chunk is reshaped to ``[copies, B, classes]`` and
 summed, and the sum over all chunks is divided by ``n_copies``.
 
-Reproducibility. :func:`predict_tta` builds a fresh view for every call, whose augmentation layers
-start their random streams from seeds derived from ``seed`` (see :mod:`augment._base`), so the
-same model, inputs, seed and settings give the same probabilities. The random draws of a forward
-pass depend on its number of rows, so changing ``batch_size`` or ``chunk_copies`` changes which
-augmentations each copy gets (not their distribution). With ``chunk_copies=1`` the result is
-exactly the mean of ``n_copies`` successive calls of a fresh view on each batch (the tests check
-this). SpecAugment++ with mixture masking or cutting mixes a clip with another row of the same
-forward pass (another clip, or a copy of the same clip), which makes a prediction depend on its
-batch-mates; :class:`TTAConfig` therefore switches it to zero masking unless told otherwise.
+Reproducibility. A fresh :class:`TTA` starts the random streams of its view's augmentation layers
+from seeds derived from ``seed`` (see :mod:`augment._base`), so the same model, inputs, seed and
+settings give the same probabilities; successive batches of one ``TTA`` continue the streams. The
+random draws of a forward pass depend on its number of rows, so changing the batch size or
+``chunk_copies`` changes which augmentations each copy gets (not their distribution). With
+``chunk_copies=1`` the result is exactly the mean of ``n_copies`` successive calls of a fresh view
+on each batch (the tests check this). SpecAugment++ with mixture masking or cutting mixes a clip
+with another row of the same forward pass (another clip, or a copy of the same clip), which makes
+a prediction depend on its batch-mates; TTA therefore switches it to zero masking
+(``specaugment_mode="zm"``) unless told otherwise.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from augment._base import check_bool, check_int
 from augment.shift import TimeShift
 from augment.specaugment import MODES, SpecAugmentPP
+from pipeline.core.checks import check_bool, check_choice, check_int
+
+if TYPE_CHECKING:
+    from pipeline.core.config import TTAParams
 
 logger = logging.getLogger(__name__)
 
-# With chunk_copies=None, a forward pass holds at most this many rows (at least one copy).
-DEFAULT_MAX_ROWS = 256
-
 AUGMENTATION_LAYERS = (TimeShift, SpecAugmentPP)
-
-
-@dataclasses.dataclass(frozen=True)
-class TTAConfig:
-    """Options of test-time augmentation; field names are :func:`predict_tta`'s keywords.
-
-    ``predict_tta(model, x, **dataclasses.asdict(config))`` runs TTA with these options.
-
-    Attributes:
-      n_copies: augmented copies averaged per clip (the report's 30).
-      batch_size: clips per input batch when the inputs are an array (a dataset keeps its own
-        batching).
-      chunk_copies: copies per forward pass (at most ``chunk_copies * batch`` rows); None picks
-        ``max(1, DEFAULT_MAX_ROWS // batch)``.
-      time_shift: apply the model's ``TimeShift`` layers.
-      specaugment: apply the model's ``SpecAugmentPP`` layers.
-      specaugment_mode: masking mode of SpecAugment++ at test time ("zm", "mm", "cm"), or None to
-        keep each layer's training mode. Defaults to "zm" so that a clip's prediction does not
-        depend on the other clips of its batch.
-      seed: seed of the TTA random streams.
-      from_logits: the model outputs logits (softmax is applied); False if it outputs
-        probabilities already.
-    """
-
-    n_copies: int = 30
-    batch_size: int = 32
-    chunk_copies: int | None = None
-    time_shift: bool = True
-    specaugment: bool = False
-    specaugment_mode: str | None = "zm"
-    seed: int = 0
-    from_logits: bool = True
-
-    def __post_init__(self):
-        check_int("n_copies", self.n_copies, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        if self.chunk_copies is not None:
-            check_int("chunk_copies", self.chunk_copies, minimum=1)
-        check_bool("time_shift", self.time_shift)
-        check_bool("specaugment", self.specaugment)
-        if self.specaugment_mode is not None and self.specaugment_mode not in MODES:
-            raise ValueError(
-                f"specaugment_mode must be None or one of {MODES}, got {self.specaugment_mode!r}"
-            )
-        check_int("seed", self.seed, minimum=0)
-        check_bool("from_logits", self.from_logits)
 
 
 def _derived_seed(seed: int, index: int, layer_seed: int) -> int:
@@ -158,9 +120,10 @@ def make_tta_model(
       ValueError: for bad arguments, or when ``model`` (or a sub-model holding augmentation
         layers) is a subclassed model, which cannot be cloned.
     """
-    TTAConfig(  # validates the arguments
-        time_shift=time_shift, specaugment=specaugment, specaugment_mode=specaugment_mode, seed=seed
-    )
+    check_bool("time_shift", time_shift)
+    check_bool("specaugment", specaugment)
+    check_choice("specaugment_mode", specaugment_mode, MODES, allow_none=True)
+    seed = check_int("seed", seed)
     counter = itertools.count()
 
     def replace(layer):
@@ -201,10 +164,9 @@ def make_tta_model(
     return view
 
 
-def _chunk_sizes(n_copies: int, chunk_copies: int | None) -> list[int]:
+def _chunk_sizes(n_copies: int, chunk_copies: int) -> list[int]:
     """Copies per forward pass: full chunks of ``chunk_copies`` then the remainder."""
-    chunk = n_copies if chunk_copies is None else min(chunk_copies, n_copies)
-    return [min(chunk, n_copies - start) for start in range(0, n_copies, chunk)]
+    return [min(chunk_copies, n_copies - start) for start in range(0, n_copies, chunk_copies)]
 
 
 def _tile_copies(x, copies: int):
@@ -228,29 +190,14 @@ def _copies_probability_sum(tta_model, x, copies: int, from_logits: bool = True)
     return tf.reduce_sum(probabilities, axis=0)  # [B, K]
 
 
-def tta_probabilities(
-    tta_model, x, n_copies: int = 30, chunk_copies: int | None = None, from_logits: bool = True
-) -> tf.Tensor:
-    """Mean class probabilities over ``n_copies`` augmented copies of the batch ``x``.
+def _mean_probabilities(view, x, n_copies: int, chunk_copies: int, from_logits: bool) -> tf.Tensor:
+    """Mean class probabilities over ``n_copies`` copies of the batch ``x``, float32 ``[B, K]``.
 
-    Graph-safe (can be wrapped in a ``tf.function``; the loop over chunks is a static Python loop).
-
-    Args:
-      tta_model: the augmenting view from :func:`make_tta_model`.
-      x: a batch ``[B, ...]`` (or a structure of them, as the model takes).
-      n_copies: copies averaged.
-      chunk_copies: copies per forward pass; None runs all copies in one pass.
-      from_logits: apply softmax to the model outputs.
-
-    Returns:
-      float32 ``[B, classes]``.
+    Graph-safe (the loop over chunks is a static Python loop).
     """
-    n_copies = check_int("n_copies", n_copies, minimum=1)
-    if chunk_copies is not None:
-        chunk_copies = check_int("chunk_copies", chunk_copies, minimum=1)
     total = None
     for copies in _chunk_sizes(n_copies, chunk_copies):
-        part = _copies_probability_sum(tta_model, x, copies, from_logits)  # [B, K]
+        part = _copies_probability_sum(view, x, copies, from_logits)  # [B, K]
         total = part if total is None else total + part
     return total / float(n_copies)  # [B, K]
 
@@ -266,81 +213,89 @@ def _input_batches(inputs, batch_size: int):
         yield inputs[start : start + batch_size]
 
 
-def predict_tta(
-    model: tf_keras.Model,
-    inputs,
-    n_copies: int = 30,
-    batch_size: int = 32,
-    chunk_copies: int | None = None,
-    *,
-    time_shift: bool = True,
-    specaugment: bool = False,
-    specaugment_mode: str | None = "zm",
-    seed: int = 0,
-    from_logits: bool = True,
-) -> np.ndarray:
-    """Class probabilities averaged over ``n_copies`` augmented copies of each input clip.
+class TTA:
+    """Test-time augmentation of ``model`` as configured by a ``TTAParams``.
 
-    Builds the augmenting view of ``model`` (:func:`make_tta_model`), then for each batch runs
-    ``ceil(n_copies / chunk_copies)`` compiled forward passes of at most ``chunk_copies * batch``
-    rows and averages the softmax of the outputs. See the module docstring for reproducibility.
+    Builds the augmenting view of ``model`` once (:func:`make_tta_model`, with the view's random
+    streams seeded from ``seed``); :meth:`probabilities` averages the softmax of
+    ``params.n_copies`` augmented copies of each clip of a batch, ``params.chunk_copies`` copies
+    per forward pass. ``params.enabled`` is the caller's business (whether to run TTA at all).
 
     Args:
       model: a functional or Sequential ``tf_keras`` model whose outputs are logits (or
-        probabilities with ``from_logits=False``).
-      inputs: an array or tensor ``[N, ...]`` (split into batches of ``batch_size``), or a batched
-        ``tf.data.Dataset`` of inputs or of ``(inputs, labels, ...)`` tuples.
-      n_copies: augmented copies per clip (the report's 30).
-      batch_size: clips per batch for array inputs.
-      chunk_copies: copies per forward pass; None: ``max(1, DEFAULT_MAX_ROWS // batch)``.
-      time_shift: apply the model's ``TimeShift`` layers.
-      specaugment: apply the model's ``SpecAugmentPP`` layers.
-      specaugment_mode: test-time SpecAugment++ mode, or None to keep the layers' own.
-      seed: seed of the augmentations; same seed and settings, same result.
+        probabilities with ``from_logits=False``); weights are shared, not copied.
+      params: a :class:`pipeline.core.config.TTAParams` (``params.augment.tta``): ``n_copies``,
+        ``chunk_copies``, ``time_shift``, ``specaugment``.
+      seed: non-negative integer seed of the augmentations.
+      specaugment_mode: "zm", "mm" or "cm" for the test-time SpecAugment++ layers, or None to keep
+        each layer's own mode (see the module docstring for why "zm" is the default).
       from_logits: apply softmax to the model outputs.
 
-    Returns:
-      float32 ``[N, classes]`` mean probabilities.
+    Attributes:
+      view: the augmenting view (a ``tf_keras.Model`` with ``model``'s inputs and outputs).
+      n_copies, chunk_copies: as in ``params``.
+
+    Raises:
+      ValueError: for bad settings (naming the setting and the value), or a model that cannot be
+        cloned (see :func:`make_tta_model`).
     """
-    config = TTAConfig(
-        n_copies=n_copies,
-        batch_size=batch_size,
-        chunk_copies=chunk_copies,
-        time_shift=time_shift,
-        specaugment=specaugment,
-        specaugment_mode=specaugment_mode,
-        seed=seed,
-        from_logits=from_logits,
-    )
-    view = make_tta_model(
-        model,
-        time_shift=config.time_shift,
-        specaugment=config.specaugment,
-        specaugment_mode=config.specaugment_mode,
-        seed=config.seed,
-    )
-    if count_augmentation_layers(view, active_only=True) == 0:
-        logger.warning(
-            "TTA on %r applies no augmentation (time_shift=%s, specaugment=%s, %d augmentation "
-            "layers): all %d copies are identical",
-            model.name,
-            config.time_shift,
-            config.specaugment,
-            count_augmentation_layers(model),
-            config.n_copies,
+
+    def __init__(
+        self,
+        model: tf_keras.Model,
+        params: TTAParams,
+        seed: int = 0,
+        *,
+        specaugment_mode: str | None = "zm",
+        from_logits: bool = True,
+    ):
+        self.n_copies = check_int("n_copies", params.n_copies, minimum=1)
+        self.chunk_copies = check_int("chunk_copies", params.chunk_copies, minimum=1)
+        self.from_logits = check_bool("from_logits", from_logits)
+        self.view = make_tta_model(
+            model,
+            time_shift=params.time_shift,
+            specaugment=params.specaugment,
+            specaugment_mode=specaugment_mode,
+            seed=seed,
         )
-    forward = tf.function(
-        lambda x, copies: _copies_probability_sum(view, x, copies, config.from_logits),
-        reduce_retracing=True,
-    )
-    results = []
-    for batch in _input_batches(inputs, config.batch_size):
-        rows = int(tf.nest.flatten(batch)[0].shape[0])
-        chunk = config.chunk_copies or max(1, DEFAULT_MAX_ROWS // max(rows, 1))
-        total = 0.0
-        for copies in _chunk_sizes(config.n_copies, chunk):
-            total = total + forward(batch, copies).numpy()  # [B, K]
-        results.append((total / config.n_copies).astype(np.float32))
-    if not results:
-        raise ValueError("predict_tta got no input batches")
-    return np.concatenate(results, axis=0)
+        if count_augmentation_layers(self.view, active_only=True) == 0:
+            logger.warning(
+                "TTA on %r applies no augmentation (time_shift=%s, specaugment=%s, %d augmentation "
+                "layers): all %d copies are identical",
+                model.name,
+                params.time_shift,
+                params.specaugment,
+                count_augmentation_layers(model),
+                self.n_copies,
+            )
+        self._step = None
+
+    def probabilities(self, x) -> tf.Tensor:
+        """Mean class probabilities of the batch ``x`` ``[B, ...]`` (or a structure of them).
+
+        Graph-safe: call it inside a ``tf.function`` (after a front end, say) or eagerly.
+
+        Returns:
+          float32 ``[B, classes]``.
+        """
+        return _mean_probabilities(self.view, x, self.n_copies, self.chunk_copies, self.from_logits)
+
+    def predict(self, inputs, batch_size: int = 32) -> np.ndarray:
+        """:meth:`probabilities` (compiled) over all clips of ``inputs``, in order.
+
+        Args:
+          inputs: an array or tensor ``[N, ...]`` (split into batches of ``batch_size``), or a
+            batched ``tf.data.Dataset`` of inputs or of ``(inputs, labels, ...)`` tuples.
+          batch_size: clips per batch for array inputs.
+
+        Returns:
+          float32 ``[N, classes]`` mean probabilities.
+        """
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if self._step is None:
+            self._step = tf.function(self.probabilities, reduce_retracing=True)
+        results = [self._step(batch).numpy() for batch in _input_batches(inputs, batch_size)]
+        if not results:
+            raise ValueError("TTA.predict got no input batches")
+        return np.concatenate(results, axis=0).astype(np.float32)

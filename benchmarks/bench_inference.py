@@ -20,9 +20,9 @@ case runs in its own fresh child process, so that its peak resident memory is it
 * ``tflite_int8``: the int8 classifier through ``evaluate.compress.TFLiteClassifier`` with
   ``num_threads=1`` (log-mel in; what DCASE counts), with the float TFLite front end on one
   thread before it; end to end = front end + classifier, one clip at a time.
-* ``tta``: test-time augmentation as the evaluate stage runs it (``augment.make_tta_model`` on
-  ``asc.tta_classifier`` + ``augment.tta_probabilities``, ``--copies`` copies in chunks of
-  ``augment.tta.chunk_copies``) after the float front end; default threads.
+* ``tta``: test-time augmentation as the evaluate stage runs it (``asc.tta_predictor(model,
+  params).probabilities`` after the float front end, in one ``tf.function``; ``--copies``
+  copies in chunks of ``augment.tta.chunk_copies``); default threads.
 
 Latency: median of ``--latency-calls`` calls on one clip (batch 1, after warm-up). Throughput:
 median of ``--repeats`` calls on a batch of ``--batch`` clips (Keras and TTA; TFLite runs one clip
@@ -169,22 +169,20 @@ def tta_case(workdir: str, config_name: str, overrides: list[str], batch: int, c
     import numpy as np
 
     tf = _tf()
-    from augment import tta as tta_lib
     from models import asc
     from pipeline.core import config
 
     _common.memory_mark("imports")
-    params = config.load(config_name, overrides + [f"augment.tta.n_copies={copies}"])
+    chunk = min(config.load(config_name, overrides).augment.tta.chunk_copies, copies)  # must not exceed n_copies
+    params = config.load(config_name, overrides + [f"augment.tta.n_copies={copies}", f"augment.tta.chunk_copies={chunk}"])
     model = _load_model(os.fspath(Path(workdir) / "model.keras"))
     waves = np.load(Path(workdir) / "waves.npy")
-    t = params.augment.tta
     frontend = asc.frontend_model(model)
-    view = tta_lib.make_tta_model(asc.tta_classifier(model, params), time_shift=t.time_shift,
-                                  specaugment=t.specaugment, seed=params.seed)
-    step = tf.function(lambda w: tta_lib.tta_probabilities(view, frontend(w, training=False), n_copies=t.n_copies,
-                                                           chunk_copies=t.chunk_copies), reduce_retracing=True)
+    predictor = asc.tta_predictor(model, params)
+    step = tf.function(lambda w: predictor.probabilities(frontend(w, training=False)), reduce_retracing=True)
     latency, throughput = _time_step(tf, step, waves, batch, calls, repeats)
-    return {"latency_s": latency, "batch_s": throughput, "n_copies": t.n_copies, "chunk_copies": t.chunk_copies}
+    return {"latency_s": latency, "batch_s": throughput, "n_copies": predictor.n_copies,
+            "chunk_copies": predictor.chunk_copies}
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Usage::
 
 Generates one synthetic set (``pipeline.synthetic.generate``, ``--clips`` clips, ``--data-seed``)
 and, for every seed and network, runs the project's real stages ``prepare``, ``train`` and
-``evaluate`` (``pipeline.stages.run_stages``) in a fresh child process, with the overrides
+``evaluate`` (``pipeline.runner.run_stages``) in a fresh child process, with the overrides
 ``data.source=<set>``, ``model.name=<asc|baseline>``, ``seed=<seed>``, ``train.epochs=<epochs>``,
 ``augment.tta.enabled=false`` and an MLflow store in the temporary work directory. Everything
 else comes from ``configs/<config>.yaml`` (``default``: the report's network at 128 mel bins,
@@ -46,13 +46,13 @@ def train_and_evaluate(config_name: str, overrides: list[str], workdir: str, ver
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from pipeline.core import config
-    from pipeline import stages
+    from pipeline import runner
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)
     work = Path(workdir)
     start = time.perf_counter()
-    stages.run_stages(params, work, ["prepare", "train", "evaluate"], force=True)
+    runner.run_stages(params, work, ["prepare", "train", "evaluate"], force=True)
     seconds = time.perf_counter() - start
     _common.memory_mark("run")
     metrics = json.loads((work / "evaluate" / "metrics.json").read_text())

@@ -8,7 +8,7 @@ Usage::
 
 Generates one synthetic set large enough for the largest size (its train split is 70 % of the
 clips), then for each size runs the project's real ``prepare`` and ``train`` stages
-(``pipeline.stages.run_stages``) in a fresh child process with ``data.max_train_clips=<size>``
+(``pipeline.runner.run_stages``) in a fresh child process with ``data.max_train_clips=<size>``
 (a seeded sample of the train split), ``data.max_eval_clips=--eval-clips`` (a fixed, small
 validation cost per epoch), ``data.cache=--cache`` (``none``: clips are read from the files every
 step, the case of a dataset that does not fit in memory), ``train.epochs=--epochs`` and an MLflow
@@ -42,15 +42,15 @@ def scaling_case(config_name: str, overrides: list[str], workdir: str) -> dict:
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     logging.basicConfig(level=logging.WARNING, force=True)
     from pipeline.core import config
-    from pipeline import stages
+    from pipeline import runner
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)
     work = Path(workdir)
-    stages.run_stages(params, work, ["prepare"], force=True)
+    runner.run_stages(params, work, ["prepare"], force=True)
     _common.memory_mark("prepare")
     start = time.perf_counter()
-    stages.run_stages(params, work, ["train"], force=True)
+    runner.run_stages(params, work, ["train"], force=True)
     stage_seconds = time.perf_counter() - start
     _common.memory_mark("train")
     history = json.loads((work / "train" / "history.json").read_text())["history"]

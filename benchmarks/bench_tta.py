@@ -8,10 +8,12 @@ TimeShift and SpecAugment++ layers). The repeats of the three measurements are i
 that they share the machine's load. Prints one JSON object:
 
 * ``plain_s``: median seconds of one compiled forward pass + softmax on the batch;
-* ``tta_s``: median seconds of the compiled graph-safe core :func:`augment.tta_probabilities`
-  on the TTA view (steady state, as the evaluate stage runs it); ``ratio = tta_s / plain_s``;
-* ``predict_tta_s`` / ``predict_tta_ratio``: the end-to-end :func:`augment.predict_tta` call on
-  the same batch, including building the view and tracing its function (paid once per call).
+* ``tta_s``: median seconds of the compiled graph-safe core :meth:`augment.TTA.probabilities`
+  (time shift on, SpecAugment++ off, in a ``tf.function``; steady state, as the evaluate stage
+  runs it); ``ratio = tta_s / plain_s``;
+* ``predict_s`` / ``predict_ratio``: end to end, a new :class:`augment.TTA` and its
+  :meth:`~augment.TTA.predict` on the same batch, including building the view and tracing its
+  function (paid once per call).
 
 Usage: ``python benchmarks/bench_tta.py [--batch 16] [--copies 30] [--chunk-copies N]
 [--repeats 5] [--model auto|asc|standin]``.
@@ -33,6 +35,7 @@ import tf_keras
 
 import augment
 from augment import SpecAugmentPP, TimeShift
+from pipeline.core.config import TTAParams
 
 logger = logging.getLogger("bench_tta")
 
@@ -110,26 +113,27 @@ def main(argv=None) -> int:
         model = standin_model()
 
     x = tf.random.stateless_normal([args.batch, FRAMES, MELS, 1], seed=[0, 1])
-    chunk = args.chunk_copies or max(1, augment.tta.DEFAULT_MAX_ROWS // args.batch)
+    chunk = args.chunk_copies or max(1, 256 // args.batch)  # at most ~256 rows per forward pass
     chunk = min(chunk, args.copies)
+    tta_params = TTAParams(
+        n_copies=args.copies, chunk_copies=chunk, time_shift=True, specaugment=False
+    )
 
     plain = tf.function(lambda t: tf.nn.softmax(model(t, training=False)))
-    view = augment.make_tta_model(model, time_shift=True, specaugment=False, seed=0)
-    core = tf.function(
-        lambda t: augment.tta_probabilities(view, t, n_copies=args.copies, chunk_copies=chunk)
-    )
+    tta = augment.TTA(model, tta_params, seed=0)
+    core = tf.function(tta.probabilities)
 
     medians = interleaved_medians(
         {
             "plain": lambda: plain(x).numpy(),
             "tta": lambda: core(x).numpy(),
-            "predict_tta": lambda: augment.predict_tta(
-                model, x, n_copies=args.copies, batch_size=args.batch, chunk_copies=chunk
+            "predict": lambda: augment.TTA(model, tta_params, seed=0).predict(
+                x, batch_size=args.batch
             ),
         },
         args.repeats,
     )
-    plain_s, tta_s, end_to_end_s = medians["plain"], medians["tta"], medians["predict_tta"]
+    plain_s, tta_s, end_to_end_s = medians["plain"], medians["tta"], medians["predict"]
     result = {
         "benchmark": "tta",
         "model": name,
@@ -141,8 +145,8 @@ def main(argv=None) -> int:
         "plain_s": round(plain_s, 4),
         "tta_s": round(tta_s, 4),
         "ratio": round(tta_s / plain_s, 2),
-        "predict_tta_s": round(end_to_end_s, 4),
-        "predict_tta_ratio": round(end_to_end_s / plain_s, 2),
+        "predict_s": round(end_to_end_s, 4),
+        "predict_ratio": round(end_to_end_s / plain_s, 2),
         "tta_clips_per_s": round(args.batch / tta_s, 2),
         "plain_clips_per_s": round(args.batch / plain_s, 2),
         "cpu_threads": os.cpu_count(),

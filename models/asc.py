@@ -22,13 +22,13 @@ trained model's weights into it for pruning, quantization and TFLite export.
 
 from __future__ import annotations
 
-
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from augment.shift import TimeShift
 from augment.specaugment import SpecAugmentPP
+from augment.tta import TTA
 from models.frontend import LogMel
 from models.layers import CoordAttention, SeparableBlock
 from pipeline.core.config import Params
@@ -38,13 +38,16 @@ from pipeline.core.labels import CLASSES
 # reference code (SP4ASC); Keras' 0.99 leaves the moving statistics far off after short runs.
 BN = dict(momentum=0.9, epsilon=1e-5)
 
-# One row per block: (name, index into model.channels, pooling).
+# One row per block: (name, pooling); block i has model.channels[i] filters.
 BLOCKS = (
-    ("block1", 0, (2, 2)),
-    ("block2", 1, (2, 2)),
-    ("block3", 2, (2, 2)),
-    ("block4", 3, (2, 2)),
+    ("block1", (2, 2)),
+    ("block2", (2, 2)),
+    ("block3", (2, 2)),
+    ("block4", (2, 2)),
 )
+
+# Where SpecAugment++ may go (augment.specaugment.positions), in network order.
+SPECAUGMENT_POSITIONS = ("input",) + tuple(block for block, _ in BLOCKS)
 
 
 @tf_keras.saving.register_keras_serializable(package="asc")
@@ -83,22 +86,24 @@ def frontend(params: Params) -> LogMel:
                   log=a.log, log_offset=a.log_offset, name="logmel")
 
 
-def input_frames(params: Params) -> int:
-    """Log-mel frames per clip (44 for 1 s at hop 1024, centred)."""
-    samples, hop = params.audio.clip_samples, params.audio.hop_length
-    return 1 + samples // hop if params.audio.center else 1 + (samples - params.audio.n_fft) // hop
+def _time_shift(params: Params, name: str) -> TimeShift:
+    """The time shift configured by ``params`` (seed ``params.seed + 7``)."""
+    return TimeShift(std_frames=params.augment.time_shift.std_frames, seed=params.seed + 7, name=name)
 
 
-def _specaugment(params: Params, position: str, frames: int, bins: int, seed: int):
+def _specaugment_layer(params: Params, position: str, frames: int, bins: int, name: str) -> SpecAugmentPP:
+    """SpecAugment++ at ``position`` for ``[B, frames, bins, C]`` maps (seed ``params.seed + 11 * (k + 1)``,
+    ``k`` the position's index in :data:`SPECAUGMENT_POSITIONS`)."""
+    seed = params.seed + 11 * (1 + SPECAUGMENT_POSITIONS.index(position))
+    return SpecAugmentPP.from_params(params.augment.specaugment, frames, bins, seed=seed, name=name)
+
+
+def _specaugment(params: Params, position: str, frames: int, bins: int):
+    """The SpecAugment++ layer of ``position``, or None where the config puts none."""
     s = params.augment.specaugment
     if not s.enabled or position not in s.positions:
         return None
-    return SpecAugmentPP(
-        max_time_width=int(round(s.time_width_fraction * frames)),
-        max_freq_width=int(round(s.freq_width_fraction * bins)),
-        n_time_masks=s.n_time_masks, n_freq_masks=s.n_freq_masks, mode=s.mode,
-        seed=seed, name=f"{position}_specaugment",
-    )
+    return _specaugment_layer(params, position, frames, bins, name=f"{position}_specaugment")
 
 
 def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = False,
@@ -114,12 +119,11 @@ def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = Fa
       name: the model's name.
     """
     m = params.model
-    frames, bins = input_frames(params), params.audio.n_mels
+    frames, bins = params.audio.frames, params.audio.n_mels
     inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
     x = tf_keras.layers.BatchNormalization(axis=2, name="input_bn", **BN)(inputs)  # [B, T, M, 1]
-    for i, (block, channel_index, pool) in enumerate(BLOCKS):
-        filters = m.channels[channel_index]
-        x = SeparableBlock(filters, use_bias=fold_bn, name=f"{block}_sepconv")(x)  # [B, t, f, C]
+    for i, (block, pool) in enumerate(BLOCKS):
+        x = SeparableBlock(m.channels[i], use_bias=fold_bn, name=f"{block}_sepconv")(x)  # [B, t, f, C]
         if not fold_bn:
             x = tf_keras.layers.BatchNormalization(name=f"{block}_bn", **BN)(x)
         x = tf_keras.layers.ReLU(name=f"{block}_relu")(x)
@@ -127,7 +131,7 @@ def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = Fa
                            name=f"{block}_attention")(x)  # [B, t, f, C]
         x = tf_keras.layers.AveragePooling2D(pool, name=f"{block}_pool")(x)  # [B, t/2, f/2, C]
         frames, bins = frames // pool[0], bins // pool[1]
-        aug = _specaugment(params, block, frames, bins, seed=params.seed + 11 * (i + 2)) if augment else None
+        aug = _specaugment(params, block, frames, bins) if augment else None
         if aug is not None:
             x = aug(x)
     x = TimeFreqPooling(name="head_pool")(x)  # [B, C]
@@ -149,8 +153,8 @@ def build_model(params: Params) -> tf_keras.Model:
     x = frontend(params)(wave)  # [B, T, M, 1]
     t = params.augment.time_shift
     if t.enabled and t.std_frames > 0:
-        x = TimeShift(std_frames=t.std_frames, seed=params.seed + 7, name="time_shift")(x)
-    aug = _specaugment(params, "input", input_frames(params), params.audio.n_mels, seed=params.seed + 11)
+        x = _time_shift(params, "time_shift")(x)
+    aug = _specaugment(params, "input", params.audio.frames, params.audio.n_mels)
     if aug is not None:
         x = aug(x)
     logits = build_classifier(params, augment=True)(x)  # [B, 10]
@@ -210,10 +214,17 @@ def tta_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
     classifier = get_classifier(model)
     frames, bins = (int(d) for d in classifier.inputs[0].shape[1:3])
     inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
-    x = TimeShift(std_frames=params.augment.time_shift.std_frames, seed=params.seed + 7, name="tta_time_shift")(inputs)
-    s = params.augment.specaugment
-    x = SpecAugmentPP(max_time_width=int(round(s.time_width_fraction * frames)),
-                      max_freq_width=int(round(s.freq_width_fraction * bins)), n_time_masks=s.n_time_masks,
-                      n_freq_masks=s.n_freq_masks, mode=s.mode, seed=params.seed + 11,
-                      name="tta_input_specaugment")(x)
+    x = _time_shift(params, "tta_time_shift")(inputs)
+    x = _specaugment_layer(params, "input", frames, bins, name="tta_input_specaugment")(x)
     return tf_keras.Model(inputs, classifier(x), name="tta_classifier")
+
+
+def tta_predictor(model: tf_keras.Model, params: Params) -> TTA:
+    """Test-time augmentation of a full model as the evaluate stage runs it.
+
+    ``tta_predictor(model, params).probabilities(logmel)`` gives the mean class probabilities
+    ``[B, K]`` of a batch of log-mel inputs ``[B, T, M, 1]`` (the output of
+    :func:`frontend_model`) over ``params.augment.tta.n_copies`` copies, augmented as
+    ``params.augment.tta`` says (on :func:`tta_classifier`), seeded with ``params.seed``.
+    """
+    return TTA(tta_classifier(model, params), params.augment.tta, seed=params.seed)

@@ -18,6 +18,8 @@ import logging
 
 import tf_keras
 
+from pipeline.core.checks import check_int
+
 logger = logging.getLogger(__name__)
 
 #: Front end of the baseline: 40 ms Hamming window, 20 ms hop, 40 mel bands.
@@ -25,11 +27,6 @@ BASELINE_WIN_SECONDS = 0.04
 BASELINE_HOP_SECONDS = 0.02
 BASELINE_N_MELS = 40
 BASELINE_N_FFT = 2048
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def build_baseline_classifier(
@@ -58,9 +55,9 @@ def build_baseline_classifier(
       ValueError: if a size is not a positive integer or the input is too small for
         the two max-pools ((5, 5) then (10, 4)).
     """
-    _check_positive_int("n_frames", n_frames)
-    _check_positive_int("n_mels", n_mels)
-    _check_positive_int("n_classes", n_classes)
+    check_int("n_frames", n_frames, 1)
+    check_int("n_mels", n_mels, 1)
+    check_int("n_classes", n_classes, 1)
     if n_frames < 50 or n_mels < 20:
         raise ValueError(
             f"the baseline needs at least 50 frames and 20 mel bands for its max-pools "
@@ -113,9 +110,9 @@ def build_baseline(
       classifier of :func:`build_baseline_classifier` (``model.get_layer("classifier")``),
       the part that is counted and quantized.
     """
-    _check_positive_int("n_classes", n_classes)
-    _check_positive_int("sample_rate", sample_rate)
-    _check_positive_int("clip_samples", clip_samples)
+    check_int("n_classes", n_classes, 1)
+    check_int("sample_rate", sample_rate, 1)
+    check_int("clip_samples", clip_samples, 1)
     # Imported here so that this module imports without the front end.
     from models.frontend import LogMel
 

@@ -1,6 +1,6 @@
 """On-graph log-mel front end: waveform in, log-mel spectrogram out, all in TensorFlow ops.
 
-The front end is the first layer of the training graph (see DESIGN.md, "Data flow"), so that
+The front end is the first layer of the training graph, so that
 waveforms rather than spectrograms leave the CPU and the STFT runs on the accelerator. It follows
 ``librosa.feature.melspectrogram`` (STFT -> power -> Slaney or HTK mel filter bank) followed by a
 log, with librosa's meaning for every argument; the mel filter bank is rebuilt here in NumPy so that
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
+
+from pipeline.core.checks import check_bool, check_choice, check_int, check_real
 
 logger = logging.getLogger(__name__)
 
@@ -127,28 +128,6 @@ def split_tf32(x):
     return hi, x - hi
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(name: str, value, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if not positive and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return value
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 def _plain_number(value):
     """int when integral, float otherwise (keeps configs JSON-friendly and stable)."""
     value = float(value)
@@ -231,42 +210,40 @@ class LogMel(tf_keras.layers.Layer):
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        sample_rate = _check_real("sample_rate", sample_rate)
+        sample_rate = check_real("sample_rate", sample_rate, exclusive=True)
         self.sample_rate = _plain_number(sample_rate)
-        self.n_fft = _check_int("n_fft", n_fft)
+        self.n_fft = check_int("n_fft", n_fft, 1)
         if win_length is None:
             self.win_length = None
         else:
-            self.win_length = _check_int("win_length", win_length)
+            self.win_length = check_int("win_length", win_length, 1)
             if self.win_length > self.n_fft:
                 raise ValueError(f"win_length must be <= n_fft={self.n_fft}, got {win_length!r}")
-        self.hop_length = _check_int("hop_length", hop_length)
-        self.n_mels = _check_int("n_mels", n_mels)
-        self.fmin = float(_check_real("fmin", fmin, positive=False))
+        self.hop_length = check_int("hop_length", hop_length, 1)
+        self.n_mels = check_int("n_mels", n_mels, 1)
+        self.fmin = check_real("fmin", fmin)
         nyquist = float(sample_rate) / 2.0
         if fmax is None:
             self.fmax = None
         else:
-            self.fmax = float(_check_real("fmax", fmax))
+            self.fmax = check_real("fmax", fmax, exclusive=True)
             if self.fmax > nyquist:
                 raise ValueError(f"fmax must be <= sample_rate / 2 = {nyquist}, got {fmax!r}")
         if self.fmin >= (nyquist if self.fmax is None else self.fmax):
             raise ValueError(
                 f"fmin must be < fmax ({nyquist if self.fmax is None else self.fmax}), got {fmin!r}"
             )
-        self.window = _check_choice("window", window, WINDOWS)
-        if not isinstance(center, (bool, np.bool_)):
-            raise ValueError(f"center must be a bool, got {center!r}")
-        self.center = bool(center)
-        self.pad_mode = _check_choice("pad_mode", pad_mode, PAD_MODES)
-        self.power = float(_check_real("power", power))
-        self.mel_scale = _check_choice("mel_scale", mel_scale, MEL_SCALES)
-        self.log = _check_choice("log", log, LOGS)
-        self.log_offset = float(_check_real("log_offset", log_offset))
+        self.window = check_choice("window", window, WINDOWS)
+        self.center = check_bool("center", center.item() if isinstance(center, np.bool_) else center)
+        self.pad_mode = check_choice("pad_mode", pad_mode, PAD_MODES)
+        self.power = check_real("power", power, exclusive=True)
+        self.mel_scale = check_choice("mel_scale", mel_scale, MEL_SCALES)
+        self.log = check_choice("log", log, LOGS)
+        self.log_offset = check_real("log_offset", log_offset, exclusive=True)
         if top_db is None:
             self.top_db = None
         else:
-            self.top_db = float(_check_real("top_db", top_db))
+            self.top_db = check_real("top_db", top_db, exclusive=True)
             if self.log != "db":
                 raise ValueError(
                     f"top_db applies only to log='db' (log={self.log!r}), got {top_db!r}"
@@ -312,9 +289,9 @@ class LogMel(tf_keras.layers.Layer):
           hop_seconds: hop length in seconds.
           **kwargs: any other LogMel argument except n_fft, win_length and hop_length.
         """
-        sample_rate = _check_real("sample_rate", sample_rate)
-        window_seconds = _check_real("window_seconds", window_seconds)
-        hop_seconds = _check_real("hop_seconds", hop_seconds)
+        sample_rate = check_real("sample_rate", sample_rate, exclusive=True)
+        window_seconds = check_real("window_seconds", window_seconds, exclusive=True)
+        hop_seconds = check_real("hop_seconds", hop_seconds, exclusive=True)
         for key in ("n_fft", "win_length", "hop_length"):
             if key in kwargs:
                 raise ValueError(
@@ -341,7 +318,7 @@ class LogMel(tf_keras.layers.Layer):
 
     def output_frames(self, n_samples):
         """Number of frames for ``n_samples`` input samples (librosa's count)."""
-        n_samples = _check_int("n_samples", n_samples, minimum=0)
+        n_samples = check_int("n_samples", n_samples)
         if self.center:
             return 1 + n_samples // self.hop_length
         if n_samples < self.n_fft:

@@ -15,29 +15,16 @@ Both layers are ``tfmot.sparsity.keras.PrunableLayer`` s; ``models.quantize`` ho
 from __future__ import annotations
 
 import logging
-import numbers
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from pipeline.core.checks import check_bool, check_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SeparableBlock", "CoordAttention", "hard_swish"]
-
-
-def _check_positive_int(name: str, value) -> int:
-    """Returns ``value`` as an int, or raises ValueError naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_positive_odd_int(name: str, value) -> int:
-    value = _check_positive_int(name, value)
-    if value % 2 == 0:
-        raise ValueError(f"{name} must be a positive odd integer, got {value!r}")
-    return value
 
 
 def _check_feature_map(layer_name: str, input_shape) -> tf.TensorShape:
@@ -129,14 +116,12 @@ class SeparableBlock(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(use_bias, bool):
-            raise ValueError(f"use_bias must be True or False, got {use_bias!r}")
-        self.use_bias = use_bias
-        self.filters = _check_positive_int("filters", filters)
-        self.time_kernel = _check_positive_odd_int("time_kernel", time_kernel)
-        self.freq_kernel = _check_positive_odd_int("freq_kernel", freq_kernel)
-        self.time_dilation = _check_positive_int("time_dilation", time_dilation)
-        self.freq_dilation = _check_positive_int("freq_dilation", freq_dilation)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self.filters = check_int("filters", filters, 1)
+        self.time_kernel = check_int("time_kernel", time_kernel, 1, odd=True)
+        self.freq_kernel = check_int("freq_kernel", freq_kernel, 1, odd=True)
+        self.time_dilation = check_int("time_dilation", time_dilation, 1)
+        self.freq_dilation = check_int("freq_dilation", freq_dilation, 1)
         self.kernel_initializer = tf_keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
 
@@ -280,8 +265,8 @@ class CoordAttention(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
 
     def __init__(self, reduction=32, min_channels=8, **kwargs):
         super().__init__(**kwargs)
-        self.reduction = _check_positive_int("reduction", reduction)
-        self.min_channels = _check_positive_int("min_channels", min_channels)
+        self.reduction = check_int("reduction", reduction, 1)
+        self.min_channels = check_int("min_channels", min_channels, 1)
         # Quantization hooks (identity unless models.quantize replaces them).
         self.bn_activation = tf_keras.activations.linear
         self.hswish_activation = tf_keras.activations.linear

@@ -34,7 +34,6 @@ files naming files absent from meta.csv
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.hashing import digest_bytes
 from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES, SPLIT_FILES, UNSEEN_DEVICES  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ def fingerprint(index: pd.DataFrame) -> str:
     """SHA-256 (16 hex) of the index content: file list, labels, splits and header facts."""
     cols = [c for c in INDEX_COLUMNS if c in index.columns]
     blob = index[cols].to_csv(index=False, sep="\t").encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest_bytes(blob)
 
 
 def summarise(index: pd.DataFrame) -> dict:

@@ -1,7 +1,8 @@
 """Command line: ``python -m pipeline.run --stage STAGE [options]``.
 
 This module only parses arguments, loads the validated Params and calls
-:func:`pipeline.stages.run_stages`; all work lives in the stages.
+:func:`pipeline.runner.run_stages`; the stage names come from the records in
+:mod:`pipeline.stages`, and all work lives in the stages.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ logger = logging.getLogger("pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.stages import STAGES
+    from pipeline.stages import NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.run",
         description="Low-complexity acoustic scene classification (DCASE2022 Task 1) pipeline.",
         epilog="Example: python -m pipeline.run --stage all --set train.epochs=3 --set audio.n_mels=128",
     )
-    parser.add_argument("--stage", required=True, choices=(*STAGES, "all"),
+    parser.add_argument("--stage", required=True, choices=(*NAMES, "all"),
                         help="stage to run; 'all' runs every stage in order under one MLflow parent run")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML config file, or a name under configs/ such as 'paper' "
@@ -56,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
 
-    from pipeline import stages
+    from pipeline import runner, stages
     from pipeline.data import DatasetError
 
-    names = list(stages.STAGES) if args.stage == "all" else [args.stage]
+    names = list(stages.NAMES) if args.stage == "all" else [args.stage]
     try:
-        stages.run_stages(params, args.workdir, names, force=args.force)
+        results = runner.run_stages(params, args.workdir, names, force=args.force)
     except (DatasetError, stages.StageError, config.ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               "The traceback is logged as error.txt in the stage's MLflow run "
               "(or rerun with --log-level DEBUG).", file=sys.stderr)
         return 1
-    if args.stage == "all" or "report" in names:
-        print(stages.summary(params, args.workdir))
+    print(runner.summary(params, args.workdir, results))
     return 0
 
 

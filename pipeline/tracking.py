@@ -1,4 +1,4 @@
-"""MLflow tracking: one parent run per CLI invocation, one nested run per stage.
+"""MLflow tracking: one parent run per CLI invocation, one nested run per stage (used by the runner only).
 
 The store defaults to ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/``
 (MLflow 3 deprecates the file store); ``tracking.uri`` points a team at its server.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.core.config import Params
+from pipeline.stages.base import MemoryRecorder, Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -98,58 +99,152 @@ def base_tags(params: Params, data_name: str) -> dict[str, str]:
     return tags
 
 
-@contextlib.contextmanager
-def parent_run(params: Params, data_name: str, stage: str) -> Iterator[object]:
-    """The invocation's parent run, with the flattened Params and the base tags."""
-    mlflow = _mlflow()
-    setup(params)
-    tags = base_tags(params, data_name)
-    tags["stages"] = stage
-    with mlflow.start_run(run_name=run_name(params, data_name), tags=tags) as run:
-        mlflow.log_params(params.flat())
-        logger.info("MLflow parent run %s (experiment '%s', store %s)", run.info.run_id,
-                    params.tracking.experiment, params.tracking.uri)
-        yield run
+class MlflowRecorder(Recorder):
+    """A stage's records into its (active) MLflow run."""
+
+    def __init__(self, run_id: str, experiment: str):
+        super().__init__(run_id)
+        self.experiment = experiment
+
+    def _log_metrics(self, values, step):
+        _mlflow().log_metrics(values, step=step)
+
+    def _log_tags(self, values):
+        _mlflow().set_tags(values)
+
+    def artifact(self, path, folder=None):
+        _mlflow().log_artifact(str(path), artifact_path=folder)
+
+    def dict(self, obj, name):
+        _mlflow().log_dict(obj, name)
+
+    def model(self, model, example_input):
+        """The model in MLflow's tensorflow flavour, with an input signature (waveform in, logits out)."""
+        mlflow = _mlflow()
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example_input, model(example_input, training=False).numpy())
+        try:
+            mlflow.tensorflow.log_model(model, name="model", signature=signature)
+        except Exception as exc:  # noqa: BLE001 - the .keras file is logged regardless
+            logger.warning("MLflow tensorflow flavour failed (%s); the .keras checkpoint is logged instead", exc)
+
+    def finished_runs(self, stage):
+        mlflow = _mlflow()
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return []
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.stage = '{stage}' and status = 'FINISHED'",
+                                  max_results=200, output_format="list")
+        return [{"name": r.data.tags.get("mlflow.runName", r.info.run_id[:8]), "metrics": dict(r.data.metrics),
+                 "tags": dict(r.data.tags)} for r in runs]
 
 
-@contextlib.contextmanager
-def stage_run(params: Params, data_name: str, stage: str, *, run_id: str | None = None,
-              extra_tags: dict | None = None) -> Iterator[object]:
-    """A nested run for one stage; FAILED with ``error.txt`` when the body raises.
+class MlflowTracker:
+    """The runner's MLflow side: one parent run per invocation, one nested run per stage."""
 
-    ``run_id`` resumes an existing run (the train stage does so after an interruption).
-    """
-    mlflow = _mlflow()
-    tags = base_tags(params, data_name)
-    tags.update({"stage": stage, **(extra_tags or {})})
-    parent = mlflow.active_run()
-    kwargs = dict(nested=parent is not None)
-    if run_id is not None:
-        kwargs["run_id"] = run_id
-    else:
-        kwargs["run_name"] = f"{stage}: {run_name(params, data_name)}"
-    run = mlflow.start_run(**kwargs, tags=tags)
-    if run_id is None:
-        mlflow.log_params(params.flat())
-    logger.info("MLflow %s run %s", stage, run.info.run_id)
-    try:
-        yield run
-    except BaseException as exc:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "error.txt"
-            path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            try:
-                mlflow.log_artifact(str(path))
-            except Exception:  # noqa: BLE001 - never mask the original error
-                logger.exception("could not log the traceback to MLflow")
-        mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    def __init__(self, params: Params, data_name: str):
+        self.params = params
+        self.data_name = data_name
+
+    @contextlib.contextmanager
+    def parent(self, label: str) -> Iterator[object]:
+        """The invocation's parent run, with the flattened Params and the base tags."""
+        mlflow = _mlflow()
+        setup(self.params)
+        tags = base_tags(self.params, self.data_name)
+        tags["stages"] = label
+        with mlflow.start_run(run_name=run_name(self.params, self.data_name), tags=tags) as run:
+            mlflow.log_params(self.params.flat())
+            logger.info("MLflow parent run %s (experiment '%s', store %s)", run.info.run_id,
+                        self.params.tracking.experiment, self.params.tracking.uri)
+            self.parent_id = run.info.run_id
+            yield run
+
+    def parent_metrics(self, values: dict) -> None:
+        if values:
+            _mlflow().MlflowClient().log_batch(self.parent_id, metrics=[
+                _metric(k, v) for k, v in values.items()])
+
+    def parent_tags(self, values: dict) -> None:
+        client = _mlflow().MlflowClient()
+        for k, v in values.items():
+            client.set_tag(self.parent_id, k, v)
+
+    def run_exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        try:
+            _mlflow().MlflowClient().get_run(run_id)
+        except Exception:  # noqa: BLE001 - gone (store moved or deleted)
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, *, run_id: str | None = None, tags: dict | None = None) -> Iterator[MlflowRecorder]:
+        """A nested run for one stage; FAILED (KILLED on Ctrl-C) with ``error.txt`` when the body raises.
+
+        ``run_id`` continues an existing run (a resumable stage after an interruption).
+        """
+        mlflow = _mlflow()
+        all_tags = base_tags(self.params, self.data_name)
+        all_tags.update({"stage": stage, **(tags or {})})
+        kwargs: dict = {"nested": mlflow.active_run() is not None}
+        if run_id is not None:
+            kwargs["run_id"] = run_id
+        else:
+            kwargs["run_name"] = f"{stage}: {run_name(self.params, self.data_name)}"
+        run = mlflow.start_run(**kwargs, tags=all_tags)
+        if run_id is None:
+            mlflow.log_params(self.params.flat())
+        logger.info("MLflow %s run %s", stage, run.info.run_id)
+        try:
+            yield MlflowRecorder(run.info.run_id, self.params.tracking.experiment)
+        except BaseException as exc:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "error.txt"
+                path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                try:
+                    mlflow.log_artifact(str(path))
+                except Exception:  # noqa: BLE001 - never mask the original error
+                    logger.exception("could not log the traceback to MLflow")
+            mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
 
 
-def log_dict_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow = _mlflow()
-    clean = {k: float(v) for k, v in metrics.items() if v is not None}
-    if clean:
-        mlflow.log_metrics(clean, step=step)
+def _metric(key: str, value: float):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+class MemoryTracker:
+    """The runner without MLflow: every stage records into a :class:`MemoryRecorder` (tests, notebooks)."""
+
+    def __init__(self):
+        self.stages: dict[str, MemoryRecorder] = {}
+        self.parent_records = MemoryRecorder("parent")
+
+    @contextlib.contextmanager
+    def parent(self, label: str):
+        yield self.parent_records
+
+    def parent_metrics(self, values: dict) -> None:
+        self.parent_records.metrics(values)
+
+    def parent_tags(self, values: dict) -> None:
+        self.parent_records.tags(values)
+
+    def run_exists(self, run_id: str | None) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, *, run_id: str | None = None, tags: dict | None = None):
+        recorder = MemoryRecorder(f"memory-{stage}")
+        recorder.tags(tags or {})
+        self.stages[stage] = recorder
+        yield recorder

@@ -44,7 +44,7 @@ def test_paper_network_parameters_match_the_report():
     classifier = asc.get_classifier(model)
     total = classifier.count_params()
     trainable = int(sum(np.prod(w.shape) for w in classifier.trainable_weights))
-    # hand count (DESIGN.md): input BN 4*256; blocks 448+256+1704, 8960+512+3368, 2 x (17152+512+3368);
+    # hand count: input BN 4*256; blocks 448+256+1704, 8960+512+3368, 2 x (17152+512+3368);
     # head 16512 + 1290
     assert total == 1024 + 2408 + 12840 + 2 * 21032 + 16512 + 1290 == 76138
     assert trainable == 74666

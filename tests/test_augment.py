@@ -1,7 +1,6 @@
 """Tests of augment/: SpecAugment++, time shifting and test-time augmentation."""
 
 
-import dataclasses
 import os
 
 import numpy as np
@@ -10,8 +9,9 @@ import tensorflow as tf
 import tf_keras
 
 import augment
-from augment import SpecAugmentPP, TimeShift
-from layer_testing import run_layer_test
+from augment import TTA, SpecAugmentPP, TimeShift
+from pipeline.core.config import SpecAugmentParams, TTAParams
+from tests.layer_testing import run_layer_test
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +383,15 @@ def test_time_shift_bad_arguments(kwargs, name):
         TimeShift(**kwargs)
 
 
+def test_specaugment_from_params():
+    settings = SpecAugmentParams(mode="cm", time_width_fraction=0.25, freq_width_fraction=0.1,
+                                 n_time_masks=2, n_freq_masks=0)
+    layer = SpecAugmentPP.from_params(settings, 44, 256, seed=3, name="masks", always_on=True)
+    got = (layer.max_time_width, layer.max_freq_width, layer.n_time_masks, layer.n_freq_masks,
+           layer.mode, layer.seed, layer.name, layer.always_on)
+    assert got == (11, 26, 2, 0, "cm", 3, "masks", True)  # 26 = round(0.1 * 256)
+
+
 @pytest.mark.parametrize("mode", ["zm", "mm", "cm"])
 def test_specaugment_layer_round_trip(mode, tmp_path):
     init = dict(
@@ -413,9 +422,7 @@ def test_time_shift_layer_round_trip(tmp_path):
 def test_tta_all_off_is_plain_softmax():
     model = tiny_classifier()
     x = tf.random.stateless_normal([7, 16, 8, 1], seed=[2, 3]).numpy()
-    probs = augment.predict_tta(
-        model, x, n_copies=3, batch_size=4, time_shift=False, specaugment=False
-    )
+    probs = TTA(model, TTAParams(n_copies=3, time_shift=False, specaugment=False)).predict(x, batch_size=4)
     np.testing.assert_allclose(probs, softmax(model(x).numpy()), rtol=1e-5, atol=1e-6)
     assert probs.shape == (7, 3) and probs.dtype == np.float32
 
@@ -426,7 +433,9 @@ def test_tta_is_mean_of_individual_augmented_passes():
     options = dict(time_shift=True, specaugment=True, specaugment_mode="zm", seed=5)
     view = augment.make_tta_model(model, **options)
     passes = np.stack([softmax(view(x, training=False).numpy()) for _ in range(4)])  # [4, B, K]
-    probs = augment.predict_tta(model, x, n_copies=4, batch_size=5, chunk_copies=1, **options)
+    tta = TTA(model, TTAParams(n_copies=4, chunk_copies=1, time_shift=True, specaugment=True), seed=5,
+              specaugment_mode="zm")
+    probs = tta.predict(x, batch_size=5)
     np.testing.assert_allclose(probs, passes.mean(axis=0), rtol=1e-5, atol=1e-6)
     # The copies really differ from each other and from the plain prediction.
     assert np.abs(passes[0] - passes[1]).max() > 1e-4
@@ -437,7 +446,12 @@ def test_tta_chunks_and_batches():
     model = tiny_classifier()
     x = tf.random.stateless_normal([6, 16, 8, 1], seed=[6, 7]).numpy()
     options = dict(time_shift=True, specaugment=True, specaugment_mode=None, seed=2)
-    probs = augment.predict_tta(model, x, n_copies=5, batch_size=4, chunk_copies=2, **options)
+    settings = TTAParams(n_copies=5, chunk_copies=2, time_shift=True, specaugment=True)
+
+    def fresh():
+        return TTA(model, settings, seed=2, specaugment_mode=None)
+
+    probs = fresh().predict(x, batch_size=4)
     # Reference: a fresh view, copy-major tiles of 2, 2 and 1 copies per batch, in order.
     view = augment.make_tta_model(model, **options)
     expected = []
@@ -449,22 +463,22 @@ def test_tta_chunks_and_batches():
         expected.append(total / 5)
     np.testing.assert_allclose(probs, np.concatenate(expected), rtol=1e-5, atol=1e-6)
     # The graph-safe core gives the same numbers on the first batch.
-    view = augment.make_tta_model(model, **options)
-    core = tf.function(lambda t: augment.tta_probabilities(view, t, n_copies=5, chunk_copies=2))
+    tta = fresh()
+    core = tf.function(lambda t: tta.probabilities(t))
     np.testing.assert_allclose(core(x[:4]).numpy(), probs[:4], rtol=1e-5, atol=1e-6)
     # A batched dataset of (x, y) gives the same result as the array.
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(6))).batch(4)
-    from_dataset = augment.predict_tta(model, dataset, n_copies=5, chunk_copies=2, **options)
+    from_dataset = fresh().predict(dataset)
     np.testing.assert_allclose(from_dataset, probs, rtol=1e-6, atol=1e-7)
 
 
 def test_tta_repeatable_and_seeded():
     model = tiny_classifier()
     x = tf.random.stateless_normal([4, 16, 8, 1], seed=[8, 9]).numpy()
-    config = augment.TTAConfig(n_copies=6, batch_size=4, chunk_copies=3, specaugment=True, seed=1)
-    first = augment.predict_tta(model, x, **dataclasses.asdict(config))
-    again = augment.predict_tta(model, x, **dataclasses.asdict(config))
-    other = augment.predict_tta(model, x, **dataclasses.asdict(dataclasses.replace(config, seed=2)))
+    settings = TTAParams(n_copies=6, chunk_copies=3, specaugment=True)
+    first = TTA(model, settings, seed=1).predict(x, batch_size=4)
+    again = TTA(model, settings, seed=1).predict(x, batch_size=4)
+    other = TTA(model, settings, seed=2).predict(x, batch_size=4)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-5
     np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
@@ -517,9 +531,9 @@ def test_tta_nested_model_and_errors():
     with pytest.raises(ValueError, match="subclassed"):
         augment.make_tta_model(Sub())
     with pytest.raises(ValueError, match="n_copies"):
-        augment.predict_tta(outer, x.numpy(), n_copies=0)
+        TTA(outer, TTAParams(n_copies=0)).predict(x.numpy())
     with pytest.raises(ValueError, match="specaugment_mode"):
-        augment.TTAConfig(specaugment_mode="bad")
+        TTA(outer, TTAParams(), specaugment_mode="bad")
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import config
-from pipeline import stages
+from pipeline import runner
 from tests.conftest import tiny_overrides
 
 CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")
@@ -59,7 +59,7 @@ def mlflow_server(tmp_path_factory, tiny_dataset):
         params = config.load(None, tiny_overrides(workdir / f"run{seed}", tiny_dataset, **{
             "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false",
             "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"}))
-        stages.run_stages(params, workdir / f"run{seed}", ["prepare", "train", "evaluate"])
+        runner.run_stages(params, workdir / f"run{seed}", ["prepare", "train", "evaluate"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(

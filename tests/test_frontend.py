@@ -8,9 +8,9 @@ import pytest
 import scipy.signal
 import tensorflow as tf
 import tf_keras
-from layer_testing import run_layer_test
 
 from models.frontend import LogMel, hz_to_mel, mel_filterbank, mel_to_hz, split_tf32
+from tests.layer_testing import run_layer_test
 
 SR = 44100
 # The project's front end (the report's) and the DCASE2022 baseline's (40 ms hamming, 20 ms hop).
@@ -196,6 +196,26 @@ def test_output_frames_follows_librosa_count():
     for n in (1100, 2047, 2048, 8820):
         expected = librosa.stft(np.zeros(n, np.float32), n_fft=2048, hop_length=1024).shape[-1]
         assert layer.output_frames(n) == expected == layer(tf.zeros([1, n])).shape[1]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["audio.clip_seconds=0.5", "audio.hop_length=512"],
+        ["audio.center=false"],
+        ["audio.center=false", "audio.clip_seconds=2.5", "audio.n_fft=1024", "audio.hop_length=300"],
+    ],
+)
+def test_params_frames_match_the_front_end(overrides):
+    """``AudioParams.frames`` (what the models are built for) is the front end's frame count."""
+    from models import asc
+    from pipeline.core import config
+
+    audio = config.load(None, overrides).audio
+    layer = asc.frontend(config.load(None, overrides))
+    assert audio.frames == layer.output_frames(audio.clip_samples)
+    assert layer(tf.zeros([1, audio.clip_samples])).shape[1] == audio.frames
 
 
 def test_from_seconds_baseline_settings():

@@ -1,6 +1,9 @@
 """Tests of models.layers (SeparableBlock, CoordAttention) and models.quantize (QAT configs)."""
 
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +12,7 @@ import tf_keras
 
 from models import quantize
 from models.layers import CoordAttention, SeparableBlock, hard_swish
+from pipeline.core import checks
 from tests.layer_testing import run_layer_test
 
 SHAPE = (2, 8, 16, 4)  # [B, T, F, C]
@@ -177,6 +181,36 @@ def test_separable_block_matches_numpy(time_kernel, freq_kernel, time_dilation, 
 def test_separable_block_argument_errors(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SeparableBlock(**kwargs)
+
+
+def test_shared_argument_checks():
+    """The one set of argument checks (pipeline.core.checks): name first, bad value last."""
+    assert checks.check_int("n", np.int64(3), 1) == 3 and type(checks.check_int("n", np.int64(3))) is int
+    for bad in (True, 2.0, "3", 0):
+        with pytest.raises(ValueError, match=rf"^n must be an integer >= 1, got {bad!r}$"):
+            checks.check_int("n", bad, 1)
+    with pytest.raises(ValueError, match=r"^k must be an odd integer >= 1, got 4$"):
+        checks.check_int("k", 4, 1, odd=True)
+    assert checks.check_real("x", 2) == 2.0 and type(checks.check_real("x", 2)) is float
+    with pytest.raises(ValueError, match=r"^x must be a finite number > 0, got 0.0$"):
+        checks.check_real("x", 0.0, exclusive=True)
+    for bad in (float("nan"), float("inf"), -0.5, False, None):
+        with pytest.raises(ValueError, match=r"^x must be a finite number >= 0, got "):
+            checks.check_real("x", bad)
+    assert checks.check_bool("b", False) is False
+    with pytest.raises(ValueError, match=r"^b must be True or False, got 1$"):
+        checks.check_bool("b", 1)
+    assert checks.check_choice("m", "zm", ("zm", "mm")) == "zm"
+    assert checks.check_choice("m", None, ("zm",), allow_none=True) is None
+    with pytest.raises(ValueError, match=r"^m must be None or one of \('zm',\), got 'x'$"):
+        checks.check_choice("m", "x", ("zm",), allow_none=True)
+    with pytest.raises(ValueError, match=r"^m must be one of \('zm',\), got None$"):
+        checks.check_choice("m", None, ("zm",))
+
+
+def test_argument_checks_import_no_tensorflow():
+    code = "import sys, pipeline.core.checks; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_layers_reject_non_4d_input():

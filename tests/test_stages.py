@@ -9,7 +9,7 @@ import pytest
 import tf_keras
 
 from pipeline.core import config
-from pipeline import run, stages, training
+from pipeline import run, runner, stages, training
 from tests.conftest import tiny_overrides
 
 
@@ -32,7 +32,7 @@ def _runs(workdir, stage=None):
 def full_run(tmp_path_factory, tiny_dataset):
     workdir = tmp_path_factory.mktemp("all")
     params = _params(workdir, tiny_dataset)
-    results = stages.run_stages(params, workdir, list(stages.STAGES))
+    results = runner.run_stages(params, workdir, list(stages.NAMES))
     return workdir, params, results
 
 
@@ -44,7 +44,7 @@ def test_every_stage_writes_its_outputs(full_run):
                 "evaluate/device_accuracy.png", "evaluate/size_vs_accuracy.png", "compress/model_int8.tflite",
                 "compress/frontend.tflite", "compress/metrics.json", "report/report.md", "report/report.html"):
         assert (workdir / rel).is_file(), rel
-    for stage in stages.STAGES:
+    for stage in stages.NAMES:
         assert (workdir / stage / "_SUCCESS.json").is_file()
     index = pd.read_csv(workdir / "prepare/index.csv")
     assert list(index.columns[:7]) == ["filename", "scene_label", "label", "city", "identifier", "device", "split"]
@@ -88,7 +88,7 @@ def test_mlflow_records_every_stage(full_run):
         (workdir / "prepare/_SUCCESS.json").read_text())["fingerprint"]
     assert parent.data.metrics["macro_accuracy"] >= 0.0 and "int8_size_bytes" in parent.data.metrics
     assert parent.data.params["train.epochs"] == "2"
-    for stage in stages.STAGES:
+    for stage in stages.NAMES:
         run_ = [r for r in _runs(workdir, stage) if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert len(run_) == 1 and run_[0].info.status == "FINISHED"
     (train_run,) = [r for r in _runs(workdir, "train") if r.data.tags.get("reused") != "true"]
@@ -113,7 +113,7 @@ def test_same_seed_same_losses(full_run, tmp_path, tiny_dataset):
     workdir, params, _ = full_run
     first = json.loads((workdir / "train/history.json").read_text())["history"]
     params2 = _params(tmp_path, tiny_dataset)
-    stages.run_stages(params2, tmp_path, ["prepare", "train"])
+    runner.run_stages(params2, tmp_path, ["prepare", "train"])
     second = json.loads((tmp_path / "train/history.json").read_text())["history"]
     assert first["loss"] == second["loss"]
     assert first["val_loss"] == second["val_loss"]
@@ -132,7 +132,7 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, tin
 
     monkeypatch.setattr(training.EpochEnd, "on_epoch_end", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
-        stages.run_stages(params2, tmp_path, ["prepare", "train"])
+        runner.run_stages(params2, tmp_path, ["prepare", "train"])
     assert not (tmp_path / "train/_SUCCESS.json").exists()
     assert not (tmp_path / "train/model.keras").exists()
     assert json.loads((tmp_path / "train/checkpoints/latest.json").read_text())["epoch"] == 1
@@ -149,7 +149,7 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, tin
     (tmp_path / "train/best.keras").write_bytes(b"a model of a discarded epoch")
 
     monkeypatch.setattr(training.EpochEnd, "on_epoch_end", original)
-    stages.run_stages(params2, tmp_path, ["train"])
+    runner.run_stages(params2, tmp_path, ["train"])
     assert not (tmp_path / "train/best.keras").exists()  # the stale best model was dropped
     assert saved_val != -1.0
     runs = _runs(tmp_path, "train")
@@ -167,7 +167,7 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, tin
 def test_failing_stage_is_marked_failed_with_traceback(tmp_path, tiny_dataset):
     params = _params(tmp_path, tiny_dataset)
     with pytest.raises(stages.StageError, match="run --stage prepare first"):
-        stages.run_stages(params, tmp_path, ["train"])
+        runner.run_stages(params, tmp_path, ["train"])
     (failed,) = _runs(tmp_path, "train")
     assert failed.info.status == "FAILED"
     artifacts = {a.path for a in _client(tmp_path).list_artifacts(failed.info.run_id)}
@@ -195,7 +195,7 @@ def test_second_all_with_new_compress_settings_reuses_training(full_run, tiny_da
     workdir, params, _ = full_run
     model_mtime = (workdir / "train/model.keras").stat().st_mtime_ns
     changed = _params(workdir, tiny_dataset, **{"compress.representative_clips": 6})
-    results = stages.run_stages(changed, workdir, list(stages.STAGES))
+    results = runner.run_stages(changed, workdir, list(stages.NAMES))
     assert results["prepare"] == {"reused": True}
     assert results["train"] == {"reused": True}
     assert results["evaluate"] == {"reused": True}
@@ -203,14 +203,14 @@ def test_second_all_with_new_compress_settings_reuses_training(full_run, tiny_da
     assert (workdir / "train/model.keras").stat().st_mtime_ns == model_mtime
     reused = [r for r in _runs(workdir, "train") if r.data.tags.get("reused") == "true"]
     assert len(reused) == 1
-    text = stages.summary(changed, workdir)
+    text = runner.summary(changed, workdir)
     assert "report.md" in text and "macro accuracy" in text and "mlflow ui --backend-store-uri" in text
     assert "bytes (NeSsi)" in text
 
 
 def test_mirrored_strategy_runs_as_one_replica_on_cpu(tmp_path, tiny_dataset):
     params = _params(tmp_path, tiny_dataset, **{"train.strategy": "mirrored", "train.epochs": 1})
-    stages.run_stages(params, tmp_path, ["prepare", "train"])
+    runner.run_stages(params, tmp_path, ["prepare", "train"])
     history = json.loads((tmp_path / "train/history.json").read_text())["history"]
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
     assert (tmp_path / "train/model.keras").is_file()
@@ -218,10 +218,10 @@ def test_mirrored_strategy_runs_as_one_replica_on_cpu(tmp_path, tiny_dataset):
 
 def test_force_retrains_and_stale_inputs_are_refused(tmp_path, tiny_dataset):
     params = _params(tmp_path, tiny_dataset, **{"train.epochs": 1})
-    stages.run_stages(params, tmp_path, ["prepare", "train"])
+    runner.run_stages(params, tmp_path, ["prepare", "train"])
     first = (tmp_path / "train/_SUCCESS.json").read_text()
-    assert stages.run_stages(params, tmp_path, ["train"])["train"] == {"reused": True}
-    results = stages.run_stages(params, tmp_path, ["train"], force=True)
+    assert runner.run_stages(params, tmp_path, ["train"])["train"] == {"reused": True}
+    results = runner.run_stages(params, tmp_path, ["train"], force=True)
     assert "reused" not in results["train"]
     history = json.loads((tmp_path / "train/history.json").read_text())["history"]
     assert len(history["loss"]) == 1  # trained again from scratch, not "resumed" past the end
@@ -229,7 +229,7 @@ def test_force_retrains_and_stale_inputs_are_refused(tmp_path, tiny_dataset):
     # outputs made with other settings are refused, naming the stage to rerun
     other = _params(tmp_path, tiny_dataset, **{"train.epochs": 1, "model.hidden_units": 8})
     with pytest.raises(stages.StageError, match="train was made with other settings"):
-        stages.run_stages(other, tmp_path, ["evaluate"])
+        runner.run_stages(other, tmp_path, ["evaluate"])
     assert not (tmp_path / "evaluate/_SUCCESS.json").exists()
 
 

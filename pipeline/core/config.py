@@ -13,14 +13,14 @@ out-of-range value raises :class:`ConfigError` naming the dotted key and what is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from pipeline.core.hashing import digest
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -67,6 +67,13 @@ class AudioParams:
     @property
     def clip_samples(self) -> int:
         return int(round(self.sample_rate_hz * self.clip_seconds))
+
+    @property
+    def frames(self) -> int:
+        """Log-mel frames per clip, librosa's count (44 for 1 s at 44.1 kHz, hop 1024, centred)."""
+        if self.center:
+            return 1 + self.clip_samples // self.hop_length
+        return 1 + (self.clip_samples - self.n_fft) // self.hop_length
 
 
 @dataclass(frozen=True)
@@ -225,8 +232,7 @@ class Params:
         data = self.to_dict()
         if sections:
             data = {s: data[s] for s in sections}
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(data)
 
     def replace(self, **overrides: str) -> "Params":
         """A new Params with dotted-key overrides given as strings (``{"train.epochs": "3"}``)."""
@@ -364,7 +370,7 @@ def _cross_check(p: Params) -> None:
         )
     if len(p.model.channels) != 4 and p.model.name == "asc":
         raise ConfigError(f"model.channels: the report's network has 4 blocks, got {list(p.model.channels)}")
-    frames = 1 + a.clip_samples // a.hop_length if a.center else 1 + (a.clip_samples - a.n_fft) // a.hop_length
+    frames = a.frames
     if a.center and a.clip_samples <= a.n_fft // 2:
         raise ConfigError(f"audio.clip_seconds: {a.clip_seconds} s is shorter than half a window "
                           f"(audio.n_fft={a.n_fft}); reflect padding needs more samples")

@@ -1,0 +1,196 @@
+"""The runner: reuse, upstream checks, completion markers, MLflow runs and failure records.
+
+For each stage of a run, in order:
+
+1. its **key** is computed: a digest of the settings its record names, the facts of its
+   external inputs and the digests of its upstream stages' main outputs;
+2. if its folder holds a complete run (``_SUCCESS.json``) with the same key and its main
+   output, it is **reused**: a nested MLflow run tagged ``reused=true`` records that, and its
+   headline metrics are copied from the marker;
+3. otherwise a nested MLflow run starts (a resumable stage interrupted with the same key
+   continues its run and its folder), the upstream stages are checked (complete, and made
+   with this run's settings), the folder is emptied, the stage function runs with a
+   :class:`~pipeline.stages.Context`, and the marker is written last, holding the key, the
+   run id, the digest of the main output, the wall time, the headline metrics and the facts
+   the stage noted. A stage that raises ends its run FAILED (KILLED on Ctrl-C) with
+   ``error.txt``, and leaves no marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from pipeline import stages as registry
+from pipeline import tracking
+from pipeline.core import files
+from pipeline.core.config import Params
+from pipeline.core.hashing import digest, file_digest
+from pipeline.stages import Context, Stage, StageError
+
+logger = logging.getLogger(__name__)
+
+RUNNING = "_RUNNING.json"  # in the folder of a resumable stage while it runs: its key and MLflow run
+PARENT_TAG_PREFIX = "dataset."  # stage tags that describe the whole invocation, copied to the parent run
+
+
+def stage_key(stage: Stage, params: Params, workdir: Path) -> str | None:
+    """What a stage's outputs depend on; equal keys mean the outputs can be reused (None: always run)."""
+    if stage.settings is None:
+        return None
+    upstream = {up: (files.read_marker(workdir / up) or {}).get("output") for up in stage.upstream}
+    return digest({"stage": stage.name, "settings": stage.settings_of(params),
+                   "external": stage.external(params) if stage.external else None, "upstream": upstream})
+
+
+def _complete(stage: Stage, folder: Path) -> dict | None:
+    """The marker of a complete stage folder (marker and main output present), else None."""
+    marker = files.read_marker(folder)
+    if marker is None or not (folder / stage.main_output).is_file():
+        return None
+    return marker
+
+
+def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...]) -> None:
+    """Refuse inputs that are missing, incomplete or made with other settings than ``params``."""
+    for name in stage.upstream:
+        up = registry.get(name, stages)
+        marker = _complete(up, workdir / name)
+        if marker is None:
+            raise StageError(f"{workdir / name} is missing or incomplete: run --stage {name} first")
+        key = stage_key(up, params, workdir)
+        if key is not None and marker.get("key") != key:
+            raise StageError(f"{workdir / name} was made with other settings or inputs than this run's; "
+                             f"run --stage {name} (or --stage all) with the same --config/--set first")
+
+
+def _running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> dict | None:
+    """The state of an interrupted run of a resumable stage with the same key (None: start afresh)."""
+    path = folder / RUNNING
+    if force or not stage.resumable or key is None or not path.is_file() or files.read_marker(folder):
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return state if state.get("key") == key else None
+
+
+def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool = False, track: bool = True,
+               stages: tuple[Stage, ...] = registry.STAGES) -> dict[str, dict]:
+    """Run the named stages in order under one parent run, one nested run per stage.
+
+    Args:
+      params: the validated parameter tree.
+      workdir: the folder of every stage's outputs.
+      names: stage names, in the order to run them.
+      force: rerun stages whose complete outputs match (default: reuse them).
+      track: record to MLflow (``tracking.uri``); False keeps the records in memory (tests).
+      stages: the stage registry (tests register toy stages).
+
+    Returns:
+      Per stage: the function's result plus ``seconds``, or ``{"reused": True}``.
+    """
+    chosen = [registry.get(name, stages) for name in names]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = registry.data_name(params)
+    tracker = tracking.MlflowTracker(params, data) if track else tracking.MemoryTracker()
+    results: dict[str, dict] = {}
+    with tracker.parent(",".join(names)):
+        for stage in chosen:
+            results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages)
+    return results
+
+
+def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, force: bool,
+             stages: tuple[Stage, ...]) -> dict:
+    folder = workdir / stage.name
+    key = stage_key(stage, params, workdir)
+    marker = _complete(stage, folder)
+    if not force and key is not None and marker is not None and marker.get("key") == key:
+        logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns it)",
+                    stage.name, folder)
+        with tracker.stage(stage.name, tags={"reused": "true", "reused_from_run": marker.get("run_id", "")}) as rec:
+            rec.dict(marker, "reused_marker.json")
+            rec.metrics(marker.get("headline", {}))
+        tracker.parent_metrics(marker.get("headline", {}))
+        tracker.parent_tags(marker.get("parent_tags", {}))
+        return {"reused": True}
+
+    state = _running_state(stage, folder, key, force)
+    run_id = state.get("run_id") if state and tracker.run_exists(state.get("run_id")) else None
+    if state and run_id is None:
+        logger.warning("%s: the run of the interrupted stage is not in this store; logging into a new run",
+                       stage.name)
+    logger.info("stage %s", stage.name)
+    start = time.perf_counter()
+    with tracker.stage(stage.name, run_id=run_id) as rec:
+        check_upstream(stage, params, workdir, stages)
+        if state is None:
+            shutil.rmtree(folder, ignore_errors=True)  # start clean: nothing of another run survives
+        folder.mkdir(parents=True, exist_ok=True)
+        files.clear_marker(folder)
+        if stage.resumable:
+            files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id})
+        ctx = Context(params=params, workdir=workdir, out=folder,
+                      inputs={up: workdir / up for up in stage.upstream}, record=rec, data_name=data,
+                      resuming=state is not None)
+        result = stage.function(ctx)
+        seconds = time.perf_counter() - start
+        rec.metrics({"stage_seconds": seconds})
+        latest = rec.latest()
+        headline = {k: latest[k] for k in stage.headline if k in latest}
+        parent_tags = {k: v for k, v in rec.logged_tags().items() if k.startswith(PARENT_TAG_PREFIX)}
+        run_id = rec.run_id
+    output = folder / stage.main_output
+    if not output.is_file():
+        raise StageError(f"stage {stage.name} finished without writing its main output {output}")
+    files.mark_complete(folder, **ctx.facts, key=key, run_id=run_id, output=file_digest(output),
+                        seconds=round(seconds, 3), headline=headline, parent_tags=parent_tags)
+    (folder / RUNNING).unlink(missing_ok=True)
+    tracker.parent_metrics({**headline, f"stage_seconds_{stage.name}": seconds})
+    tracker.parent_tags(parent_tags)
+    logger.info("stage %s: done in %.1f s", stage.name, seconds)
+    return {**result, "seconds": seconds}
+
+
+def summary(params: Params, workdir: Path, results: dict[str, dict] | None = None) -> str:
+    """A short closing summary: per-stage wall time, report, headline metrics, int8 size and MACs, the UI."""
+    workdir = Path(workdir)
+    lines = [f"Outputs in {workdir.resolve()}"]
+    if results:
+        times = ", ".join(f"{name} {'reused' if r.get('reused') else _duration(r.get('seconds', 0.0))}"
+                          for name, r in results.items())
+        lines.append(f"  time:     {times}")
+    report_md = workdir / "report" / "report.md"
+    if report_md.is_file():
+        lines.append(f"  report:   {report_md.resolve()} (and report.html)")
+    ev_path = workdir / "evaluate" / "metrics.json"
+    if ev_path.is_file() and files.read_marker(workdir / "evaluate") is not None:
+        ev = json.loads(ev_path.read_text())
+        split = ev["splits"].get("evaluate") or next(iter(ev["splits"].values()))
+        plain = split["plain"]["overall"]
+        line = f"  evaluate: macro accuracy {plain['macro_accuracy']:.1%}, log loss {plain['log_loss']:.3f}"
+        if "tta" in split:
+            line += (f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
+                     f"{split['tta']['overall']['log_loss']:.3f}")
+        lines.append(line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else ""))
+    cz_path = workdir / "compress" / "metrics.json"
+    if cz_path.is_file() and files.read_marker(workdir / "compress") is not None:
+        cz = json.loads(cz_path.read_text())
+        t = cz["tflite"]
+        lines.append(f"  int8:     {workdir.resolve() / 'compress' / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
+                     f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
+                     f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
+                     f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})")
+    lines.append(f"  MLflow:   mlflow ui --backend-store-uri {params.tracking.uri} --default-artifact-root "
+                 f"{params.tracking.artifact_root} (experiment '{params.tracking.experiment}')")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"

@@ -1,0 +1,75 @@
+"""The pipeline's stages, declared once.
+
+``STAGES`` is the only place a stage is declared: the CLI's ``--stage`` choices, the order of
+``--stage all``, the reuse key, the upstream checks, the parent run's headline metrics and the
+README's stage table (``python -m pipeline.stages`` prints it; a test keeps the README equal)
+all come from it. Adding a stage is one record here and one function ``f(ctx) -> dict``.
+"""
+
+from __future__ import annotations
+
+from pipeline.stages.base import Context, MemoryRecorder, Recorder, Stage, StageError
+from pipeline.stages.compress import compress
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.prepare import data_name, dataset_facts, prepare
+from pipeline.stages.report import report
+from pipeline.stages.train import train
+
+# Settings sections that shape the trained network (TTA only changes evaluation).
+_TRAINING = ("seed", "audio", "data", "model", "augment", "train")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", prepare, main_output="index.csv", settings=(), external=dataset_facts,
+          reads="the dataset (`data.source`)",
+          writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
+                 "facts), `summary.json`, `summary.csv` (clips per split x class x device)"),
+    Stage("train", train, upstream=("prepare",), main_output="model.keras",
+          settings=_TRAINING, exclude=("augment.tta",), resumable=True,
+          reads="`prepare/`",
+          writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, "
+                 "`checkpoints/`"),
+    Stage("evaluate", evaluate, upstream=("prepare", "train"), main_output="metrics.json",
+          settings=("seed", "audio", "augment", "evaluate", "data.max_eval_clips"),
+          headline=("macro_accuracy", "log_loss", "tta_macro_accuracy", "tta_log_loss",
+                    "group_unseen_macro_accuracy", "model_params", "model_macs", "model_int8_bytes_estimate"),
+          reads="`prepare/`, `train/`",
+          writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*` "
+                 "with test-time augmentation), plots"),
+    Stage("compress", compress, upstream=("prepare", "train"), main_output="model_int8.tflite",
+          settings=("seed", "compress", "train", "data"),
+          headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
+          reads="`prepare/`, `train/`",
+          writes="`compress/model_int8.tflite`, `model_int8_ptq.tflite`, `frontend.tflite`, `metrics.json`"),
+    Stage("report", report, upstream=("prepare", "evaluate"), main_output="report.md",
+          reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
+          writes="`report/report.md`, `report.html` and the plots"),
+)
+
+NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+
+
+def get(name: str, registry: tuple[Stage, ...] = STAGES) -> Stage:
+    """The record of stage ``name``."""
+    for stage in registry:
+        if stage.name == name:
+            return stage
+    raise StageError(f"unknown stage {name!r}; available: {', '.join(s.name for s in registry)}")
+
+
+def table(registry: tuple[Stage, ...] = STAGES) -> str:
+    """The README's stage table (markdown), made from the records."""
+    rows = ["| stage | reads | writes under `--workdir` (default `work/`) | reused when these are unchanged |",
+            "| --- | --- | --- | --- |"]
+    for stage in registry:
+        parts = [f"`{s}`" for s in stage.settings or ()]
+        parts += [f"not `{s}`" for s in stage.exclude]
+        parts += ["the dataset files"] if stage.external else []
+        parts += [f"`{up}/` outputs" for up in stage.upstream]
+        reuse = "never reused: always runs" if stage.settings is None else ", ".join(parts)
+        reuse += "; an interrupted run resumes" if stage.resumable else ""
+        rows.append(f"| `{stage.name}` | {stage.reads} | {stage.writes} | {reuse} |")
+    return "\n".join(rows)
+
+
+__all__ = ["Context", "MemoryRecorder", "NAMES", "Recorder", "STAGES", "Stage", "StageError", "data_name", "get",
+           "table"]

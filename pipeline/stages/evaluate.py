@@ -1,0 +1,137 @@
+"""``evaluate``: DCASE metrics on the evaluate split (and a labelled test split), with and without TTA."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from evaluate import complexity, plots
+from evaluate import metrics as dm
+from models import asc
+from pipeline import inputs
+from pipeline.core import files
+from pipeline.core.config import Params
+from pipeline.stages.base import Context, StageError, clips, load_index
+from pipeline.stages.train import load_model
+
+logger = logging.getLogger(__name__)
+
+
+def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: bool) -> np.ndarray:
+    """Class probabilities ``[N, K]`` for the clips of ``index``, in order; with TTA when asked."""
+    frontend = asc.frontend_model(model)
+    classifier = asc.get_classifier(model)
+    if tta:
+        predictor = asc.tta_predictor(model, params)
+
+        @tf.function(reduce_retracing=True)
+        def step(wave):
+            return predictor.probabilities(frontend(wave, training=False))
+    else:
+        @tf.function(reduce_retracing=True)
+        def step(wave):
+            return tf.nn.softmax(classifier(frontend(wave, training=False), training=False))
+
+    ds = inputs.eval_dataset(index, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    steps = int(np.ceil(len(index) / params.evaluate.batch_size))
+    out = [step(wave).numpy() for wave, _ in tqdm(ds, total=steps, desc="predict (TTA)" if tta else "predict",
+                                                   unit="batch", mininterval=2.0)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _experiment_points(ctx: Context) -> list[dict]:
+    """(name, size, accuracy) of the finished evaluate runs of the experiment, for the trade-off plot."""
+    points = []
+    for run in ctx.record.finished_runs("evaluate"):
+        if run["tags"].get("reused") == "true":  # a reuse repeats another run's figures
+            continue
+        m = run["metrics"]
+        if "macro_accuracy" in m and "model_int8_bytes_estimate" in m:
+            points.append({"name": run["name"].split(": ")[-1], "size_bytes": m["model_int8_bytes_estimate"],
+                           "accuracy": m["macro_accuracy"], "macs": m.get("model_macs")})
+    return points
+
+
+def _suffix(split: str, variant: str) -> str:
+    """File suffix of a split/variant's tables: '' for the evaluate split without TTA."""
+    return "" if (split, variant) == ("evaluate", "plain") else f"_{split}_{variant}".replace("_evaluate", "")
+
+
+def evaluate(ctx: Context) -> dict:
+    """Metrics, tables, predictions and plots of the trained model on the labelled splits."""
+    params, out = ctx.params, ctx.out
+    index, root, data_fp = load_index(ctx)
+    model = load_model(ctx)
+    cost = complexity.keras_complexity(asc.get_classifier(model))
+    result: dict = {"model": params.model.name, "config": params.name, "data": ctx.data_name,
+                    "data_fingerprint": data_fp,
+                    "complexity": {k: cost[k] for k in ("params", "trainable_params", "size_bytes", "macs",
+                                                         "within_limits")},
+                    "tta": {"n_copies": params.augment.tta.n_copies, "time_shift": params.augment.tta.time_shift,
+                            "specaugment": params.augment.tta.specaugment},
+                    "splits": {}}
+    headline = {}
+    for split in params.evaluate.splits:
+        part = clips(index, split, params, labelled=True)
+        if len(part) == 0:
+            logger.warning("evaluate: split %r has no labelled clips; skipped", split)
+            continue
+        variants = {"plain": False, "tta": True} if params.augment.tta.enabled else {"plain": False}
+        result["splits"][split] = {}
+        for variant, use_tta in variants.items():
+            probs = predict(model, params, part, root, tta=use_tta)
+            m = dm.compute_metrics(part.label.to_numpy(), probs, part.device.to_numpy())
+            result["splits"][split][variant] = m
+            suffix = _suffix(split, variant)
+            tables = dm.write_tables(m, out / f"tables{suffix}")
+            for kind, path in tables.items():
+                target = out / f"{kind}{suffix}.csv"
+                Path(path).replace(target)
+                ctx.record.artifact(target)
+            (out / f"tables{suffix}").rmdir()
+            with files.atomic_path(out / f"predictions{suffix}.csv") as tmp:
+                dm.predictions_frame(part.filename.tolist(), part.label.to_numpy(), probs).to_csv(tmp, index=False)
+            ctx.record.artifact(out / f"predictions{suffix}.csv")
+            prefix = "" if variant == "plain" else "tta_"
+            prefix = prefix if split == "evaluate" else f"{split}_{prefix}"
+            flat = dm.flatten_for_mlflow(m, prefix)
+            ctx.record.metrics(flat)
+            headline.update(flat)
+            logger.info("evaluate %s (%s): accuracy %.3f macro %.3f log loss %.3f | unseen devices %s",
+                        split, variant, m["overall"]["accuracy"], m["overall"]["macro_accuracy"],
+                        m["overall"]["log_loss"],
+                        f"{m['per_device_group']['unseen']['macro_accuracy']:.3f}"
+                        if "unseen" in m["per_device_group"] else "n/a")
+    if not result["splits"]:
+        raise StageError("evaluate: no labelled clips in the splits " + ", ".join(params.evaluate.splits))
+    ctx.record.metrics({"model_params": cost["params"], "model_macs": cost["macs"],
+                        "model_int8_bytes_estimate": cost["size_bytes"]})
+
+    main = result["splits"].get("evaluate") or next(iter(result["splits"].values()))
+    plain = main["plain"]
+    title = f"({params.model.name}, {ctx.data_name})"
+    pngs = [
+        plots.plot_confusion_matrix(plain["confusion_matrix"], list(plain["class_names"]), out / "confusion_matrix.png",
+                                    title=f"Confusion matrix {title}"),
+        plots.plot_device_accuracy(plain["per_device"], out / "device_accuracy.png",
+                                   title=f"Accuracy per device {title}"),
+    ]
+    history_file = ctx.inputs["train"] / "history.json"
+    if history_file.is_file():
+        pngs.append(plots.plot_training_curves(json.loads(history_file.read_text())["history"],
+                                               out / "training_curves.png"))
+    points = _experiment_points(ctx)
+    points.append({"name": f"{params.model.name}-{params.name} (this run)", "size_bytes": cost["size_bytes"],
+                   "accuracy": plain["overall"]["macro_accuracy"], "macs": cost["macs"]})
+    pngs.append(plots.plot_size_vs_accuracy(points, out / "size_vs_accuracy.png"))
+    for png in pngs:
+        ctx.record.artifact(png, "plots")
+    files.write_json(out / "metrics.json", result)
+    ctx.record.artifact(out / "metrics.json")
+    return {"metrics": out / "metrics.json", "headline": headline}
