@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -179,11 +180,102 @@ def quantize_aware(classifier, frontend_layer, train_ds, steps: int, *, epochs: 
     return qat
 
 
+def to_int8_tflite(
+    classifier,
+    representative_inputs,
+    input_type=tf.int8,
+    output_type=tf.int8,
+    batch_size: int | None = None,
+) -> bytes:
+    """Full-integer post-training quantisation of a Keras classifier to a TFLite flatbuffer.
+
+    Args:
+      classifier: a ``tf_keras.Model`` (log-mel in, logits out).
+      representative_inputs: calibration inputs, an array ``[N, *input_shape]`` or an iterable
+        of arrays, each one sample (``input_shape`` or ``[1, *input_shape]``) or a batch;
+        fed to the converter one float32 sample at a time.
+      input_type: ``tf.int8`` (default), ``tf.uint8`` or ``tf.float32`` model input.
+      output_type: likewise for the model output.
+      batch_size: None (default) converts the Keras model as it is, with a dynamic batch
+        (``TFLiteConverter.from_keras_model``). An integer fixes the batch (1 is the DCASE
+        case, one clip per inference): the converter then turns dilated depthwise
+        convolutions into single dilated ``DEPTHWISE_CONV_2D`` operators instead of
+        ``SPACE_TO_BATCH_ND``/``BATCH_TO_SPACE_ND`` pairs (faster; batch norm and biases
+        after them fold; MACs equal to the Keras count), but the file then only runs at that
+        batch size. Calibration samples are grouped into batches of that size.
+
+    Returns:
+      The ``.tflite`` file contents, weights int8, biases int32, ops ``TFLITE_BUILTINS_INT8``.
+
+    Raises:
+      ValueError: if there are no representative inputs, their shape does not fit, or
+        ``batch_size`` is not None or a positive integer.
+    """
+    if not isinstance(classifier, tf_keras.Model):
+        raise ValueError(f"classifier must be a tf_keras.Model, got {type(classifier).__name__}")
+    bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    if batch_size is not None and bad_batch:
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    input_tensor = classifier.inputs[0]
+    sample_rank = len(input_tensor.shape) - 1
+    samples = []
+    for item in _iterate_inputs(representative_inputs):
+        item = np.asarray(item, dtype=np.float32)
+        if item.ndim == sample_rank:
+            samples.append(item)
+        elif item.ndim == sample_rank + 1:
+            samples.extend(item)
+        else:
+            raise ValueError(
+                f"representative_inputs: expected samples of rank {sample_rank} (or batches), "
+                f"got an array of shape {item.shape}"
+            )
+    group = batch_size or 1
+    if len(samples) < group:
+        raise ValueError(
+            f"representative_inputs is empty or smaller than one batch "
+            f"({len(samples)} samples, batch {group})"
+        )
+
+    def representative_dataset():
+        for start in range(0, len(samples) - group + 1, group):
+            yield [np.stack(samples[start : start + group])]  # [batch, *input_shape] float32
+
+    if batch_size is None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(classifier)
+    else:
+        shape = [batch_size] + list(input_tensor.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(
+                "a fixed batch_size needs a fully known input shape, "
+                f"got {tuple(input_tensor.shape)}"
+            )
+        function = tf.function(lambda x: classifier(x, training=False))
+        concrete = function.get_concrete_function(tf.TensorSpec(shape, input_tensor.dtype))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], classifier)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = input_type
+    converter.inference_output_type = output_type
+    logger.info(
+        "converting %r to int8 TFLite (batch %s) with %d representative samples",
+        classifier.name,
+        batch_size or "dynamic",
+        len(samples),
+    )
+    return bytes(converter.convert())
+
+
+def _iterate_inputs(representative_inputs) -> Iterable:
+    if isinstance(representative_inputs, (np.ndarray, tf.Tensor)):
+        return [np.asarray(representative_inputs)]
+    return representative_inputs
+
+
 def to_tflite(classifier, representative: np.ndarray, input_type: str = "int8",
               output_type: str = "int8") -> bytes:
     """Full-integer int8 TFLite flatbuffer (batch 1, the DCASE case) of a float or QAT classifier."""
-    from evaluate.complexity import to_int8_tflite
-
     return to_int8_tflite(classifier, representative, input_type=_TYPES[input_type],
                           output_type=_TYPES[output_type], batch_size=1)
 
