@@ -83,6 +83,38 @@ def random_partners(seed, batch) -> tf.Tensor:
     return tf.gather(following, tf.argsort(order))  # [B], partner[order[k]] = order[k + 1]
 
 
+def max_width(fraction: float, size: int, n_masks: int = 1) -> int:
+    """Largest stripe width for masks of ``fraction`` of an axis of ``size`` positions.
+
+    ``round(fraction * size)`` (Python's rounding, half to even), raised to 1 when it rounds to 0
+    while masks are requested (``n_masks > 0`` and ``fraction > 0``).
+
+    Why raised rather than rejected: the report's recipe (fraction 0.1 after each of four 2x2
+    poolings, 44 frames at the input) leaves 5 and 2 frames after blocks 3 and 4, where
+    ``round(0.1 * 5) = round(0.1 * 2) = 0``: such a mask would silently do nothing. Rejecting
+    it would make the report's own configuration invalid; 1 is the smallest width that acts
+    (widths are drawn from ``U{0..max}``, so half of such masks cover one position). An explicit
+    fraction of 0 is not raised: the config check refuses it while masks are requested
+    (``n_*_masks: 0`` is how an axis is switched off), and here it gives 0.
+
+    Args:
+      fraction: largest width as a fraction of the axis, in [0, 1].
+      size: positions along the axis (>= 1).
+      n_masks: stripes per sample along the axis (with 0 there is nothing to raise).
+    """
+    width = round(fraction * size)
+    return 1 if width == 0 and n_masks > 0 and fraction > 0 and size > 0 else width
+
+
+def max_widths(params, frames: int, bins: int) -> tuple[int, int]:
+    """``(max_time_width, max_freq_width)`` of the SpecAugment++ configured by ``params`` on
+    ``[B, frames, bins, C]`` maps (see :func:`max_width`; ``params`` is a ``SpecAugmentParams``)."""
+    return (
+        max_width(params.time_width_fraction, frames, params.n_time_masks),
+        max_width(params.freq_width_fraction, bins, params.n_freq_masks),
+    )
+
+
 @tf_keras.saving.register_keras_serializable(package="asc")
 class SpecAugmentPP(RandomAugmentation):
     """SpecAugment++ time and frequency masking of ``[B, T, F, C]`` feature maps.
@@ -153,9 +185,11 @@ class SpecAugmentPP(RandomAugmentation):
         """The layer configured by a ``SpecAugmentParams`` for ``[B, frames, bins, C]`` feature maps.
 
         The largest stripe widths are the configured fractions of the axis sizes, rounded
-        (``round(time_width_fraction * frames)``, ``round(freq_width_fraction * bins)``); the
-        counts and the mode are the configured ones. ``params.enabled`` and ``params.positions``
-        are the caller's business (whether and where to put the layer).
+        (``round(time_width_fraction * frames)``, ``round(freq_width_fraction * bins)``), and
+        raised to 1 where they round to 0 while masks are requested (:func:`max_widths`: no
+        configured mask is silently zero-width); the counts and the mode are the configured ones.
+        ``params.enabled`` and ``params.positions`` are the caller's business (whether and where
+        to put the layer).
 
         Args:
           params: ``pipeline.core.config.SpecAugmentParams`` (``params.augment.specaugment``).
@@ -164,9 +198,10 @@ class SpecAugmentPP(RandomAugmentation):
           seed: non-negative integer seed of the layer's random stream.
           **kwargs: other constructor arguments (name, always_on, ...).
         """
+        time_width, freq_width = max_widths(params, frames, bins)
         return cls(
-            max_time_width=round(params.time_width_fraction * frames),
-            max_freq_width=round(params.freq_width_fraction * bins),
+            max_time_width=time_width,
+            max_freq_width=freq_width,
             n_time_masks=params.n_time_masks,
             n_freq_masks=params.n_freq_masks,
             mode=params.mode,

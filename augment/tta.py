@@ -22,8 +22,21 @@ view* of the model, built by :func:`make_tta_model`: ``tf_keras.models.clone_mod
 The view is called with ``training=False`` (batch normalisation uses its moving statistics,
 dropout is off); only the ``always_on`` layers augment.
 
-Use. :class:`TTA` is the one entry point: ``TTA(model, params.augment.tta, seed)`` builds the view
-once from a :class:`pipeline.core.config.TTAParams` (the only TTA configuration), and
+Modes (:data:`TTA_MODES`, ``augment.tta.modes``). ``"shift"``: only the time shifts augment, the
+circular shifts of training. The network pools mean + max over time, so a circular shift moves its
+output little (the findings of issue 13: about 8x less than masks on random weights; 62.0% vs
+61.2% without TTA on the synthetic set). ``"masks"``: only the SpecAugment++ layers augment, at
+every position where the model has one (input and hidden), the way the report's reference code
+runs its copies: valeoai/SP4ASC, ``sp4asc/testing.py`` ``TestManager.one_epoch``, calls
+``self.net.spec_augmenter.train()`` on the network in ``eval()`` mode when ``nb_augmentations >
+0`` and averages the softmax of that many forward passes, so only the masks are random there:
+dropout stays off, batch normalisation keeps its running statistics, and there is no time shift
+(SP4ASC has none; its masks are torchlibrosa's ``SpecAugmentation``, zero-filled stripes on the
+batch-normalised log-mel input, ``sp4asc/models/cnns.py``). Here too the view runs with
+``training=False``. Both modes keep each layer's configured widths and counts.
+
+Use. :class:`TTA` is the one entry point: ``TTA(model, params.augment.tta, seed, mode=...)`` builds
+the view once from a :class:`pipeline.core.config.TTAParams` (the only TTA configuration), and
 ``TTA.probabilities(x)`` returns the mean class probabilities ``[B, K]`` of one batch (graph-safe:
 the evaluate stage wraps it, after the front end, in its own ``tf.function``); ``TTA.predict``
 runs it over an array or a batched ``tf.data.Dataset``. :func:`models.asc.tta_predictor` builds the
@@ -42,8 +55,10 @@ random draws of a forward pass depend on its number of rows, so changing the bat
 ``chunk_copies=1`` the result is exactly the mean of ``n_copies`` successive calls of a fresh view
 on each batch (the tests check this). SpecAugment++ with mixture masking or cutting mixes a clip
 with another row of the same forward pass (another clip, or a copy of the same clip), which makes
-a prediction depend on its batch-mates; TTA therefore switches it to zero masking
-(``specaugment_mode="zm"``) unless told otherwise.
+a prediction depend on its batch-mates (DCASE asks for each clip to be classified on its own);
+TTA therefore switches it to zero masking (``augment.tta.mask_fill: zm``, SP4ASC's fill too) unless
+told otherwise. SP4ASC's zeros sit after its input batch normalisation, where 0 is the per-bin
+mean; :func:`models.asc.tta_classifier` centres the project's input masks the same way.
 """
 
 from __future__ import annotations
@@ -66,6 +81,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AUGMENTATION_LAYERS = (TimeShift, SpecAugmentPP)
+
+_FROM_PARAMS = "<TTAParams.mask_fill>"  # TTA's default SpecAugment++ fill: the configured one
+
+# Which augmentation layers each TTA mode switches on (the arguments of make_tta_model).
+TTA_MODES = {
+    "shift": {"time_shift": True, "specaugment": False},
+    "masks": {"time_shift": False, "specaugment": True},
+}
 
 
 def _derived_seed(seed: int, index: int, layer_seed: int) -> int:
@@ -214,25 +237,31 @@ def _input_batches(inputs, batch_size: int):
 
 
 class TTA:
-    """Test-time augmentation of ``model`` as configured by a ``TTAParams``.
+    """Test-time augmentation of ``model`` in one mode, as configured by a ``TTAParams``.
 
-    Builds the augmenting view of ``model`` once (:func:`make_tta_model`, with the view's random
-    streams seeded from ``seed``); :meth:`probabilities` averages the softmax of
-    ``params.n_copies`` augmented copies of each clip of a batch, ``params.chunk_copies`` copies
-    per forward pass. ``params.enabled`` is the caller's business (whether to run TTA at all).
+    Builds the augmenting view of ``model`` once (:func:`make_tta_model` with the layers of
+    ``TTA_MODES[mode]`` switched on, the view's random streams seeded from ``seed``);
+    :meth:`probabilities` averages the softmax of ``params.n_copies`` augmented copies of each
+    clip of a batch, ``params.chunk_copies`` copies per forward pass. ``params.enabled`` is the
+    caller's business (whether to run TTA at all). The copies cost ``n_copies`` times the
+    model's MACs per clip.
 
     Args:
       model: a functional or Sequential ``tf_keras`` model whose outputs are logits (or
         probabilities with ``from_logits=False``); weights are shared, not copied.
       params: a :class:`pipeline.core.config.TTAParams` (``params.augment.tta``): ``n_copies``,
-        ``chunk_copies``, ``time_shift``, ``specaugment``.
+        ``chunk_copies``, ``modes``.
       seed: non-negative integer seed of the augmentations.
+      mode: "shift" (time shifts only) or "masks" (SpecAugment++ masks only), see the module
+        docstring; None = the first of ``params.modes``.
       specaugment_mode: "zm", "mm" or "cm" for the test-time SpecAugment++ layers, or None to keep
-        each layer's own mode (see the module docstring for why "zm" is the default).
+        each layer's own mode; by default ``params.mask_fill`` ("zm" unless configured: see the
+        module docstring for why).
       from_logits: apply softmax to the model outputs.
 
     Attributes:
       view: the augmenting view (a ``tf_keras.Model`` with ``model``'s inputs and outputs).
+      mode: the mode.
       n_copies, chunk_copies: as in ``params``.
 
     Raises:
@@ -246,26 +275,25 @@ class TTA:
         params: TTAParams,
         seed: int = 0,
         *,
-        specaugment_mode: str | None = "zm",
+        mode: str | None = None,
+        specaugment_mode: str | None = _FROM_PARAMS,
         from_logits: bool = True,
     ):
+        if specaugment_mode is _FROM_PARAMS:
+            specaugment_mode = params.mask_fill
         self.n_copies = check_int("n_copies", params.n_copies, minimum=1)
         self.chunk_copies = check_int("chunk_copies", params.chunk_copies, minimum=1)
         self.from_logits = check_bool("from_logits", from_logits)
+        self.mode = check_choice("mode", params.modes[0] if mode is None else mode, tuple(TTA_MODES))
         self.view = make_tta_model(
-            model,
-            time_shift=params.time_shift,
-            specaugment=params.specaugment,
-            specaugment_mode=specaugment_mode,
-            seed=seed,
+            model, **TTA_MODES[self.mode], specaugment_mode=specaugment_mode, seed=seed
         )
         if count_augmentation_layers(self.view, active_only=True) == 0:
             logger.warning(
-                "TTA on %r applies no augmentation (time_shift=%s, specaugment=%s, %d augmentation "
-                "layers): all %d copies are identical",
+                "TTA on %r applies no augmentation (mode %r, %d augmentation layers): all %d copies "
+                "are identical",
                 model.name,
-                params.time_shift,
-                params.specaugment,
+                self.mode,
                 count_augmentation_layers(model),
                 self.n_copies,
             )

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     chunk = args.chunk_copies or max(1, 256 // args.batch)  # at most ~256 rows per forward pass
     chunk = min(chunk, args.copies)
     tta_params = TTAParams(
-        n_copies=args.copies, chunk_copies=chunk, time_shift=True, specaugment=False
+        n_copies=args.copies, chunk_copies=chunk, modes=("shift",)
     )
 
     plain = tf.function(lambda t: tf.nn.softmax(model(t, training=False)))

@@ -332,3 +332,30 @@ def plot_size_vs_accuracy(
                                  markeredgecolor="dimgrey", label="TAU22 (report), reference"))
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     return _save(fig, path)
+
+
+def plot_ablation(rows: Sequence[Mapping], path="ablation.png", title: str = "Recipe ablation") -> Path:
+    """Grouped bars: macro accuracy overall and on unseen devices per recipe, mean +/- std over runs.
+
+    Args:
+      rows: :func:`evaluate.ablation.ablation` rows (``recipe``, ``runs``, ``overall``, ``unseen``).
+      path: output PNG.
+      title: figure title.
+    """
+    if not rows:
+        raise ValueError("rows: no recipe to plot")
+    names = [f"{r['recipe']}\n(n={r['runs']})" for r in rows]
+    x = np.arange(len(rows))
+    fig = _new_figure((max(5.0, 1.3 * len(rows) + 2), 3.8))
+    ax = fig.add_subplot()
+    for offset, group, style in ((-0.2, "overall", GROUP_STYLE["real"]), (0.2, "unseen", GROUP_STYLE["unseen"])):
+        mean = [100 * r[group]["mean"] if r.get(group) else np.nan for r in rows]
+        std = [100 * r[group]["std"] if r.get(group) else 0.0 for r in rows]
+        ax.bar(x + offset, mean, width=0.38, yerr=std, capsize=3, color=style["color"], hatch=style["hatch"],
+               label="overall" if group == "overall" else "unseen devices (S4-S6)")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("macro accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

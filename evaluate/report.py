@@ -61,8 +61,41 @@ def _class_table(metrics: dict) -> pd.DataFrame:
     }).T
 
 
-def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
+def _tta_runs(ev: dict, split: str) -> list[dict]:
+    """The TTA variants of ``split`` in run order: ``{"mode", "variant", "n_copies", "macs_per_clip", "metrics"}``.
+
+    Reads ``metrics.json``'s ``tta.modes`` (mode -> variant, copies, MACs per clip); an older file
+    without it had one variant, ``tta``, of time shifts, costing ``n_copies`` x the classifier's MACs.
+    """
+    info, results, cx = ev.get("tta") or {}, ev["splits"][split], ev["complexity"]
+    modes = info.get("modes")
+    if modes is None:
+        modes = {"shift": {"variant": "tta", "n_copies": info.get("n_copies"),
+                           "macs_per_clip": (info.get("n_copies") or 0) * cx["macs"]}} if "tta" in results else {}
+    return [{"mode": mode, "variant": m["variant"], "n_copies": m["n_copies"], "macs_per_clip": m["macs_per_clip"],
+             "metrics": results[m["variant"]]} for mode, m in modes.items() if m["variant"] in results]
+
+
+def _ablation_section(rows: list[dict]) -> list[str]:
+    """Markdown of the recipe ablation table (mean +/- std over the runs of each recipe)."""
+    md = ["## Recipe ablation over this experiment's runs\n",
+          "Every finished evaluate run of the MLflow experiment, grouped by the recipe additions it had on "
+          "(DIR: device response augmentation, FMS: Freq-MixStyle, KD: knowledge distillation); mean and "
+          "sample standard deviation over the runs (seeds) of each recipe, without TTA.\n",
+          "| recipe | runs | macro accuracy | unseen devices (S4-S6) |", "|---|---|---|---|"]
+    for r in rows:
+        un = r["unseen"]
+        md.append(f"| {r['recipe']} | {r['runs']} | {_pct(r['overall']['mean'])} ± {_pct(r['overall']['std'])} | "
+                  + (f"{_pct(un['mean'])} ± {_pct(un['std'])}" if un else "n/a") + " |")
+    md.append("\n![Recipe ablation](ablation.png)\n")
+    return md
+
+
+def build_report(workdir: Path, params_yaml: str, out_dir: Path, ablation: list[dict] | None = None) -> dict:
     """Write ``report.md``, ``report.html`` and copies of the plots into ``out_dir``.
+
+    ``ablation``: rows of :func:`evaluate.ablation.ablation` over the experiment's runs; the report
+    gets an ablation table and plot when they hold more than one recipe or more than one run.
 
     Returns:
       ``{"markdown": path, "html": path, "plots": [paths]}``.
@@ -78,7 +111,7 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
 
     split = "evaluate" if "evaluate" in ev["splits"] else next(iter(ev["splits"]))
     plain = ev["splits"][split]["plain"]
-    tta = ev["splits"][split].get("tta")
+    tta_runs = _tta_runs(ev, split)
     cx = ev["complexity"]
 
     plots = []
@@ -98,14 +131,23 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
     md.append(f"- Evaluate split ({plain['overall']['n']} clips): macro-averaged class accuracy "
               f"**{_pct(plain['overall']['macro_accuracy'])}**, log loss **{_num(plain['overall']['log_loss'])}**"
               f" (without TTA).")
-    if tta:
-        md.append(f"- With test-time augmentation ({ev['tta']['n_copies']} copies): "
-                  f"**{_pct(tta['overall']['macro_accuracy'])}**, log loss **{_num(tta['overall']['log_loss'])}**.")
+    for run in tta_runs:
+        result = run["metrics"]["overall"]
+        md.append(f"- With test-time augmentation, mode `{run['mode']}` ({run['n_copies']} copies, "
+                  f"{run['macs_per_clip']:,} MACs per clip): **{_pct(result['macro_accuracy'])}**, "
+                  f"log loss **{_num(result['log_loss'])}**.")
     groups = plain.get("per_device_group", {})
     if "unseen" in groups:
         md.append(f"- Unseen devices S4-S6: {_pct(groups['unseen']['macro_accuracy'])} "
                   f"(seen devices A-C: {_pct(groups.get('real', {}).get('macro_accuracy'))}, "
                   f"S1-S3: {_pct(groups.get('seen', {}).get('macro_accuracy'))}).")
+        seen = [groups[g] for g in ("real", "seen") if g in groups]
+        if seen:
+            n = sum(g["n"] for g in seen)
+            seen_acc = sum(g["macro_accuracy"] * g["n"] for g in seen) / n
+            gap = seen_acc - groups["unseen"]["macro_accuracy"]
+            md.append(f"- **Seen/unseen gap: {100 * gap:.1f} points** (devices seen in training, A-C and S1-S3, "
+                      f"{_pct(seen_acc)} over {n} clips, against unseen S4-S6).")
     md.append("")
 
     md.append("## Complexity against the DCASE2022 Task 1 limits\n")
@@ -121,6 +163,29 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
     md.append(f"\nLimits: {MAX_BYTES:,} bytes (parameters at one byte as int8, int32 biases at 4 bytes, "
               f"batch-norm folded) and {MAX_MACS:,} MACs per clip. The Keras row estimates the int8 size.\n")
 
+    if tta_runs:
+        md.append("## Test-time augmentation: accuracy and cost\n")
+        md.append("Test-time augmentation (TTA) averages the softmax of N augmented copies of each clip, so it "
+                  "**multiplies the per-clip MACs by N**: N passes of the classifier (the front end runs once and, "
+                  "as in the DCASE count, is not counted). `shift`: circular time shifts; `masks`: the training "
+                  "SpecAugment++ masks switched on (input and hidden positions, fill "
+                  f"`{(ev.get('tta') or {}).get('mask_fill', 'zm')}`), as the report's reference code (SP4ASC) "
+                  "runs its copies.\n")
+        md.append("| variant | copies N | macro accuracy | log loss | MACs per clip | within the MACs limit |")
+        md.append("|---|---|---|---|---|---|")
+        md.append(f"| no TTA | 1 | {_pct(plain['overall']['macro_accuracy'])} | {_num(plain['overall']['log_loss'])} | "
+                  f"{cx['macs']:,} | {'yes' if cx['macs'] <= MAX_MACS else 'NO'} |")
+        for run in tta_runs:
+            result = run["metrics"]["overall"]
+            md.append(f"| TTA `{run['mode']}` | {run['n_copies']} | {_pct(result['macro_accuracy'])} | "
+                      f"{_num(result['log_loss'])} | {run['macs_per_clip']:,} | "
+                      f"{'yes' if run['macs_per_clip'] <= MAX_MACS else 'NO'} |")
+        over = ", ".join(f"`{run['mode']}`" for run in tta_runs if run["macs_per_clip"] > MAX_MACS)
+        if over:
+            md.append(f"\nWith TTA ({over}) the system is over the limit of {MAX_MACS:,} MACs per clip: a DCASE "
+                      f"submission must count all N copies.")
+        md.append("")
+
     md.append("## Comparison with the tech report (Table 1)\n")
     md.append("| system | model size (KB) | log loss | accuracy | data |")
     md.append("|---|---|---|---|---|")
@@ -128,7 +193,7 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
         md.append(f"| {_REFERENCE_LABELS.get(ref['name'], ref['name'])} | {ref['size_bytes'] / 1000:.3f} | "
                   f"{ref['log_loss']:.3f} | {ref['accuracy']:.1%} | TAU22 development |")
     size = (comp or {}).get("tflite", {}).get("size_bytes") or cx["size_bytes"]
-    for label, result in (("no TTA", plain), ("TTA", tta)):
+    for label, result in [("no TTA", plain)] + [(f"TTA {run['mode']}", run["metrics"]) for run in tta_runs]:
         if result:
             md.append(f"| this run ({ev['model']}, {label}) | {size / 1000:.3f} | {result['overall']['log_loss']:.3f} | "
                       f"{result['overall']['macro_accuracy']:.1%} | {ev['data']} |")
@@ -140,9 +205,9 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
     md.append("## Results per device\n")
     md.append(_table(_device_table(plain)))
     md.append("")
-    if tta:
-        md.append("### With test-time augmentation\n")
-        md.append(_table(_device_table(tta)))
+    for run in tta_runs:
+        md.append(f"### With test-time augmentation, mode `{run['mode']}` ({run['n_copies']} copies)\n")
+        md.append(_table(_device_table(run["metrics"])))
         md.append("")
     md.append("## Results per class\n")
     md.append(_table(_class_table(plain)))
@@ -162,6 +227,12 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
                       f"{comp.get('gzip_bytes', 0):,} bytes.")
         md.append("")
 
+    if ablation and (len(ablation) > 1 or ablation[0]["runs"] > 1):
+        from evaluate.plots import plot_ablation
+
+        plots.append(plot_ablation(ablation, out_dir / "ablation.png"))
+        md.extend(_ablation_section(ablation))
+
     md.append("## Plots\n")
     captions = {
         "confusion_matrix.png": "Confusion matrix (row-normalised)",
@@ -170,6 +241,8 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path) -> dict:
         "size_vs_accuracy.png": "Accuracy against model size for the runs of this experiment",
     }
     for path in plots:
+        if path.name not in captions:
+            continue
         md.append(f"### {captions[path.name]}\n\n![{captions[path.name]}]({path.name})\n")
 
     md.append("## Dataset\n")

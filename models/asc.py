@@ -3,8 +3,9 @@
 ::
 
     waveform [B, samples]
+      -> [DeviceResponse] (training only, augment.device_response)   [B, samples]
       -> LogMel                                   [B, T, M, 1]    (T = 44, M = 256 at the paper's settings)
-      -> TimeShift, SpecAugment++ (training only)
+      -> TimeShift, [FreqMixStyle], SpecAugment++ (training only)
       -> classifier (nested model "classifier", log-mel in, logits out: what is counted,
          pruned and quantized):
            BatchNorm over mel bins                [B, T, M, 1]
@@ -22,17 +23,24 @@ trained model's weights into it for pruning, quantization and TFLite export.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from augment.device_response import DeviceResponse
+from augment.freq_mixstyle import FreqMixStyle
 from augment.shift import TimeShift
-from augment.specaugment import SpecAugmentPP
-from augment.tta import TTA
+from augment.specaugment import SpecAugmentPP, max_widths
+from augment.tta import TTA, TTA_MODES
 from models.frontend import LogMel
 from models.layers import CoordAttention, SeparableBlock
+from pipeline.core.checks import check_choice
 from pipeline.core.config import Params
 from pipeline.core.labels import CLASSES
+
+logger = logging.getLogger(__name__)
 
 # BatchNorm as PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), as in the report's
 # reference code (SP4ASC); Keras' 0.99 leaves the moving statistics far off after short runs.
@@ -93,9 +101,56 @@ def _time_shift(params: Params, name: str) -> TimeShift:
 
 def _specaugment_layer(params: Params, position: str, frames: int, bins: int, name: str) -> SpecAugmentPP:
     """SpecAugment++ at ``position`` for ``[B, frames, bins, C]`` maps (seed ``params.seed + 11 * (k + 1)``,
-    ``k`` the position's index in :data:`SPECAUGMENT_POSITIONS`)."""
+    ``k`` the position's index in :data:`SPECAUGMENT_POSITIONS`); its widths are logged."""
     seed = params.seed + 11 * (1 + SPECAUGMENT_POSITIONS.index(position))
-    return SpecAugmentPP.from_params(params.augment.specaugment, frames, bins, seed=seed, name=name)
+    layer = SpecAugmentPP.from_params(params.augment.specaugment, frames, bins, seed=seed, name=name)
+    _specaugment_log(params, position, frames, bins, layer.max_time_width, layer.max_freq_width)
+    return layer
+
+
+def _specaugment_log(params: Params, position: str, frames: int, bins: int, time_width: int,
+                     freq_width: int) -> None:
+    """One info line: the SpecAugment++ widths at ``position``, and which were raised from 0 to 1."""
+    s = params.augment.specaugment
+    notes = [f"{axis} round({fraction:g} x {size}) = 0, raised to 1"
+             for axis, fraction, size, width in (("time", s.time_width_fraction, frames, time_width),
+                                                 ("freq", s.freq_width_fraction, bins, freq_width))
+             if round(fraction * size) == 0 and width == 1]
+    logger.info("SpecAugment++ at %s ([B, %d, %d, C]): %d time mask(s) up to %d frame(s), %d freq mask(s) "
+                "up to %d bin(s)%s", position, frames, bins, s.n_time_masks, time_width, s.n_freq_masks,
+                freq_width, f" ({'; '.join(notes)})" if notes else "")
+
+
+def _specaugment_shapes(params: Params) -> dict[str, tuple[int, int]]:
+    """``(frames, bins)`` of the feature maps at each position of :data:`SPECAUGMENT_POSITIONS`."""
+    frames, bins = params.audio.frames, params.audio.n_mels
+    shapes = {"input": (frames, bins)}
+    for block, pool in BLOCKS:
+        frames, bins = frames // pool[0], bins // pool[1]
+        shapes[block] = (frames, bins)
+    return shapes
+
+
+def specaugment_widths(params: Params) -> dict[str, tuple[int, int]]:
+    """The SpecAugment++ maximum widths the network built from ``params`` uses, per position.
+
+    ``{position: (max_time_width_frames, max_freq_width_bins)}`` for each configured position
+    (``augment.specaugment.positions``, in network order), as
+    :func:`augment.specaugment.max_widths` computes them from the feature-map size there: the
+    configured fraction, rounded, raised to 1 where it rounds to 0 (for example block 4 of the
+    report's network sees 2 frames, and ``round(0.1 * 2) = 0``). Empty when SpecAugment++ is
+    disabled or the network is not the report's (the baseline has no masks). Each width is logged
+    (``logger.info``); the train stage can record them as MLflow params.
+    """
+    s = params.augment.specaugment
+    if not s.enabled or params.model.name != "asc":
+        return {}
+    widths = {}
+    for position, (frames, bins) in _specaugment_shapes(params).items():
+        if position in s.positions:
+            widths[position] = max_widths(s, frames, bins)
+            _specaugment_log(params, position, frames, bins, *widths[position])
+    return widths
 
 
 def _specaugment(params: Params, position: str, frames: int, bins: int):
@@ -150,10 +205,26 @@ def build_model(params: Params) -> tf_keras.Model:
         return build_baseline(n_classes=len(CLASSES), sample_rate=params.audio.sample_rate_hz,
                               clip_samples=params.audio.clip_samples)
     wave = tf_keras.Input(shape=(params.audio.clip_samples,), name="waveform")  # [B, samples]
-    x = frontend(params)(wave)  # [B, T, M, 1]
+    x = wave
+    d = params.augment.device_response
+    if d.enabled:
+        # On the waveform, before the front end: a device filters the sound pressure, and its
+        # impulse response (up to max_ir_samples, longer than an STFT hop) and soft clipping do not
+        # reduce to a per-frame operation on the log-mel. Seed params.seed + 17 (+ offset).
+        x = DeviceResponse.from_params(d, sample_rate=params.audio.sample_rate_hz,
+                                       seed=params.seed + 17 + d.seed_offset, name="device_response")(x)
+    x = frontend(params)(x)  # [B, T, M, 1]
     t = params.augment.time_shift
     if t.enabled and t.std_frames > 0:
         x = _time_shift(params, "time_shift")(x)
+    if params.augment.freq_mixstyle.enabled:
+        # After the time shift (a circular shift leaves each bin's statistics over time unchanged,
+        # so the two commute) and before SpecAugment++: zeroed or partner-filled stripes would skew
+        # the per-bin mean and std that Freq-MixStyle normalises by (a frequency stripe leaves a
+        # bin with no spread at all), and the masks then cut the restyled clip as they would a
+        # real one. On the log-mel before the classifier's input BatchNorm, as in CP-JKU's code.
+        x = FreqMixStyle.from_params(params.augment.freq_mixstyle, seed=params.seed + 13,
+                                     name="freq_mixstyle")(x)  # [B, T, M, 1]
     aug = _specaugment(params, "input", params.audio.frames, params.audio.n_mels)
     if aug is not None:
         x = aug(x)
@@ -199,32 +270,81 @@ def frontend_layer(model: tf_keras.Model) -> LogMel:
 
 
 def frontend_model(model: tf_keras.Model) -> tf_keras.Model:
-    """Waveform ``[samples]`` in, log-mel ``[T, M, 1]`` out: the float front end of ``model``."""
-    return tf_keras.Model(model.inputs, frontend_layer(model).output, name="frontend")
+    """Waveform ``[samples]`` in, log-mel ``[T, M, 1]`` out: the float front end of ``model``.
+
+    Always the clean front end: when the model augments its waveforms before the LogMel layer
+    (``DeviceResponse``), the front end is a copy of that LogMel layer (it has no weights) applied
+    to the waveform input directly, so it holds no augmentation layer (nor its impulse-response
+    bank) whatever ``training`` says, and converts to TFLite as it is.
+    """
+    layer = frontend_layer(model)
+    if not any(isinstance(other, DeviceResponse) for other in model.layers):
+        return tf_keras.Model(model.inputs, layer.output, name="frontend")
+    clean = LogMel.from_config(layer.get_config())
+    return tf_keras.Model(model.inputs, clean(model.inputs[0]), name="frontend")
 
 
-def tta_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
-    """Log-mel in, logits out, with the input-level augmentations in front of the classifier.
+def _specaugment_input_centre(classifier: tf_keras.Model, bins: int):
+    """The moving mean per mel bin of the classifier's input BatchNorm as ``[1, 1, bins, 1]``, or None.
+
+    Zero-filled input stripes are placed at this level by :func:`tta_classifier` ("masks" mode):
+    SP4ASC zero-fills after its input BatchNorm, where 0 is the per-bin mean, while the project's
+    input masks act on the raw log-mel before ``input_bn``, where 0 is a level of arbitrary
+    loudness (several standard deviations above the mean in the upper bins).
+    """
+    try:
+        bn = classifier.get_layer("input_bn")
+    except ValueError:
+        return None
+    if not isinstance(bn, tf_keras.layers.BatchNormalization) or list(bn.axis) != [2]:
+        return None
+    mean = np.asarray(bn.moving_mean.numpy(), np.float32)
+    return tf.constant(mean.reshape(1, 1, bins, 1)) if mean.shape == (bins,) else None
+
+
+def tta_classifier(model: tf_keras.Model, params: Params, mode: str = "shift") -> tf_keras.Model:
+    """Log-mel in, logits out, with the input-level augmentations of TTA ``mode`` in front of the classifier.
 
     Test-time augmentation runs on this model (see :mod:`augment.tta`), so the log-mel of a
     clip is computed once and only the cheap augmentations and the classifier run per copy.
-    The time shift and input SpecAugment++ are fresh layers configured from ``params`` (identity
-    until TTA switches them on), so a model trained without them (the baseline) gets TTA too.
+
+    * ``mode="shift"``: a fresh time shift configured from ``params`` (identity until TTA switches
+      it on), so a model trained without one (the baseline) gets shift TTA too.
+    * ``mode="masks"``: a fresh input SpecAugment++ configured from ``params`` where the training
+      config puts one (``augment.specaugment`` enabled with ``input`` in its positions), in front
+      of the trained classifier, whose hidden SpecAugment++ layers are the training ones (their
+      widths and counts). TTA fills the stripes as ``augment.tta.mask_fill`` says (zero by
+      default, :class:`augment.TTA`); at the input the masking is done on the log-mel minus the
+      input BatchNorm's moving mean per bin and the mean is added back, so zero-filled input
+      stripes hold the training mean of each bin, as SP4ASC's zeros after its input BatchNorm do
+      (a raw zero is a loud level there: on a briefly trained model of the default config and 300
+      synthetic clips it cut the masks mode's macro accuracy from 34% to 17%); mixture masking and
+      cutting are unchanged by the centring.
     """
+    mode = check_choice("mode", mode, tuple(TTA_MODES))
     classifier = get_classifier(model)
     frames, bins = (int(d) for d in classifier.inputs[0].shape[1:3])
     inputs = tf_keras.Input(shape=(frames, bins, 1), name="logmel_input")  # [B, T, M, 1]
-    x = _time_shift(params, "tta_time_shift")(inputs)
-    x = _specaugment_layer(params, "input", frames, bins, name="tta_input_specaugment")(x)
-    return tf_keras.Model(inputs, classifier(x), name="tta_classifier")
+    x = inputs
+    s = params.augment.specaugment
+    if mode == "shift":
+        x = _time_shift(params, "tta_time_shift")(x)  # [B, T, M, 1]
+    elif s.enabled and "input" in s.positions:
+        masks = _specaugment_layer(params, "input", frames, bins, name="tta_input_specaugment")
+        centre = _specaugment_input_centre(classifier, bins)  # [1, 1, M, 1] or None
+        x = masks(x) if centre is None else masks(x - centre) + centre  # [B, T, M, 1]
+    return tf_keras.Model(inputs, classifier(x), name=f"tta_classifier_{mode}")
 
 
-def tta_predictor(model: tf_keras.Model, params: Params) -> TTA:
-    """Test-time augmentation of a full model as the evaluate stage runs it.
+def tta_predictor(model: tf_keras.Model, params: Params, mode: str | None = None) -> TTA:
+    """Test-time augmentation of a full model in one mode, as the evaluate stage runs it.
 
-    ``tta_predictor(model, params).probabilities(logmel)`` gives the mean class probabilities
-    ``[B, K]`` of a batch of log-mel inputs ``[B, T, M, 1]`` (the output of
-    :func:`frontend_model`) over ``params.augment.tta.n_copies`` copies, augmented as
-    ``params.augment.tta`` says (on :func:`tta_classifier`), seeded with ``params.seed``.
+    ``tta_predictor(model, params, mode).probabilities(logmel)`` gives the mean class
+    probabilities ``[B, K]`` of a batch of log-mel inputs ``[B, T, M, 1]`` (the output of
+    :func:`frontend_model`) over ``params.augment.tta.n_copies`` copies, augmented as TTA ``mode``
+    says ("shift" or "masks", see :mod:`augment.tta`; None = the first of
+    ``params.augment.tta.modes``) on :func:`tta_classifier`, seeded with ``params.seed``. Each clip
+    costs ``n_copies`` times the classifier's MACs (the front end runs once).
     """
-    return TTA(tta_classifier(model, params), params.augment.tta, seed=params.seed)
+    mode = params.augment.tta.modes[0] if mode is None else mode
+    return TTA(tta_classifier(model, params, mode), params.augment.tta, seed=params.seed, mode=mode)

@@ -5,7 +5,7 @@ identifier, device, split, and the WAV header facts) and validates everything be
 training. All problems are collected and reported in one :class:`DatasetError` (the first
 20 listed, the count of the rest), never a bare traceback.
 
-Layout (DESIGN.md)::
+Layout::
 
     <root>/meta.csv                              filename  scene_label  identifier  source_label
     <root>/evaluation_setup/fold1_train.csv      filename  scene_label

@@ -37,11 +37,17 @@ RUNNING = "_RUNNING.json"  # in the folder of a resumable stage while it runs: i
 PARENT_TAG_PREFIX = "dataset."  # stage tags that describe the whole invocation, copied to the parent run
 
 
-def stage_key(stage: Stage, params: Params, workdir: Path) -> str | None:
+def active_upstream(stage: Stage, params: Params, stages: tuple[Stage, ...] = registry.STAGES) -> tuple[str, ...]:
+    """The upstream stages that take part in a run with ``params`` (see ``Stage.when``)."""
+    return tuple(up for up in stage.upstream if registry.get(up, stages).active(params))
+
+
+def stage_key(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...] = registry.STAGES) -> str | None:
     """What a stage's outputs depend on; equal keys mean the outputs can be reused (None: always run)."""
     if stage.settings is None:
         return None
-    upstream = {up: (files.read_marker(workdir / up) or {}).get("output") for up in stage.upstream}
+    upstream = {up: (files.read_marker(workdir / up) or {}).get("output")
+                for up in active_upstream(stage, params, stages)}
     return digest({"stage": stage.name, "settings": stage.settings_of(params),
                    "external": stage.external(params) if stage.external else None, "upstream": upstream})
 
@@ -56,12 +62,12 @@ def _complete(stage: Stage, folder: Path) -> dict | None:
 
 def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...]) -> None:
     """Refuse inputs that are missing, incomplete or made with other settings than ``params``."""
-    for name in stage.upstream:
+    for name in active_upstream(stage, params, stages):
         up = registry.get(name, stages)
         marker = _complete(up, workdir / name)
         if marker is None:
             raise StageError(f"{workdir / name} is missing or incomplete: run --stage {name} first")
-        key = stage_key(up, params, workdir)
+        key = stage_key(up, params, workdir, stages)
         if key is not None and marker.get("key") != key:
             raise StageError(f"{workdir / name} was made with other settings or inputs than this run's; "
                              f"run --stage {name} (or --stage all) with the same --config/--set first")
@@ -95,12 +101,16 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
       Per stage: the function's result plus ``seconds``, or ``{"reused": True}``.
     """
     chosen = [registry.get(name, stages) for name in names]
+    for stage in chosen:
+        if not stage.active(params):
+            logger.info("stage %s: skipped (not enabled by this configuration)", stage.name)
+    chosen = [stage for stage in chosen if stage.active(params)]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = registry.data_name(params)
     tracker = tracking.MlflowTracker(params, data) if track else tracking.MemoryTracker()
     results: dict[str, dict] = {}
-    with tracker.parent(",".join(names)):
+    with tracker.parent(",".join(stage.name for stage in chosen)):
         for stage in chosen:
             results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages)
     return results
@@ -109,7 +119,7 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
 def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, force: bool,
              stages: tuple[Stage, ...]) -> dict:
     folder = workdir / stage.name
-    key = stage_key(stage, params, workdir)
+    key = stage_key(stage, params, workdir, stages)
     marker = _complete(stage, folder)
     if not force and key is not None and marker is not None and marker.get("key") == key:
         logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns it)",
@@ -137,7 +147,8 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
         if stage.resumable:
             files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id})
         ctx = Context(params=params, workdir=workdir, out=folder,
-                      inputs={up: workdir / up for up in stage.upstream}, record=rec, data_name=data,
+                      inputs={up: workdir / up for up in active_upstream(stage, params, stages)}, record=rec,
+                      data_name=data,
                       resuming=state is not None)
         result = stage.function(ctx)
         seconds = time.perf_counter() - start

@@ -137,7 +137,7 @@ class MlflowRecorder(Recorder):
         runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.stage = '{stage}' and status = 'FINISHED'",
                                   max_results=200, output_format="list")
         return [{"name": r.data.tags.get("mlflow.runName", r.info.run_id[:8]), "metrics": dict(r.data.metrics),
-                 "tags": dict(r.data.tags)} for r in runs]
+                 "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]
 
 
 class MlflowTracker:

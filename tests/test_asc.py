@@ -154,7 +154,8 @@ def test_all_augmentations_on_trains_with_decreasing_loss(tiny_dataset):
     index = data.read_index(tiny_dataset)
     train = index[index.split == "train"].reset_index(drop=True)
     ds, steps = inputs.train_dataset(train, tiny_dataset, params.audio, params.data, batch_size=8, seed=3,
-                                     start_epoch=0, epochs=6)
-    training.compile_model(model, training.make_optimizer(params.train, steps, epochs=6))
-    history = model.fit(ds, epochs=6, steps_per_epoch=steps, verbose=0).history["loss"]
+                                     start_epoch=0, epochs=10)
+    training.compile_model(model, training.make_optimizer(params.train, steps, epochs=10))
+    # 10 epochs: with no zero-width mask left, block 4's 1-frame time mask covers ~25% of its 2 frames
+    history = model.fit(ds, epochs=10, steps_per_epoch=steps, verbose=0).history["loss"]
     assert history[-1] < history[0] - 0.1, history

@@ -10,6 +10,8 @@ import tf_keras
 
 import augment
 from augment import TTA, SpecAugmentPP, TimeShift
+from augment.tta import AUGMENTATION_LAYERS as AUGMENTATION
+from augment.tta import TTA_MODES
 from pipeline.core.config import SpecAugmentParams, TTAParams
 from tests.layer_testing import run_layer_test
 
@@ -419,22 +421,35 @@ def test_time_shift_layer_round_trip(tmp_path):
 # test-time augmentation
 
 
-def test_tta_all_off_is_plain_softmax():
-    model = tiny_classifier()
+def test_tta_without_augmentation_layers_is_plain_softmax():
+    model = augment.make_tta_model(tiny_classifier(), time_shift=False, specaugment=False)  # Identity layers
     x = tf.random.stateless_normal([7, 16, 8, 1], seed=[2, 3]).numpy()
-    probs = TTA(model, TTAParams(n_copies=3, time_shift=False, specaugment=False)).predict(x, batch_size=4)
-    np.testing.assert_allclose(probs, softmax(model(x).numpy()), rtol=1e-5, atol=1e-6)
-    assert probs.shape == (7, 3) and probs.dtype == np.float32
+    for mode in TTA_MODES:
+        probs = TTA(model, TTAParams(n_copies=3), mode=mode).predict(x, batch_size=4)
+        np.testing.assert_allclose(probs, softmax(model(x).numpy()), rtol=1e-5, atol=1e-6)
+        assert probs.shape == (7, 3) and probs.dtype == np.float32
 
 
-def test_tta_is_mean_of_individual_augmented_passes():
+def test_tta_modes_match_the_config_choices():
+    from pipeline.core.config import Params
+
+    field = {f.name: f for f in __import__("dataclasses").fields(TTAParams)}["modes"]
+    assert tuple(field.metadata["choices"]) == tuple(TTA_MODES)
+    assert set(Params().augment.tta.modes) <= set(TTA_MODES)
+    assert TTA_MODES["shift"] == {"time_shift": True, "specaugment": False}
+    assert TTA_MODES["masks"] == {"time_shift": False, "specaugment": True}
+
+
+@pytest.mark.parametrize("mode", ["shift", "masks"])
+def test_tta_is_mean_of_individual_augmented_passes(mode):
     model = tiny_classifier()
     x = tf.random.stateless_normal([5, 16, 8, 1], seed=[4, 5]).numpy()
-    options = dict(time_shift=True, specaugment=True, specaugment_mode="zm", seed=5)
+    options = dict(**TTA_MODES[mode], specaugment_mode="zm", seed=5)
     view = augment.make_tta_model(model, **options)
     passes = np.stack([softmax(view(x, training=False).numpy()) for _ in range(4)])  # [4, B, K]
-    tta = TTA(model, TTAParams(n_copies=4, chunk_copies=1, time_shift=True, specaugment=True), seed=5,
-              specaugment_mode="zm")
+    tta = TTA(model, TTAParams(n_copies=4, chunk_copies=1), seed=5, mode=mode, specaugment_mode="zm")
+    assert tta.mode == mode
+    assert augment.count_augmentation_layers(tta.view, active_only=True) == (1 if mode == "shift" else 2)
     probs = tta.predict(x, batch_size=5)
     np.testing.assert_allclose(probs, passes.mean(axis=0), rtol=1e-5, atol=1e-6)
     # The copies really differ from each other and from the plain prediction.
@@ -445,8 +460,8 @@ def test_tta_is_mean_of_individual_augmented_passes():
 def test_tta_chunks_and_batches():
     model = tiny_classifier()
     x = tf.random.stateless_normal([6, 16, 8, 1], seed=[6, 7]).numpy()
-    options = dict(time_shift=True, specaugment=True, specaugment_mode=None, seed=2)
-    settings = TTAParams(n_copies=5, chunk_copies=2, time_shift=True, specaugment=True)
+    options = dict(time_shift=False, specaugment=True, specaugment_mode=None, seed=2)
+    settings = TTAParams(n_copies=5, chunk_copies=2, modes=("masks",))
 
     def fresh():
         return TTA(model, settings, seed=2, specaugment_mode=None)
@@ -472,13 +487,14 @@ def test_tta_chunks_and_batches():
     np.testing.assert_allclose(from_dataset, probs, rtol=1e-6, atol=1e-7)
 
 
-def test_tta_repeatable_and_seeded():
+@pytest.mark.parametrize("mode", ["shift", "masks"])
+def test_tta_repeatable_and_seeded(mode):
     model = tiny_classifier()
     x = tf.random.stateless_normal([4, 16, 8, 1], seed=[8, 9]).numpy()
-    settings = TTAParams(n_copies=6, chunk_copies=3, specaugment=True)
-    first = TTA(model, settings, seed=1).predict(x, batch_size=4)
-    again = TTA(model, settings, seed=1).predict(x, batch_size=4)
-    other = TTA(model, settings, seed=2).predict(x, batch_size=4)
+    settings = TTAParams(n_copies=6, chunk_copies=3)
+    first = TTA(model, settings, seed=1, mode=mode).predict(x, batch_size=4)
+    again = TTA(model, settings, seed=1, mode=mode).predict(x, batch_size=4)
+    other = TTA(model, settings, seed=2, mode=mode).predict(x, batch_size=4)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-5
     np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
@@ -534,6 +550,15 @@ def test_tta_nested_model_and_errors():
         TTA(outer, TTAParams(n_copies=0)).predict(x.numpy())
     with pytest.raises(ValueError, match="specaugment_mode"):
         TTA(outer, TTAParams(), specaugment_mode="bad")
+    with pytest.raises(ValueError, match="mode.*flip"):
+        TTA(outer, TTAParams(), mode="flip")
+    assert TTA(outer, TTAParams(modes=("masks", "shift"))).mode == "masks"  # default: the first mode
+    # The SpecAugment++ fill of the copies is augment.tta.mask_fill unless the caller says otherwise.
+    for fill in ("zm", "mm", "cm"):
+        view = TTA(outer, TTAParams(mask_fill=fill), mode="masks").view
+        assert [m.mode for m in view.submodules if isinstance(m, SpecAugmentPP)] == [fill]
+    view = TTA(outer, TTAParams(mask_fill="mm"), mode="masks", specaugment_mode=None).view
+    assert [m.mode for m in view.submodules if isinstance(m, SpecAugmentPP)] == ["mm"]  # the layer's own
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,3 +588,140 @@ def test_tiny_model_trains_with_augmentation():
     assert losses[-1] < 0.7 * losses[0], losses
     accuracy = np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == labels)
     assert accuracy > 0.8, accuracy
+
+
+# --------------------------------------------------------------------------------------------
+# SpecAugment++ widths: no configured mask is zero-width
+
+
+def test_max_width_raises_zero_to_one_only_when_masks_are_requested():
+    from augment.specaugment import max_width, max_widths
+
+    assert [max_width(0.1, n) for n in (44, 22, 11, 5, 2)] == [4, 2, 1, 1, 1]  # round(): 4, 2, 1, 0, 0
+    assert [max_width(0.1, n) for n in (128, 64, 32, 16, 8)] == [13, 6, 3, 2, 1]
+    assert max_width(0.1, 5, n_masks=0) == 0  # no masks on this axis: nothing to raise
+    assert max_width(0.0, 5) == 0  # an explicit 0 is not raised (the config refuses it with masks)
+    assert max_width(1.0, 2) == 2
+    settings = SpecAugmentParams(time_width_fraction=0.1, freq_width_fraction=0.1)
+    assert max_widths(settings, 2, 8) == (1, 1)
+    layer = SpecAugmentPP.from_params(settings, 2, 8, seed=0)
+    assert (layer.max_time_width, layer.max_freq_width) == (1, 1)
+
+
+def _config_params():
+    from pathlib import Path
+
+    from pipeline.core import config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files, "no configs/*.yaml"
+    return [("defaults", config.from_dict({}))] + [(f.stem, config.load(f)) for f in files]
+
+
+@pytest.mark.parametrize("name, params", _config_params(), ids=lambda v: v if isinstance(v, str) else "")
+def test_no_configured_mask_is_zero_width(name, params):
+    from models import asc
+
+    s = params.augment.specaugment
+    widths = asc.specaugment_widths(params)
+    assert list(widths) == [p for p in asc.SPECAUGMENT_POSITIONS if p in s.positions], name
+    for position, (time_width, freq_width) in widths.items():
+        assert time_width >= 1 or s.n_time_masks == 0, (name, position, time_width)
+        assert freq_width >= 1 or s.n_freq_masks == 0, (name, position, freq_width)
+    # The layers of the built network (input and hidden) are the ones listed, none zero-width.
+    model = asc.build_model(params)
+    layers = {m.name.replace("_specaugment", ""): m for m in model.submodules if isinstance(m, SpecAugmentPP)}
+    assert {k: (v.max_time_width, v.max_freq_width) for k, v in layers.items()} == widths, name
+
+
+def test_specaugment_widths_of_the_default_config(caplog):
+    import logging
+
+    from models import asc
+    from pipeline.core import config
+
+    with caplog.at_level(logging.INFO, logger="models.asc"):
+        widths = asc.specaugment_widths(config.load())  # 44 frames, 128 mel bins
+    # round(0.1 * 5) = round(0.1 * 2) = 0 frames after blocks 3 and 4: raised to 1.
+    assert widths == {"input": (4, 13), "block1": (2, 6), "block2": (1, 3), "block3": (1, 2), "block4": (1, 1)}
+    assert "block4" in caplog.text and "raised to 1" in caplog.text
+    assert asc.specaugment_widths(config.load(None, ["augment.specaugment.enabled=false",
+                                                     "augment.tta.modes=shift"])) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# TTA modes on the project's network
+
+
+@pytest.fixture(scope="module")
+def asc_model():
+    from models import asc
+    from pipeline.core import config
+
+    params = config.load(None, ["audio.n_mels=32", "model.channels=[8, 8, 16, 16]", "model.hidden_units=16",
+                                "augment.tta.n_copies=3", "augment.tta.chunk_copies=3"])
+    tf_keras.utils.set_random_seed(0)
+    model = asc.build_model(params)
+    wave = tf.random.stateless_normal([6, params.audio.clip_samples], seed=[1, 2]) * 0.1
+    logmel = asc.frontend_model(model)(wave, training=False)
+    return params, model, logmel
+
+
+def test_shift_mode_is_the_previous_time_shift_tta(asc_model):
+    """Same probabilities as before the modes: time shift on, every SpecAugment++ off, same seeds."""
+    from models import asc
+
+    params, model, logmel = asc_model
+    classifier = asc.get_classifier(model)
+    inputs = tf_keras.Input(shape=tuple(logmel.shape[1:]), name="logmel_input")
+    x = asc._time_shift(params, "tta_time_shift")(inputs)
+    x = asc._specaugment_layer(params, "input", logmel.shape[1], logmel.shape[2], name="tta_input_specaugment")(x)
+    before = tf_keras.Model(inputs, classifier(x), name="tta_classifier")  # the former tta_classifier
+    old = TTA(before, params.augment.tta, seed=params.seed, mode="shift").probabilities(logmel).numpy()
+    tta = asc.tta_predictor(model, params, "shift")
+    np.testing.assert_array_equal(tta.probabilities(logmel).numpy(), old)
+    assert augment.count_augmentation_layers(tta.view, active_only=True) == 1
+    assert asc.tta_predictor(model, params).mode == "shift"  # the first of augment.tta.modes
+
+
+def test_masks_mode_copies_differ_and_are_seeded(asc_model):
+    from models import asc
+
+    params, model, logmel = asc_model
+    tta = asc.tta_predictor(model, params, "masks")
+    # Every SpecAugment++ of training is on (input + 4 hidden), zero-filled; no time shift.
+    active = [m for m in tta.view.submodules if isinstance(m, AUGMENTATION) and m.always_on]
+    assert len(active) == 5 and all(isinstance(m, SpecAugmentPP) and m.mode == "zm" for m in active)
+    copies = np.stack([tta.view(logmel, training=False).numpy() for _ in range(4)])  # [4, B, K]
+    assert all(np.abs(copies[i] - copies[i + 1]).max() > 1e-6 for i in range(3))
+    plain = asc.get_classifier(model)(logmel, training=False).numpy()
+    first = asc.tta_predictor(model, params, "masks").probabilities(logmel).numpy()
+    again = asc.tta_predictor(model, params, "masks").probabilities(logmel).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - softmax(plain)).max() > 1e-7
+    other = TTA(asc.tta_classifier(model, params, "masks"), params.augment.tta, seed=params.seed + 1,
+                mode="masks").probabilities(logmel).numpy()
+    assert np.abs(first - other).max() > 1e-7
+
+
+def test_masks_mode_fills_input_stripes_with_the_input_batchnorm_mean(asc_model):
+    from models import asc
+
+    params, model, logmel = asc_model
+    bn = asc.get_classifier(model).get_layer("input_bn")
+    saved = bn.moving_mean.numpy()
+    try:
+        centre = np.linspace(-9.0, -1.0, saved.shape[0]).astype("float32")
+        bn.moving_mean.assign(centre)
+        view = augment.make_tta_model(asc.tta_classifier(model, params, "masks"), time_shift=False,
+                                      specaugment=True, seed=3)
+        add_back = view.layers[-2]  # shared with the unaugmented model: its last node is the view's
+        probe = tf_keras.Model(view.inputs, add_back.get_output_at(len(add_back.inbound_nodes) - 1))
+        out = probe(logmel, training=False).numpy()[..., 0]  # [B, T, M]
+        x = logmel.numpy()[..., 0]
+        masked = ~np.isclose(out, x, rtol=0, atol=1e-4)
+        assert masked.any() and not masked.all()
+        filled = np.broadcast_to(centre, out.shape)
+        np.testing.assert_allclose(out[masked], filled[masked], rtol=0, atol=1e-5)
+    finally:
+        bn.moving_mean.assign(saved)

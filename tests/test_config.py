@@ -48,6 +48,14 @@ def test_overrides_are_typed():
     ("augment.specaugment.positions=[input, block9]", ["positions", "block9", "block4"]),
     ("augment.specaugment.mode=xx", ["augment.specaugment.mode", "mm"]),
     ("augment.tta.chunk_copies=100", ["chunk_copies", "n_copies"]),
+    ("augment.tta.modes=[shift, flip]", ["augment.tta.modes", "flip", "shift", "masks"]),
+    ("augment.tta.modes=[masks, masks]", ["augment.tta.modes", "duplicate"]),
+    ("augment.tta.modes=[]", ["augment.tta.modes", "empty"]),
+    ("augment.tta.mask_fill=noise", ["augment.tta.mask_fill", "zm", "mm", "cm"]),
+    ("augment.specaugment.time_width_fraction=0", ["augment.specaugment.time_width_fraction",
+                                                    "zero-width", "n_time_masks: 0"]),
+    ("augment.specaugment.freq_width_fraction=0", ["augment.specaugment.freq_width_fraction",
+                                                    "n_freq_masks: 0"]),
     ("train.min_learning_rate=1", ["train.min_learning_rate", "learning_rate"]),
     ("seed=-3", ["seed", "minimum"]),
     ("train=3", ["train", "mapping"]),
@@ -105,3 +113,30 @@ def test_readme_documents_every_config_key():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [row[0] for row in config.describe() if f"`{row[0]}`" not in readme]
     assert not missing, f"config keys missing from the README's configuration table: {missing}"
+
+
+def test_tta_modes_defaults_and_overrides():
+    p = config.load()
+    assert p.augment.tta.modes == ("shift", "masks") and p.augment.tta.n_copies == 30
+    assert p.augment.tta.mask_fill == "zm"
+    assert config.load(None, ["augment.tta.modes=masks"]).augment.tta.modes == ("masks",)
+    assert config.load(None, ["augment.tta.modes=[masks, shift]"]).augment.tta.modes == ("masks", "shift")
+    assert p.flat()["augment.tta.modes"] == "shift,masks"
+    # An explicit 0 fraction is fine when that axis has no masks, and TTA off needs no modes checked.
+    q = config.load(None, ["augment.specaugment.time_width_fraction=0", "augment.specaugment.n_time_masks=0"])
+    assert q.augment.specaugment.time_width_fraction == 0
+    config.load(None, ["augment.specaugment.enabled=false", "augment.tta.enabled=false"])
+    config.load(None, ["augment.specaugment.enabled=false", "augment.tta.modes=shift"])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["augment.specaugment.enabled=false"], ["augment.tta.modes", "masks", "augment.specaugment.enabled"]),
+    (["augment.specaugment.n_time_masks=0", "augment.specaugment.n_freq_masks=0"],
+     ["augment.tta.modes", "masks", "n_time_masks"]),
+    (["augment.time_shift.std_frames=0"], ["augment.tta.modes", "shift", "std_frames"]),
+])
+def test_tta_modes_that_would_vary_nothing_are_refused(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, overrides)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))

@@ -17,6 +17,11 @@ def _params(workdir, dataset, **extra):
     return config.load(None, tiny_overrides(workdir, dataset, **extra))
 
 
+def _active(params):
+    """The stages a run with ``params`` takes part in (``teacher`` only with distillation)."""
+    return [s.name for s in stages.STAGES if s.active(params)]
+
+
 def _client(workdir):
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
 
@@ -44,7 +49,7 @@ def test_every_stage_writes_its_outputs(full_run):
                 "evaluate/device_accuracy.png", "evaluate/size_vs_accuracy.png", "compress/model_int8.tflite",
                 "compress/frontend.tflite", "compress/metrics.json", "report/report.md", "report/report.html"):
         assert (workdir / rel).is_file(), rel
-    for stage in stages.NAMES:
+    for stage in _active(params):
         assert (workdir / stage / "_SUCCESS.json").is_file()
     index = pd.read_csv(workdir / "prepare/index.csv")
     assert list(index.columns[:7]) == ["filename", "scene_label", "label", "city", "identifier", "device", "split"]
@@ -57,7 +62,7 @@ def test_evaluate_metrics_schema_and_tta(full_run):
     m = json.loads((workdir / "evaluate/metrics.json").read_text())
     assert set(m["complexity"]) >= {"params", "size_bytes", "macs"}
     ev = m["splits"]["evaluate"]
-    assert set(ev) == {"plain", "tta"}
+    assert set(ev) == {"plain", "tta", "tta_masks"}  # augment.tta.modes: [shift, masks]
     for variant in ev.values():
         assert set(variant["overall"]) >= {"accuracy", "macro_accuracy", "log_loss", "per_class"}
         assert {"S4", "S5", "S6"} <= set(variant["per_device"])
@@ -66,6 +71,23 @@ def test_evaluate_metrics_schema_and_tta(full_run):
     n_eval = (pd.read_csv(workdir / "prepare/index.csv").split == "evaluate").sum()
     assert len(predictions) == n_eval
     assert np.allclose(predictions.iloc[:, 3:].sum(axis=1), 1.0, atol=1e-6)
+    # Each TTA mode: its variant, accuracy and cost (n_copies classifier passes per clip).
+    tta = m["tta"]
+    assert list(tta["modes"]) == ["shift", "masks"] and tta["n_copies"] == params.augment.tta.n_copies == 3
+    assert tta["mask_fill"] == "zm"
+    for mode, variant in (("shift", "tta"), ("masks", "tta_masks")):
+        entry = tta["modes"][mode]
+        assert entry["variant"] == variant and entry["n_copies"] == 3
+        assert entry["macs_per_clip"] == 3 * m["complexity"]["macs"] == 3 * entry["classifier_macs"]
+        assert entry["macro_accuracy"] == ev[variant]["overall"]["macro_accuracy"]
+        assert entry["log_loss"] == ev[variant]["overall"]["log_loss"]
+        assert (workdir / f"evaluate/predictions_{variant}.csv").is_file()
+    # The copies of the masks mode differ, so its probabilities are not the plain ones.
+    plain = pd.read_csv(workdir / "evaluate/predictions.csv").iloc[:, 3:].to_numpy()
+    masks = pd.read_csv(workdir / "evaluate/predictions_tta_masks.csv").iloc[:, 3:].to_numpy()
+    assert np.abs(plain - masks).max() > 1e-6
+    report = (workdir / "report/report.md").read_text()
+    assert "multiplies the per-clip MACs by N" in report and f"{tta['modes']['masks']['macs_per_clip']:,}" in report
 
 
 def test_compress_outputs_and_agreement(full_run):
@@ -88,7 +110,7 @@ def test_mlflow_records_every_stage(full_run):
         (workdir / "prepare/_SUCCESS.json").read_text())["fingerprint"]
     assert parent.data.metrics["macro_accuracy"] >= 0.0 and "int8_size_bytes" in parent.data.metrics
     assert parent.data.params["train.epochs"] == "2"
-    for stage in stages.NAMES:
+    for stage in _active(params):
         run_ = [r for r in _runs(workdir, stage) if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert len(run_) == 1 and run_[0].info.status == "FINISHED"
     (train_run,) = [r for r in _runs(workdir, "train") if r.data.tags.get("reused") != "true"]
@@ -105,6 +127,10 @@ def test_mlflow_records_every_stage(full_run):
     assert len(prep.data.tags["dataset.fingerprint"]) == 16
     ev = [r for r in _runs(workdir, "evaluate") if r.data.tags.get("reused") != "true"][0]
     assert {"macro_accuracy", "tta_macro_accuracy", "device_S4_accuracy"} <= set(ev.data.metrics)
+    assert {"tta_masks_macro_accuracy", "tta_masks_log_loss", "tta_macs_per_clip",
+            "tta_masks_macs_per_clip"} <= set(ev.data.metrics)
+    assert ev.data.metrics["tta_masks_macs_per_clip"] == 3 * ev.data.metrics["model_macs"]
+    assert ev.data.tags["tta.variants"] == "tta=shift,tta_masks=masks"
     plots = {a.path for a in client.list_artifacts(ev.info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in plots
 
@@ -240,3 +266,19 @@ def test_config_errors_for_shapes_the_network_cannot_take():
         config.load(None, ["audio.clip_seconds=0.2"])
     with pytest.raises(config.ConfigError, match="baseline needs 1-s clips"):
         config.load(None, ["model.name=baseline", "audio.clip_seconds=0.5"])
+
+
+def test_report_shows_the_seen_unseen_gap_and_an_ablation(full_run, tmp_path):
+    from evaluate import report as rep
+    from evaluate.ablation import ablation
+
+    workdir, params, _ = full_run
+    text = (workdir / "report/report.md").read_text()
+    assert "Seen/unseen gap" in text and "Recipe ablation" not in text  # one run: no ablation yet
+    runs = [{"params": {"model.name": "asc", "distill.enabled": str(kd)},
+             "metrics": {"macro_accuracy": acc, "group_unseen_macro_accuracy": acc - 0.1}}
+            for kd, acc in ((False, 0.5), (False, 0.6), (True, 0.7))]
+    out = rep.build_report(workdir, params.to_yaml(), tmp_path, ablation=ablation(runs))
+    text = out["markdown"].read_text()
+    assert "| report | 2 | 55.0% ± 7.1% | 45.0% ± 7.1% |" in text
+    assert "| report+KD | 1 | 70.0% ± 0.0% |" in text and (tmp_path / "ablation.png").is_file()

@@ -112,8 +112,13 @@ class SpecAugmentParams:
         choices=("input", "block1", "block2", "block3", "block4"),
         help="where masks apply; a subset of input, block1..block4",
     )
-    time_width_fraction: float = _f(0.1, min=0.0, max=1.0, help="max time-mask width / frames")
-    freq_width_fraction: float = _f(0.1, min=0.0, max=1.0, help="max freq-mask width / bins")
+    time_width_fraction: float = _f(
+        0.1, min=0.0, max=1.0,
+        help="max time-mask width / frames at each position, rounded; a width that rounds to 0 is raised to 1 "
+             "(models.asc.specaugment_widths lists them)")
+    freq_width_fraction: float = _f(
+        0.1, min=0.0, max=1.0,
+        help="max freq-mask width / bins at each position, rounded; a width that rounds to 0 is raised to 1")
     n_time_masks: int = _f(1, min=0, max=8)
     n_freq_masks: int = _f(1, min=0, max=8)
 
@@ -128,13 +133,57 @@ class TimeShiftParams:
 
 @dataclass(frozen=True)
 class TTAParams:
-    """Test-time augmentation: the mean softmax of n_copies augmented copies."""
+    """Test-time augmentation: the mean softmax of n_copies augmented copies, per mode.
+
+    ``modes``: ``shift`` = circular time shifts (the time shift of training); ``masks`` = the
+    training SpecAugment++ masks switched on (input and hidden positions, filled as ``mask_fill``),
+    as the report's reference code (valeoai/SP4ASC) runs its copies. The evaluate stage runs every listed
+    mode; the first one's results keep the plain ``tta`` names. Each costs n_copies x the
+    classifier's MACs per clip.
+    """
 
     enabled: bool = _f(True)
     n_copies: int = _f(30, min=1, max=256)
-    time_shift: bool = _f(True)
-    specaugment: bool = _f(False)
+    modes: tuple = _f(
+        ("shift", "masks"),
+        choices=("shift", "masks"),
+        help="TTA modes the evaluate stage runs, in order; the first one's outputs are named tta, the others tta_<mode>",
+    )
+    mask_fill: str = _f(
+        "zm", choices=("zm", "mm", "cm"),
+        help="fill of the SpecAugment++ stripes in the masks mode: zm = zero (at the input: the input BatchNorm's "
+             "mean per bin), as SP4ASC; mm/cm mix in another clip of the batch, so a clip's prediction depends on "
+             "its batch-mates (DCASE asks for each clip to be classified on its own)",
+    )
     chunk_copies: int = _f(5, min=1, help="copies per forward pass (bounds memory: chunk_copies x evaluate.batch_size rows)")
+
+
+@dataclass(frozen=True)
+class FreqMixStyleParams:
+    """Freq-MixStyle (Schmid et al. 2022) on the input log-mel: per-bin mean/std mixed between clips.
+
+    Defaults: CP-JKU's DCASE2022 submission (p 0.6, alpha 0.3; their DCASE2023 code uses 0.8, 0.4).
+    """
+
+    enabled: bool = _f(False)
+    p: float = _f(0.6, min=0.0, max=1.0, help="probability that a training batch is mixed")
+    alpha: float = _f(0.3, min_exclusive=0.0, help="mixing weights ~ Beta(alpha, alpha), per clip")
+    eps: float = _f(1e-6, min_exclusive=0.0, help="added to each bin's variance")
+
+
+@dataclass(frozen=True)
+class DeviceResponseParams:
+    """Device impulse response augmentation (Morocutti et al. 2023) of the training waveforms."""
+
+    enabled: bool = _f(False)
+    p: float = _f(0.4, min=0.0, max=1.0, help="probability per training clip (0.4 as in the DIR code)")
+    folder: Optional[str] = _f(None, help="folder of impulse-response WAV files (searched recursively); "
+                                          "null = the built-in random device generator")
+    n_generated: int = _f(64, min=1, help="devices in the generated bank (when folder is null)")
+    max_ir_samples: int = _f(4096, min=1, help="impulse responses are cut to this many samples")
+    rms_normalize: bool = _f(True, help="scale each augmented clip back to its own RMS level")
+    seed_offset: int = _f(0, min=0, help="added to the layer's seed (seed + 17 + offset): another "
+                                         "generated bank and draw sequence")
 
 
 @dataclass(frozen=True)
@@ -142,6 +191,8 @@ class AugmentParams:
     specaugment: SpecAugmentParams = field(default_factory=SpecAugmentParams)
     time_shift: TimeShiftParams = field(default_factory=TimeShiftParams)
     tta: TTAParams = field(default_factory=TTAParams)
+    freq_mixstyle: FreqMixStyleParams = field(default_factory=FreqMixStyleParams)
+    device_response: DeviceResponseParams = field(default_factory=DeviceResponseParams)
 
 
 @dataclass(frozen=True)
@@ -158,6 +209,29 @@ class TrainParams:
     strategy: str = _f("default", choices=("default", "mirrored"))
     deterministic: bool = _f(False, help="tf.config.experimental.enable_op_determinism")
     progress_bar: bool = _f(True, help="Keras progress bar per epoch (the one-line epoch log is always written)")
+
+
+@dataclass(frozen=True)
+class TeacherParams:
+    """Teacher networks for knowledge distillation: the report's network, wider, trained by the same recipe.
+
+    Teacher size is limited by training time only, not by the DCASE limits.
+    """
+
+    members: int = _f(1, min=1, max=10, help="teachers in the ensemble (seeds seed+1000*k); their logits are averaged")
+    channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
+    hidden_units: int = _f(256, min=1)
+    epochs: Optional[int] = _f(None, min=1, help="teacher epochs; null = train.epochs")
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    """Knowledge distillation (Hinton et al. 2015) from the teacher stage's stored logits."""
+
+    enabled: bool = _f(False, help="train the student on (1-weight) CE + weight T^2 KL(teacher || student)")
+    temperature: float = _f(2.0, min_exclusive=0.0, max=100.0)
+    weight: float = _f(0.5, min=0.0, max=1.0, help="weight of the distillation term; the label term has 1 - weight")
+    teacher: TeacherParams = field(default_factory=TeacherParams)
 
 
 @dataclass(frozen=True)
@@ -201,6 +275,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     train: TrainParams = field(default_factory=TrainParams)
+    distill: DistillParams = field(default_factory=DistillParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     compress: CompressParams = field(default_factory=CompressParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
@@ -381,6 +456,27 @@ def _cross_check(p: Params) -> None:
     if p.model.name == "baseline" and round(a.clip_seconds * 44100) < 44100:
         raise ConfigError(f"audio.clip_seconds: the DCASE2022 baseline needs 1-s clips (51 frames), "
                           f"got {a.clip_seconds}")
+    # SpecAugment++: widths that merely *round* to 0 at a position (the report's 0.1 of 5 or 2 frames)
+    # are raised to 1 (augment.specaugment.max_widths); an explicit 0 with masks requested is refused,
+    # since raising it would contradict the setting (n_<axis>_masks: 0 switches an axis off).
+    s = p.augment.specaugment
+    for axis in ("time", "freq") if s.enabled else ():
+        fraction, count = getattr(s, f"{axis}_width_fraction"), getattr(s, f"n_{axis}_masks")
+        if fraction == 0 and count > 0:
+            raise ConfigError(
+                f"augment.specaugment.{axis}_width_fraction: 0 makes the {count} {axis} mask(s) zero-width at every "
+                f"position ({', '.join(s.positions)}); set augment.specaugment.n_{axis}_masks: 0 to switch them off")
+    # TTA: every mode must have something to vary, or its N copies are N identical passes.
+    modes = p.augment.tta.modes if p.augment.tta.enabled else ()
+    if "masks" in modes and not s.enabled:
+        raise ConfigError("augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
+                          "augment.specaugment.enabled is false; remove 'masks' or enable SpecAugment++")
+    if "masks" in modes and s.n_time_masks == 0 and s.n_freq_masks == 0:
+        raise ConfigError("augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
+                          "augment.specaugment.n_time_masks and n_freq_masks are both 0")
+    if "shift" in modes and p.augment.time_shift.std_frames == 0:
+        raise ConfigError("augment.tta.modes: 'shift' draws time shifts of std augment.time_shift.std_frames "
+                          "frames, which is 0, so every copy would be the same; remove 'shift' or set std_frames > 0")
     if p.augment.tta.chunk_copies > p.augment.tta.n_copies:
         raise ConfigError(
             f"augment.tta.chunk_copies: {p.augment.tta.chunk_copies} exceeds augment.tta.n_copies "

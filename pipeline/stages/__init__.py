@@ -13,28 +13,40 @@ from pipeline.stages.compress import compress
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import data_name, dataset_facts, prepare
 from pipeline.stages.report import report
+from pipeline.stages.teacher import teacher
 from pipeline.stages.train import train
 
 # Settings sections that shape the trained network (TTA only changes evaluation).
-_TRAINING = ("seed", "audio", "data", "model", "augment", "train")
+_TRAINING = ("seed", "audio", "data", "model", "augment", "train", "distill.enabled", "distill.temperature",
+             "distill.weight")
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare, main_output="index.csv", settings=(), external=dataset_facts,
           reads="the dataset (`data.source`)",
           writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
                  "facts), `summary.json`, `summary.csv` (clips per split x class x device)"),
-    Stage("train", train, upstream=("prepare",), main_output="model.keras",
+    Stage("teacher", teacher, upstream=("prepare",), main_output="logits.npz",
+          settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"), exclude=("augment.tta",),
+          resumable=True,
+          when=lambda params: params.distill.enabled,
+          headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
+          reads="`prepare/` (only with `distill.enabled`)",
+          writes="`teacher/logits.npz` (the ensemble's logits for the training clips), `metrics.json`, "
+                 "`teacherK/` (each member's model and checkpoints)"),
+    Stage("train", train, upstream=("prepare", "teacher"), main_output="model.keras",
           settings=_TRAINING, exclude=("augment.tta",), resumable=True,
           reads="`prepare/`",
           writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, "
                  "`checkpoints/`"),
     Stage("evaluate", evaluate, upstream=("prepare", "train"), main_output="metrics.json",
           settings=("seed", "audio", "augment", "evaluate", "data.max_eval_clips"),
-          headline=("macro_accuracy", "log_loss", "tta_macro_accuracy", "tta_log_loss",
-                    "group_unseen_macro_accuracy", "model_params", "model_macs", "model_int8_bytes_estimate"),
+          headline=("macro_accuracy", "log_loss", "tta_macro_accuracy", "tta_log_loss", "tta_macs_per_clip",
+                    "tta_masks_macro_accuracy", "tta_masks_log_loss", "tta_masks_macs_per_clip",
+                    "group_unseen_macro_accuracy", "group_seen_macro_accuracy", "model_params", "model_macs",
+                    "model_int8_bytes_estimate"),
           reads="`prepare/`, `train/`",
-          writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*` "
-                 "with test-time augmentation), plots"),
+          writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*`, "
+                 "`*_tta_masks.*` per TTA mode), plots"),
     Stage("compress", compress, upstream=("prepare", "train"), main_output="model_int8.tflite",
           settings=("seed", "compress", "train", "data"),
           headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),

@@ -59,7 +59,7 @@ class Recorder:
         """Store the trained Keras model with a signature inferred from ``example_input``."""
 
     def finished_runs(self, stage: str) -> list[dict]:
-        """Earlier finished runs of ``stage`` in the experiment: ``{"name", "metrics", "tags"}`` each."""
+        """Earlier finished runs of ``stage`` in the experiment: ``{"name", "metrics", "tags", "params"}`` each."""
         return []
 
     def latest(self) -> dict[str, float]:
@@ -97,6 +97,30 @@ class MemoryRecorder(Recorder):
 
     def model(self, model, example_input):
         self.logged_models.append(model)
+
+
+class PrefixedRecorder(Recorder):
+    """Records into another recorder with every metric name prefixed (e.g. ``teacher1_loss``)."""
+
+    def __init__(self, inner: Recorder, prefix: str):
+        super().__init__(inner.run_id)
+        self.inner = inner
+        self.prefix = prefix
+
+    def _log_metrics(self, values, step):
+        self.inner.metrics({self.prefix + k: v for k, v in values.items()}, step)
+
+    def _log_tags(self, values):
+        self.inner.tags({self.prefix + k: v for k, v in values.items()})
+
+    def artifact(self, path, folder=None):
+        self.inner.artifact(path, self.prefix.rstrip("_") + ("/" + folder if folder else ""))
+
+    def dict(self, obj, name):
+        self.inner.dict(obj, self.prefix + name)
+
+    def model(self, model, example_input):
+        pass  # one model per run: the stage's own
 
 
 @dataclass
@@ -147,6 +171,8 @@ class Stage:
       external: facts of inputs outside the workdir (e.g. the dataset files' sizes and times).
       headline: metrics copied onto the parent MLflow run.
       resumable: an interrupted run with the same key resumes in place (checkpoints).
+      when: the stage takes part only when this is true of the params (``--stage all`` skips it
+        otherwise, and stages downstream do not wait for it).
       reads, writes: one-line descriptions for the README's stage table.
     """
 
@@ -159,8 +185,13 @@ class Stage:
     external: Callable[[Params], Any] | None = None
     headline: tuple[str, ...] = ()
     resumable: bool = False
+    when: Callable[[Params], bool] | None = None
     reads: str = ""
     writes: str = ""
+
+    def active(self, params: Params) -> bool:
+        """Whether the stage takes part in a run with ``params``."""
+        return self.when is None or bool(self.when(params))
 
     def settings_of(self, params: Params) -> dict | None:
         """The part of ``params`` this stage depends on (``None`` for a stage that always runs)."""

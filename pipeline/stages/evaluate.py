@@ -1,4 +1,13 @@
-"""``evaluate``: DCASE metrics on the evaluate split (and a labelled test split), with and without TTA."""
+"""``evaluate``: DCASE metrics on the evaluate split (and a labelled test split), with and without TTA.
+
+Variants: ``plain`` (one pass per clip) and one per TTA mode of ``augment.tta.modes`` (see
+:mod:`augment.tta`): the first mode's outputs keep the names ``tta`` (``predictions_tta.csv``,
+``tta_macro_accuracy``), each further mode is ``tta_<mode>`` (``predictions_tta_masks.csv``,
+``tta_masks_macro_accuracy``). Each TTA mode's cost is recorded next to its accuracy: MACs per
+clip = ``n_copies`` x the classifier's MACs (DCASE's count, which leaves out the front end; TTA
+runs the front end once per clip), in ``metrics.json`` under ``tta.modes`` and as the MLflow
+metrics ``<variant>_macs_per_clip``.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +32,12 @@ from pipeline.stages.train import load_model
 logger = logging.getLogger(__name__)
 
 
-def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: bool) -> np.ndarray:
-    """Class probabilities ``[N, K]`` for the clips of ``index``, in order; with TTA when asked."""
+def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: str | None = None) -> np.ndarray:
+    """Class probabilities ``[N, K]`` for the clips of ``index``, in order; with TTA in mode ``tta`` when given."""
     frontend = asc.frontend_model(model)
     classifier = asc.get_classifier(model)
     if tta:
-        predictor = asc.tta_predictor(model, params)
+        predictor = asc.tta_predictor(model, params, tta)
 
         @tf.function(reduce_retracing=True)
         def step(wave):
@@ -40,7 +49,7 @@ def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: bool
 
     ds = inputs.eval_dataset(index, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
     steps = int(np.ceil(len(index) / params.evaluate.batch_size))
-    out = [step(wave).numpy() for wave, _ in tqdm(ds, total=steps, desc="predict (TTA)" if tta else "predict",
+    out = [step(wave).numpy() for wave, _ in tqdm(ds, total=steps, desc=f"predict (TTA {tta})" if tta else "predict",
                                                    unit="batch", mininterval=2.0)]
     return np.concatenate(out).astype(np.float64)
 
@@ -58,6 +67,21 @@ def _experiment_points(ctx: Context) -> list[dict]:
     return points
 
 
+def tta_variants(params: Params) -> dict[str, str]:
+    """``{variant: TTA mode}`` the evaluate stage runs: ``tta`` for the first mode, ``tta_<mode>`` for the others."""
+    if not params.augment.tta.enabled:
+        return {}
+    modes = params.augment.tta.modes
+    return {("tta" if i == 0 else f"tta_{mode}"): mode for i, mode in enumerate(modes)}
+
+
+def tta_cost(classifier_macs: int, n_copies: int) -> dict:
+    """MACs per clip of TTA with ``n_copies`` copies: ``n_copies`` classifier passes (front end once, not counted)."""
+    macs = int(n_copies) * int(classifier_macs)
+    return {"n_copies": int(n_copies), "classifier_macs": int(classifier_macs), "macs_per_clip": macs,
+            "within_macs_limit": macs <= complexity.MAX_MACS}
+
+
 def _suffix(split: str, variant: str) -> str:
     """File suffix of a split/variant's tables: '' for the evaluate split without TTA."""
     return "" if (split, variant) == ("evaluate", "plain") else f"_{split}_{variant}".replace("_evaluate", "")
@@ -73,19 +97,27 @@ def evaluate(ctx: Context) -> dict:
                     "data_fingerprint": data_fp,
                     "complexity": {k: cost[k] for k in ("params", "trainable_params", "size_bytes", "macs",
                                                          "within_limits")},
-                    "tta": {"n_copies": params.augment.tta.n_copies, "time_shift": params.augment.tta.time_shift,
-                            "specaugment": params.augment.tta.specaugment},
                     "splits": {}}
+    tta = tta_variants(params)
+    result["tta"] = {"enabled": params.augment.tta.enabled, "n_copies": params.augment.tta.n_copies,
+                     "mask_fill": params.augment.tta.mask_fill,
+                     "macs_counted": "classifier MACs x n_copies per clip (the front end runs once and, as in "
+                                     "the DCASE count, is not counted)",
+                     "modes": {mode: {"variant": variant, **tta_cost(cost["macs"], params.augment.tta.n_copies)}
+                               for variant, mode in tta.items()}}
+    if tta:
+        ctx.record.tags({"tta.modes": ",".join(tta.values()),
+                         "tta.variants": ",".join(f"{variant}={mode}" for variant, mode in tta.items())})
     headline = {}
     for split in params.evaluate.splits:
         part = clips(index, split, params, labelled=True)
         if len(part) == 0:
             logger.warning("evaluate: split %r has no labelled clips; skipped", split)
             continue
-        variants = {"plain": False, "tta": True} if params.augment.tta.enabled else {"plain": False}
+        variants = {"plain": None, **tta}
         result["splits"][split] = {}
-        for variant, use_tta in variants.items():
-            probs = predict(model, params, part, root, tta=use_tta)
+        for variant, mode in variants.items():
+            probs = predict(model, params, part, root, tta=mode)
             m = dm.compute_metrics(part.label.to_numpy(), probs, part.device.to_numpy())
             result["splits"][split][variant] = m
             suffix = _suffix(split, variant)
@@ -98,13 +130,14 @@ def evaluate(ctx: Context) -> dict:
             with files.atomic_path(out / f"predictions{suffix}.csv") as tmp:
                 dm.predictions_frame(part.filename.tolist(), part.label.to_numpy(), probs).to_csv(tmp, index=False)
             ctx.record.artifact(out / f"predictions{suffix}.csv")
-            prefix = "" if variant == "plain" else "tta_"
+            prefix = "" if variant == "plain" else f"{variant}_"
             prefix = prefix if split == "evaluate" else f"{split}_{prefix}"
             flat = dm.flatten_for_mlflow(m, prefix)
             ctx.record.metrics(flat)
             headline.update(flat)
             logger.info("evaluate %s (%s): accuracy %.3f macro %.3f log loss %.3f | unseen devices %s",
-                        split, variant, m["overall"]["accuracy"], m["overall"]["macro_accuracy"],
+                        split, variant if mode is None else f"{variant}: TTA {mode}", m["overall"]["accuracy"],
+                        m["overall"]["macro_accuracy"],
                         m["overall"]["log_loss"],
                         f"{m['per_device_group']['unseen']['macro_accuracy']:.3f}"
                         if "unseen" in m["per_device_group"] else "n/a")
@@ -114,6 +147,19 @@ def evaluate(ctx: Context) -> dict:
                         "model_int8_bytes_estimate": cost["size_bytes"]})
 
     main = result["splits"].get("evaluate") or next(iter(result["splits"].values()))
+    for mode, entry in result["tta"]["modes"].items():
+        variant = entry["variant"]
+        overall = main[variant]["overall"]
+        entry.update({k: overall[k] for k in ("accuracy", "macro_accuracy", "log_loss")})
+        entry["splits"] = {split: {k: r[variant]["overall"][k] for k in ("accuracy", "macro_accuracy", "log_loss")}
+                           for split, r in result["splits"].items()}
+        cost_metrics = {f"{variant}_macs_per_clip": entry["macs_per_clip"], f"{variant}_n_copies": entry["n_copies"]}
+        ctx.record.metrics(cost_metrics)
+        headline.update(cost_metrics)
+        logger.info("evaluate: TTA %s (%s) %d copies: macro accuracy %.3f (plain %.3f), %s MACs per clip "
+                    "(%d x %s; DCASE limit %s)", mode, variant, entry["n_copies"], overall["macro_accuracy"],
+                    main["plain"]["overall"]["macro_accuracy"], f"{entry['macs_per_clip']:,}", entry["n_copies"],
+                    f"{cost['macs']:,}", f"{complexity.MAX_MACS:,}")
     plain = main["plain"]
     title = f"({params.model.name}, {ctx.data_name})"
     pngs = [

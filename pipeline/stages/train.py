@@ -1,53 +1,70 @@
-"""``train``: fit the network on fold1_train, validating each epoch on fold1_evaluate; resumable."""
+"""``train``: fit the network on fold1_train, validating each epoch on fold1_evaluate; resumable.
+
+With ``distill.enabled`` the network is a student trained on the teacher stage's stored logits.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tf_keras
 
 import augment  # noqa: F401 - registers the augmentation layers for loading models
 from evaluate import complexity, plots
-from models import asc
+from models import asc, distill
 from pipeline import inputs, training
 from pipeline.core import files
-from pipeline.stages.base import Context, StageError, clips, load_index
+from pipeline.core.config import Params
+from pipeline.stages.base import Context, Recorder, StageError, clips, load_index
 
 logger = logging.getLogger(__name__)
 
 
-def train(ctx: Context) -> dict:
-    """Train; an interrupted run with the same settings resumes from its last checkpoint.
+def fit_network(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Path, record: Recorder, *,
+                resuming: bool, targets: np.ndarray | None = None, log_model: bool = True):
+    """Build, train and save one network as ``params`` says; resumes from ``out/checkpoints``.
+
+    Used by the ``train`` stage (the student) and the ``teacher`` stage (each ensemble member).
+
+    Args:
+      params: the parameter tree of this network (a teacher's has its own channels and seed).
+      out: its folder: ``model.keras``, ``best.keras``, ``history.json``, ``curves.png``, checkpoints.
+      tr, ev: training and validation clips (rows of the prepare index); ``root`` their folder.
+      record: where metrics and artifacts go.
+      resuming: restore the last checkpoint in ``out`` (the runner says whether it may).
+      targets: ``[len(tr), 1 + K]`` distillation targets (label, teacher logits), or None.
+      log_model: also log the model in MLflow's tensorflow flavour.
 
     Returns:
-      ``{"model": path, "best": path, "history": dict}``.
+      ``(model, history)``.
     """
-    params, out = ctx.params, ctx.out
-    index, root, _ = load_index(ctx)
+    out.mkdir(parents=True, exist_ok=True)
     training.seed_everything(params.seed, params.train.deterministic)
-    tr = clips(index, "train", params)
-    ev = clips(index, "evaluate", params)
-    if len(ev) == 0:
-        raise StageError("the evaluate split is empty: nothing to validate on")
-
     strategy = training.strategy_for(params.train)
     steps = int(np.ceil(len(tr) / params.train.batch_size))
     with strategy.scope():
         model = asc.build_model(params)
         optimizer = training.make_optimizer(params.train, steps)
-        training.compile_model(model, optimizer)
+        if targets is None:
+            training.compile_model(model, optimizer)
+        else:
+            d = params.distill
+            training.compile_model(model, optimizer, loss=distill.DistillationLoss(d.temperature, d.weight),
+                                   metrics=[distill.LabelAccuracy(name="accuracy")])
     cost = complexity.keras_complexity(asc.get_classifier(model))
-    ctx.record.metrics({"model_params": cost["params"], "model_trainable_params": cost["trainable_params"],
-                        "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]})
-    logger.info("model %s: %d parameters, %.2f M MACs per clip", params.model.name, cost["params"],
-                cost["macs"] / 1e6)
+    record.metrics({"model_params": cost["params"], "model_trainable_params": cost["trainable_params"],
+                    "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]})
+    logger.info("model %s %s: %d parameters, %.2f M MACs per clip", params.model.name, list(params.model.channels),
+                cost["params"], cost["macs"] / 1e6)
 
     with strategy.scope():
         manager = training.CheckpointManager(out / "checkpoints", model, optimizer)
         # Build the optimizer's slots before restoring, so every saved object has its match.
         optimizer.build(model.trainable_variables)
-    start = manager.restore() if ctx.resuming else 0
+    start = manager.restore() if resuming else 0
     history, best_epoch = training.load_history(out / "history.json") if start else ({}, None)
     history = training.trim_history(history, start)
     best_val = min(history["val_loss"]) if start and history.get("val_loss") else None
@@ -56,16 +73,17 @@ def train(ctx: Context) -> dict:
         # epochs of this run that beat the kept history's best can write it again.
         (out / "best.keras").unlink(missing_ok=True)
     if start:
-        logger.info("train: resuming at epoch %d of %d", start + 1, params.train.epochs)
-        ctx.record.tags({"resumed_at_epoch": str(start)})
+        logger.info("resuming %s at epoch %d of %d", out.name, start + 1, params.train.epochs)
+        record.tags({"resumed_at_epoch": str(start)})
     else:
         files.write_text(out / "params.yaml", params.to_yaml())
-        ctx.record.artifact(out / "params.yaml")
+        record.artifact(out / "params.yaml")
     train_ds, steps = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
-                                           seed=params.seed, start_epoch=start, epochs=params.train.epochs)
+                                           seed=params.seed, start_epoch=start, epochs=params.train.epochs,
+                                           targets=targets)
     val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
     callback = training.EpochEnd(manager, out / "best.keras", out / "history.json", history,
-                                 params.train.epochs, best_val, log_metrics=ctx.record.metrics)
+                                 params.train.epochs, best_val, log_metrics=record.metrics)
     callback.best_epoch = best_epoch if (out / "best.keras").is_file() else None
     if start < params.train.epochs:
         training.fit(params, model, train_ds, val_ds, steps, start, [callback])
@@ -73,16 +91,51 @@ def train(ctx: Context) -> dict:
     with files.atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     curves = plots.plot_training_curves(callback.history, out / "curves.png")
-    ctx.record.artifact(out / "model.keras", "checkpoints/final")
+    record.artifact(out / "model.keras", "checkpoints/final")
     if (out / "best.keras").is_file():
-        ctx.record.artifact(out / "best.keras", "checkpoints/best")
-    ctx.record.artifact(curves)
-    ctx.record.artifact(out / "history.json")
-    ctx.record.model(model, np.zeros((1, params.audio.clip_samples), np.float32))
+        record.artifact(out / "best.keras", "checkpoints/best")
+    record.artifact(curves)
+    record.artifact(out / "history.json")
+    if log_model:
+        record.model(model, np.zeros((1, params.audio.clip_samples), np.float32))
     final = {k: v[-1] for k, v in callback.history.items() if v}
-    logger.info("train: done; final val_accuracy %.3f val_loss %.4f", final.get("val_accuracy", float("nan")),
+    logger.info("%s: done; final val_accuracy %.3f val_loss %.4f", out.name, final.get("val_accuracy", float("nan")),
                 final.get("val_loss", float("nan")))
-    return {"model": out / "model.keras", "best": out / "best.keras", "history": callback.history}
+    return model, callback.history
+
+
+def distillation_targets(ctx: Context, tr: pd.DataFrame) -> np.ndarray:
+    """``[len(tr), 1 + K]`` targets: each clip's label and the teacher ensemble's stored logits."""
+    stored = np.load(ctx.inputs["teacher"] / "logits.npz", allow_pickle=False)
+    row = {name: i for i, name in enumerate(stored["filenames"].tolist())}
+    missing = [f for f in tr.filename if f not in row]
+    if missing:
+        raise StageError(f"{ctx.inputs['teacher'] / 'logits.npz'} has no teacher logits for {len(missing)} training "
+                         f"clip(s), e.g. {missing[0]}: run --stage teacher with this run's settings")
+    logits = stored["logits"][[row[f] for f in tr.filename]]
+    return distill.pack_targets(tr.label.to_numpy(), logits)
+
+
+def train(ctx: Context) -> dict:
+    """Train the network (the student, when distillation is on); resumes an interrupted run.
+
+    Returns:
+      ``{"model": path, "best": path, "history": dict}``.
+    """
+    params = ctx.params
+    index, root, _ = load_index(ctx)
+    tr = clips(index, "train", params)
+    ev = clips(index, "evaluate", params)
+    if len(ev) == 0:
+        raise StageError("the evaluate split is empty: nothing to validate on")
+    widths = asc.specaugment_widths(params)
+    ctx.record.tags({f"specaugment.width.{pos}": f"time {t}, freq {f}" for pos, (t, f) in widths.items()})
+    targets = distillation_targets(ctx, tr) if params.distill.enabled else None
+    if targets is not None:
+        logger.info("train: distilling from %d teacher(s) at T=%.1f, weight %.2f", params.distill.teacher.members,
+                    params.distill.temperature, params.distill.weight)
+    _, history = fit_network(params, ctx.out, tr, ev, root, ctx.record, resuming=ctx.resuming, targets=targets)
+    return {"model": ctx.out / "model.keras", "best": ctx.out / "best.keras", "history": history}
 
 
 def load_model(ctx: Context) -> tf_keras.Model:
