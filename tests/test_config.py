@@ -113,6 +113,7 @@ def test_readme_documents_every_config_key():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [row[0] for row in config.describe() if f"`{row[0]}`" not in readme]
     assert not missing, f"config keys missing from the README's configuration table: {missing}"
+    assert config.markdown_table() in readme, "README's configuration table is stale: python -m pipeline.core.config"
 
 
 def test_tta_modes_defaults_and_overrides():

@@ -1,0 +1,312 @@
+"""The parameter tree's shape: one frozen dataclass per section, with validation metadata.
+
+A field's ``metadata`` may hold ``choices`` (allowed values), ``item`` (the type of a tuple's
+items), ``min``/``max`` (inclusive bounds), ``min_exclusive`` and ``help``; :mod:`pipeline.core.config`
+loads YAML and ``--set`` overrides into these classes and validates every value against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
+
+import yaml
+
+from pipeline.core.hashing import digest
+
+
+def _f(default, **meta):
+    """A dataclass field with validation metadata (``choices``, ``min``, ``max``, ``help``)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple default")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The built-in synthetic dataset (same on-disk layout as TAU22)."""
+
+    n_clips: int = _f(2000, min=30, help="clips in the whole set (train + evaluate)")
+    n_cities: int = _f(6, min=2, max=10, help="cities (TAU city names)")
+    workers: int = _f(0, min=0, help="generator processes; 0 = all cores")
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    """Audio decoding and the log-mel front end (librosa's meaning for each name)."""
+
+    sample_rate_hz: int = _f(44100, min=8000, max=192000)
+    clip_seconds: float = _f(1.0, min_exclusive=0.0, max=60.0)
+    n_fft: int = _f(2048, min=16)
+    win_length: Optional[int] = _f(None, min=16, help="window length in samples; null = n_fft")
+    hop_length: int = _f(1024, min=1)
+    n_mels: int = _f(256, min=8, max=512)
+    fmin_hz: float = _f(0.0, min=0.0)
+    fmax_hz: Optional[float] = _f(None, min_exclusive=0.0, help="null = sample_rate_hz / 2")
+    window: str = _f("hann", choices=("hann", "hamming"))
+    center: bool = _f(True)
+    power: float = _f(2.0, choices=(1.0, 2.0))
+    mel_scale: str = _f("slaney", choices=("slaney", "htk"))
+    log: str = _f("natural", choices=("natural", "db"))
+    log_offset: float = _f(1e-10, min_exclusive=0.0)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate_hz * self.clip_seconds))
+
+    @property
+    def frames(self) -> int:
+        """Log-mel frames per clip, librosa's count (44 for 1 s at 44.1 kHz, hop 1024, centred)."""
+        if self.center:
+            return 1 + self.clip_samples // self.hop_length
+        return 1 + (self.clip_samples - self.n_fft) // self.hop_length
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the data comes from and how tf.data reads it."""
+
+    source: str = _f("synthetic", help="'synthetic' or the path of a TAU22 development set")
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    cache: str = _f("none", choices=("none", "memory"),
+                    help="memory: decode every clip once and keep the waveforms in RAM (small sets only)")
+    num_parallel_calls: int = _f(-1, min=-1, help="-1 = tf.data.AUTOTUNE")
+    max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
+    max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The network: the report's separable CNN ('asc') or the DCASE2022 baseline."""
+
+    name: str = _f("asc", choices=("asc", "baseline"))
+    channels: tuple = _f((64, 128, 128, 128), item=int, help="output channels of each block")
+    attention_reduction: int = _f(32, min=1)
+    attention_min_channels: int = _f(8, min=1)
+    hidden_units: int = _f(128, min=1)
+    dropout: float = _f(0.1, min=0.0, max=0.95)
+
+
+@dataclass(frozen=True)
+class SpecAugmentParams:
+    """SpecAugment++ (Wang et al. 2021) on the input log-mel and after blocks."""
+
+    enabled: bool = _f(True)
+    mode: str = _f("mm", choices=("zm", "mm", "cm"))
+    positions: tuple = _f(
+        ("input", "block1", "block2", "block3", "block4"),
+        choices=("input", "block1", "block2", "block3", "block4"),
+        help="where masks apply; a subset of input, block1..block4",
+    )
+    time_width_fraction: float = _f(
+        0.1, min=0.0, max=1.0,
+        help="max time-mask width / frames at each position, rounded; a width that rounds to 0 is raised to 1 "
+             "(models.asc.specaugment_widths lists them)")
+    freq_width_fraction: float = _f(
+        0.1, min=0.0, max=1.0,
+        help="max freq-mask width / bins at each position, rounded; a width that rounds to 0 is raised to 1")
+    n_time_masks: int = _f(1, min=0, max=8)
+    n_freq_masks: int = _f(1, min=0, max=8)
+
+
+@dataclass(frozen=True)
+class TimeShiftParams:
+    """Time rolling with wrap-around by eta ~ round(N(0, std_frames)) frames."""
+
+    enabled: bool = _f(True)
+    std_frames: float = _f(10.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class TTAParams:
+    """Test-time augmentation: the mean softmax of n_copies augmented copies, per mode.
+
+    ``modes``: ``shift`` = circular time shifts (the time shift of training); ``masks`` = the
+    training SpecAugment++ masks switched on (input and hidden positions, filled as ``mask_fill``),
+    as the report's reference code (valeoai/SP4ASC) runs its copies. The evaluate stage runs every listed
+    mode; the first one's results keep the plain ``tta`` names. Each costs n_copies x the
+    classifier's MACs per clip.
+    """
+
+    enabled: bool = _f(True)
+    n_copies: int = _f(30, min=1, max=256)
+    modes: tuple = _f(
+        ("shift", "masks"),
+        choices=("shift", "masks"),
+        help="TTA modes the evaluate stage runs, in order; the first one's outputs are named tta, the others tta_<mode>",
+    )
+    mask_fill: str = _f(
+        "zm", choices=("zm", "mm", "cm"),
+        help="fill of the SpecAugment++ stripes in the masks mode: zm = zero (at the input: the input BatchNorm's "
+             "mean per bin), as SP4ASC; mm/cm mix in another clip of the batch, so a clip's prediction depends on "
+             "its batch-mates (DCASE asks for each clip to be classified on its own)",
+    )
+    chunk_copies: int = _f(5, min=1, help="copies per forward pass (bounds memory: chunk_copies x evaluate.batch_size rows)")
+
+
+@dataclass(frozen=True)
+class FreqMixStyleParams:
+    """Freq-MixStyle (Schmid et al. 2022) on the input log-mel: per-bin mean/std mixed between clips.
+
+    Defaults: CP-JKU's DCASE2022 submission (p 0.6, alpha 0.3; their DCASE2023 code uses 0.8, 0.4).
+    """
+
+    enabled: bool = _f(False)
+    p: float = _f(0.6, min=0.0, max=1.0, help="probability that a training batch is mixed")
+    alpha: float = _f(0.3, min_exclusive=0.0, help="mixing weights ~ Beta(alpha, alpha), per clip")
+    eps: float = _f(1e-6, min_exclusive=0.0, help="added to each bin's variance")
+
+
+@dataclass(frozen=True)
+class DeviceResponseParams:
+    """Device impulse response augmentation (Morocutti et al. 2023) of the training waveforms."""
+
+    enabled: bool = _f(False)
+    p: float = _f(0.4, min=0.0, max=1.0, help="probability per training clip (0.4 as in the DIR code)")
+    folder: Optional[str] = _f(None, help="folder of impulse-response WAV files (searched recursively); "
+                                          "null = the built-in random device generator")
+    n_generated: int = _f(64, min=1, help="devices in the generated bank (when folder is null)")
+    max_ir_samples: int = _f(4096, min=1, help="impulse responses are cut to this many samples")
+    rms_normalize: bool = _f(True, help="scale each augmented clip back to its own RMS level")
+    seed_offset: int = _f(0, min=0, help="added to the layer's seed (seed + 17 + offset): another "
+                                         "generated bank and draw sequence")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    specaugment: SpecAugmentParams = field(default_factory=SpecAugmentParams)
+    time_shift: TimeShiftParams = field(default_factory=TimeShiftParams)
+    tta: TTAParams = field(default_factory=TTAParams)
+    freq_mixstyle: FreqMixStyleParams = field(default_factory=FreqMixStyleParams)
+    device_response: DeviceResponseParams = field(default_factory=DeviceResponseParams)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Training recipe (tech report section 4.1)."""
+
+    epochs: int = _f(150, min=1)
+    batch_size: int = _f(32, min=1, help="global batch (all replicas together)")
+    optimizer: str = _f("adamw", choices=("adamw", "adam", "sgd"))
+    learning_rate: float = _f(1e-3, min_exclusive=0.0, max=10.0)
+    min_learning_rate: float = _f(1e-5, min=0.0)
+    weight_decay: float = _f(1e-5, min=0.0)
+    schedule: str = _f("cosine", choices=("cosine", "constant"))
+    strategy: str = _f("default", choices=("default", "mirrored"))
+    deterministic: bool = _f(False, help="tf.config.experimental.enable_op_determinism")
+    progress_bar: bool = _f(True, help="Keras progress bar per epoch (the one-line epoch log is always written)")
+
+
+@dataclass(frozen=True)
+class TeacherParams:
+    """Teacher networks for knowledge distillation: the report's network, wider, trained by the same recipe.
+
+    Teacher size is limited by training time only, not by the DCASE limits.
+    """
+
+    members: int = _f(1, min=1, max=10, help="teachers in the ensemble (seeds seed+1000*k); their logits are averaged")
+    channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
+    hidden_units: int = _f(256, min=1)
+    epochs: Optional[int] = _f(None, min=1, help="teacher epochs; null = train.epochs")
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    """Knowledge distillation (Hinton et al. 2015) from the teacher stage's stored logits."""
+
+    enabled: bool = _f(False, help="train the student on (1-weight) CE + weight T^2 KL(teacher || student)")
+    temperature: float = _f(2.0, min_exclusive=0.0, max=100.0)
+    weight: float = _f(0.5, min=0.0, max=1.0, help="weight of the distillation term; the label term has 1 - weight")
+    teacher: TeacherParams = field(default_factory=TeacherParams)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = _f(32, min=1)
+    splits: tuple = _f(("evaluate",), choices=("evaluate", "test"))
+
+
+@dataclass(frozen=True)
+class CompressParams:
+    """Pruning, quantization-aware training and int8 TFLite export (TFMOT)."""
+
+    prune: bool = _f(False, help="magnitude pruning before quantization (costs accuracy on short fine-tuning)")
+    target_sparsity: float = _f(0.5, min=0.0, max=0.99)
+    prune_epochs: int = _f(2, min=1)
+    qat: bool = _f(True)
+    qat_epochs: int = _f(1, min=1)
+    ptq: bool = _f(True, help="also export post-training quantization (no QAT) for comparison")
+    fine_tune_learning_rate: float = _f(1e-4, min_exclusive=0.0)
+    representative_clips: int = _f(200, min=1)
+    input_type: str = _f("int8", choices=("int8", "uint8", "float32"))
+    output_type: str = _f("int8", choices=("int8", "uint8", "float32"))
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    uri: str = _f("sqlite:///mlruns/mlflow.db", help="MLflow tracking URI")
+    artifact_root: str = _f("mlruns", help="artifact location for new experiments")
+    experiment: str = _f("asc-dcase22", help="MLflow experiment name")
+    run_name: Optional[str] = _f(None, help="parent run name; null = derived from model/config/data/seed")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole parameter tree; ``name`` is the config's name (for run names and tags)."""
+
+    name: str = _f("default", help="config name (run names, tags); defaults to the YAML file name")
+    seed: int = _f(42, min=0, max=2**31 - 1, help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data")
+    audio: AudioParams = field(default_factory=AudioParams)
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    distill: DistillParams = field(default_factory=DistillParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    compress: CompressParams = field(default_factory=CompressParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (tuples joined by commas), for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix, obj):
+            for key, value in obj.items():
+                name = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    walk(name + ".", value)
+                elif isinstance(value, (list, tuple)):
+                    out[name] = ",".join(str(v) for v in value)
+                else:
+                    out[name] = value
+        walk("", self.to_dict())
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, *sections: str) -> str:
+        """SHA-256 (16 hex) of the named sections (all when none), for reuse decisions."""
+        data = self.to_dict()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return digest(data)
+
+    def replace(self, **overrides: str) -> "Params":
+        """A new Params with dotted-key overrides given as strings (``{"train.epochs": "3"}``)."""
+        return apply_overrides(self, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _to_plain(obj):
+    from pipeline.core.config import _to_plain as to_plain
+
+    return to_plain(obj)
+
+
+def apply_overrides(params, overrides):
+    from pipeline.core.config import apply_overrides as apply
+
+    return apply(params, overrides)
