@@ -1,28 +1,37 @@
-"""Training throughput: steps/s with the real file pipeline vs the same model fed from in-memory tensors.
+"""Training throughput: the train stage's own code path next to a bare ``model.fit`` of the same model and input.
 
 Usage::
 
-    python benchmarks/bench_train.py [--quick] [--clips 640] [--steps 30] [--warmup 3] [--repeats 3]
-                                     [--config default] [--set KEY=VALUE ...] [--root DIR] [--mlflow]
+    python benchmarks/bench_train.py [--quick] [--clips 1000] [--epochs 3] [--steps 30] [--warmup 3]
+                                     [--repeats 3] [--config default] [--set KEY=VALUE ...] [--root DIR]
+                                     [--mlflow]
 
-Generates a synthetic set (``--clips`` clips; its train split, 70 %, is used) and, in one child
-process, builds and compiles the configured model exactly as the train stage does
-(``training.seed_everything``, ``asc.build_model``, ``training.make_optimizer``,
-``training.compile_model``). Two inputs feed the same model:
+Generates a synthetic set (``--clips`` clips: 70 % train, 30 % evaluate) and, in one child
+process, measures three cases per repeat, one after the other (so that all see the same load):
 
-* ``file``: ``pipeline.inputs.train_dataset`` with ``data.cache=none``: every step reads,
-  decodes (tensorflow-io) and crops its clips from the WAV files, as in training on TAU22;
-* ``memory``: the same function with ``data.cache=memory``: the clips are decoded once before
-  timing and each step gathers its batch from an in-memory tensor (same order and batching).
+* ``stage``: the train stage's own function, ``pipeline.stages.train.fit_network``, for
+  ``--epochs`` epochs into a fresh folder: the stage's model build and compile, its datasets
+  (``inputs.train_dataset`` / ``eval_dataset`` over the WAV files), its ``EpochEnd`` callback
+  (metrics, best.keras, history.json, checkpoint) and its ``model.fit`` call, with validation
+  every epoch. The per-epoch split comes from ``EpochEnd.timings``: ``train_seconds`` (the
+  training steps), ``validation_seconds``, ``callback_seconds``. Epoch 1 (tracing) is left
+  out of the rates and reported as ``first_epoch_extra_seconds``.
+* ``file`` (the bare figure): ``model.fit`` on ``inputs.train_dataset`` (same files, batch and
+  data order), the model built and compiled as the stage does (``training.seed_everything``,
+  ``asc.build_model``, ``training.make_optimizer``, ``training.compile_model``), no validation,
+  no callbacks but a time stamp per batch; the rate over ``--steps`` batches after ``--warmup``.
+* ``memory``: the same with ``data.cache=memory`` (clips decoded once before timing).
 
-Each repeat calls ``model.fit`` for ``--warmup + --steps`` steps on each input in turn
-(interleaved, so both see the same load); a callback stamps the end of every batch, and the
-rate is taken over the ``--steps`` batches after the warm-up ones. The figures are medians over
-repeats. ``ratio_file_vs_memory`` = file steps/s / memory steps/s, the median over repeats of
-the ratio within each repeat (adjacent runs): near 1 means the input pipeline is not the
-bottleneck. ``input_only_batches_per_s`` is the file pipeline alone
-(a new iterator drawn for ``max(3 * --steps, 30)`` batches without the model, start-up
-included): ``input_headroom_vs_training`` says how much faster than the model it delivers.
+Figures (medians over repeats; ratios are the medians of the per-repeat ratios):
+
+* ``stage.train_steps_per_s``: training steps per second of the stage's epochs (steps only);
+  ``ratio_stage_vs_bare`` = that / ``file.steps_per_s``: near 1 when the stage adds no
+  per-step work;
+* ``stage.epoch_steps_per_s``: steps per second of whole epochs (steps + validation +
+  end-of-epoch callback), what a user's epoch takes; ``ratio_stage_epoch_vs_bare`` against
+  the bare figure (below 1 by the validation pass, which the bare fit does not do);
+* ``ratio_file_vs_memory``: near 1 when reading and decoding the files is not the bottleneck;
+  ``input_only_batches_per_s``: the file pipeline alone.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from pathlib import Path
 import _common
 
 
-def train_case(root: str, config_name: str, overrides: list[str], steps: int, warmup: int, repeats: int) -> dict:
-    """Child: the two inputs into one model, interleaved; per-batch timestamps."""
+def train_case(root: str, config_name: str, overrides: list[str], steps: int, warmup: int, repeats: int,
+               epochs: int, workdir: str) -> dict:
+    """Child: per repeat, the bare fit on files and on memory, then the stage's fit_network."""
+    import importlib
     import time
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
@@ -44,29 +55,32 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
     import tf_keras
 
     from models import asc
-    from pipeline.core import config
     from pipeline import data, inputs, training
+    from pipeline.core import config
+    from pipeline.stages.base import MemoryRecorder, clips
 
+    train_stage = importlib.import_module("pipeline.stages.train")  # the package exports a function "train"
     _common.memory_mark("imports")
-    params = config.load(config_name, overrides)
+    stage_params = config.load(config_name, [f"train.epochs={epochs}", "train.progress_bar=false"] + overrides)
+    params = stage_params
     index = data.read_index(root)
-    tr = index[index.split == "train"].reset_index(drop=True)
+    tr = clips(index, "train", params)
+    ev = clips(index, "evaluate", params)
     batch = params.train.batch_size
     steps_per_epoch = int(np.ceil(len(tr) / batch))
-    epochs = 1000  # more than the repeats will consume: the iterator never runs dry
+    many = 1000  # epochs of the bare input: more than the repeats consume, the iterator never runs dry
     training.seed_everything(params.seed, params.train.deterministic)
     model = asc.build_model(params)
-    optimizer = training.make_optimizer(params.train, steps_per_epoch)
-    training.compile_model(model, optimizer)
+    training.compile_model(model, training.make_optimizer(params.train, steps_per_epoch))
 
     file_params = config.load(config_name, overrides + ["data.cache=none"])
     mem_params = config.load(config_name, overrides + ["data.cache=memory"])
     file_ds, _ = inputs.train_dataset(tr, root, file_params.audio, file_params.data, batch_size=batch,
-                                      seed=params.seed, start_epoch=0, epochs=epochs)
+                                      seed=params.seed, start_epoch=0, epochs=many)
     _common.memory_mark("setup")
     t0 = time.perf_counter()
     mem_ds, _ = inputs.train_dataset(tr, root, mem_params.audio, mem_params.data, batch_size=batch,
-                                     seed=params.seed, start_epoch=0, epochs=epochs)
+                                     seed=params.seed, start_epoch=0, epochs=many)
     cache_seconds = time.perf_counter() - t0
     _common.memory_mark("cache")
 
@@ -78,17 +92,54 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
 
-    def run(ds) -> float:
+    def bare(ds) -> float:
         stamps = Stamps()
         model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[stamps])
-        t = stamps.times[warmup - 1:] if warmup > 0 else stamps.times
+        t = stamps.times[warmup - 1:]
         return (len(t) - 1) / (t[-1] - t[0])
 
-    run(file_ds)  # tracing of the train step, untimed
+    # the stage's EpochEnd, captured for its per-epoch timings
+    captured = []
+    original = training.EpochEnd
+
+    class Capturing(original):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            captured.append(self)
+
+    def stage(r: int) -> dict:
+        out = Path(workdir) / f"train-{r}"
+        training.EpochEnd = Capturing
+        try:
+            start = time.perf_counter()
+            _, history = train_stage.fit_network(stage_params, out, tr, ev, Path(root), MemoryRecorder(),
+                                                 resuming=False, log_model=False)
+            wall = time.perf_counter() - start
+        finally:
+            training.EpochEnd = original
+        rows = []
+        for t, epoch_seconds in zip(captured[-1].timings, history["epoch_seconds"]):
+            total = epoch_seconds + t["callback_seconds"]
+            rows.append({"train_seconds": t["train_seconds"], "validation_seconds": t["validation_seconds"],
+                         "callback_seconds": t["callback_seconds"], "epoch_seconds": total,
+                         "train_steps_per_s": steps_per_epoch / t["train_seconds"],
+                         "epoch_steps_per_s": steps_per_epoch / total})
+        later = rows[1:] or rows
+        med = {k: float(np.median([row[k] for row in later])) for k in later[0]}
+        med["first_epoch_extra_seconds"] = rows[0]["epoch_seconds"] - med["epoch_seconds"]
+        med["stage_seconds"] = wall
+        med["epochs"] = rows
+        return med
+
+    bare(file_ds)  # tracing of the train step, untimed
     rates: dict[str, list[float]] = {"file": [], "memory": []}
-    for _ in range(repeats):
-        rates["file"].append(run(file_ds))
-        rates["memory"].append(run(mem_ds))
+    stages: list[dict] = []
+    loads: list[float] = []
+    for r in range(repeats):
+        rates["file"].append(bare(file_ds))
+        rates["memory"].append(bare(mem_ds))
+        stages.append(stage(r))
+        loads.append(os.getloadavg()[0])
     _common.memory_mark("run")
 
     # The file pipeline alone, as fast as it goes: from a new iterator (start-up included, so that
@@ -101,17 +152,21 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
         for _ in range(n_batches):
             next(it)
         input_rates.append(n_batches / (time.perf_counter() - start))
-    return {"rates": rates, "input_rates": input_rates, "train_clips": len(tr), "batch_size": batch,
-            "cache_seconds": cache_seconds, "model": params.model.name, "params": int(model.count_params()),
-            "n_mels": params.audio.n_mels, "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {"rates": rates, "stages": stages, "loads": loads, "input_rates": input_rates, "train_clips": len(tr),
+            "eval_clips": len(ev), "steps_per_epoch": steps_per_epoch, "batch_size": batch,
+            "eval_batch_size": params.evaluate.batch_size, "cache_seconds": cache_seconds,
+            "model": params.model.name, "params": int(model.count_params()), "n_mels": params.audio.n_mels,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
 def main() -> None:
     p = _common.parser(__doc__)
-    p.add_argument("--clips", type=int, default=640, help="clips in the synthetic set (70%% are train clips)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per fit call")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every fit call")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--clips", type=int, default=1000, help="clips in the synthetic set (70%% train, 30%% evaluate)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each stage run (the first is left out of rates)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per bare fit call")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every bare fit call")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--config", default="default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
@@ -119,9 +174,11 @@ def main() -> None:
     args = p.parse_args()
     _common.setup_logging()
     if args.quick:
-        args.clips, args.steps, args.repeats = 320, 10, 2
+        args.clips, args.epochs, args.steps, args.repeats = 400, 2, 10, 2
     if args.warmup < 1:
         p.error("--warmup must be at least 1 (the first batch of a fit call includes its start-up)")
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (the first epoch holds the tracing)")
     load_before = _common.load_average()
 
     from pipeline import synthetic
@@ -130,30 +187,49 @@ def main() -> None:
         root = args.root or Path(tmp) / "data"
         synthetic.generate(root, n_clips=args.clips, seed=args.seed, workers=2, progress=False)
         out = _common.run_child(train_case, os.fspath(root), args.config, list(args.set), args.steps, args.warmup,
-                                args.repeats)
+                                args.repeats, args.epochs, os.fspath(Path(tmp) / "work"))
     res, mem = out["result"], out["memory"]
     batch = res["batch_size"]
-    figures = {}
+    figures: dict = {}
     for name in ("file", "memory"):
         med = _common.median(res["rates"][name])
         figures[name] = {"steps_per_s": round(med, 3), "clips_per_s": round(med * batch, 1),
                          "ms_per_step": round(1000 / med, 1),
                          "steps_per_s_repeats": [round(r, 3) for r in res["rates"][name]]}
-    # Each repeat's file and memory runs are adjacent in time: the median of the paired ratios is
-    # less sensitive to the machine's load drifting between repeats than the ratio of medians.
-    paired = [f / m for f, m in zip(res["rates"]["file"], res["rates"]["memory"])]
-    figures["ratio_file_vs_memory"] = round(_common.median(paired), 3)
-    figures["ratio_file_vs_memory_repeats"] = [round(r, 3) for r in paired]
-    figures["ratio_of_medians"] = _common.ratio(figures["file"]["steps_per_s"], figures["memory"]["steps_per_s"])
+    stages = res["stages"]
+    stage = {k: round(_common.median([s[k] for s in stages]), 3)
+             for k in ("train_steps_per_s", "epoch_steps_per_s", "train_seconds", "validation_seconds",
+                       "callback_seconds", "epoch_seconds", "first_epoch_extra_seconds", "stage_seconds")}
+    stage["train_steps_per_s_repeats"] = [round(s["train_steps_per_s"], 3) for s in stages]
+    stage["epoch_steps_per_s_repeats"] = [round(s["epoch_steps_per_s"], 3) for s in stages]
+    stage["epochs_per_repeat"] = [[{k: round(v, 3) for k, v in row.items()} for row in s["epochs"]] for s in stages]
+    figures["stage"] = stage
+    # Each repeat's cases are adjacent in time: the median of the paired ratios is less sensitive
+    # to the load drifting between repeats than the ratio of medians.
+    file_rates = res["rates"]["file"]
+    pairs = {
+        "ratio_stage_vs_bare": [s["train_steps_per_s"] / f for s, f in zip(stages, file_rates)],
+        "ratio_stage_epoch_vs_bare": [s["epoch_steps_per_s"] / f for s, f in zip(stages, file_rates)],
+        "ratio_file_vs_memory": [f / m for f, m in zip(file_rates, res["rates"]["memory"])],
+    }
+    for name, values in pairs.items():
+        figures[name] = round(_common.median(values), 3)
+        figures[f"{name}_repeats"] = [round(v, 3) for v in values]
+    figures["validation_share_of_epoch"] = round(stage["validation_seconds"] / stage["epoch_seconds"], 3)
     in_med = _common.median(res["input_rates"])
     figures["input_only_batches_per_s"] = round(in_med, 2)
     figures["input_headroom_vs_training"] = _common.ratio(in_med, figures["file"]["steps_per_s"], 2)
     figures["memory_cache_build_seconds"] = round(res["cache_seconds"], 2)
+    figures["load_1min_per_repeat"] = [round(x, 2) for x in res["loads"]]
     figures["peak_rss_mb"] = mem["peak_rss_mb"]
     figures["memory_phases"] = mem["phases"]
-    settings = {"clips": args.clips, "train_clips": res["train_clips"], "batch_size": batch, "steps": args.steps,
+    settings = {"clips": args.clips, "train_clips": res["train_clips"], "eval_clips": res["eval_clips"],
+                "steps_per_epoch": res["steps_per_epoch"], "batch_size": batch,
+                "eval_batch_size": res["eval_batch_size"], "epochs": args.epochs, "steps": args.steps,
                 "warmup": args.warmup, "repeats": args.repeats, "config": args.config, "overrides": args.set,
-                "model": res["model"], "model_params": res["params"], "n_mels": res["n_mels"], "quick": args.quick}
+                "model": res["model"], "model_params": res["params"], "n_mels": res["n_mels"],
+                "intra_op_threads": res["intra_op_threads"], "inter_op_threads": res["inter_op_threads"],
+                "quick": args.quick}
     _common.emit("train", {"settings": settings, **figures}, args, load_before=load_before)
 
 

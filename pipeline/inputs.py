@@ -108,7 +108,27 @@ def _loader(audio: AudioParams):
 
 
 def _parallel(data: DataParams):
+    """Parallel decode calls: ``data.num_parallel_calls``; -1: tf.data's default, one per core (at most 16)."""
     return tf.data.AUTOTUNE if data.num_parallel_calls == -1 else max(1, data.num_parallel_calls)
+
+
+def _no_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` without tf.data's autotuning model (parallelism fixed as :func:`_parallel` says).
+
+    With autotuning on (TensorFlow 2.17), deleting an iterator often stalled: Keras deletes its
+    validation iterator after every epoch and its training iterator when ``fit`` returns, and
+    the deletion waited, sleeping, for up to about as long as the iterator had lived (measured:
+    1.3 s after a 1.3 s validation pass, 4.9 s after a 5.5 s ``fit``; ``fit`` calls of the
+    same length all returned at the same 10.3 s mark, as if waiting out the autotuner's
+    doubling optimisation period). Without autotuning the stall is gone. The pipelines here
+    are one parallel map (decode, or gather from the memory cache) whose parallelism is set
+    (:func:`_parallel`; -1 = one call per core) and a prefetch buffer (its own, legacy,
+    autotuner stays): training runs as fast without the optimiser (benchmarks/README.md,
+    "Where the train stage's time goes"), and the data order never depended on it.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams,
@@ -119,12 +139,16 @@ def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams
     ds = ds.map(_loader(audio), num_parallel_calls=_parallel(data), deterministic=True)
     if data.cache == "memory":
         ds = ds.cache()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _no_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams, *,
-                  batch_size: int, seed: int, start_epoch: int, epochs: int) -> tuple[tf.data.Dataset, int]:
+                  batch_size: int, seed: int, start_epoch: int, epochs: int,
+                  targets: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
     """Shuffled training batches for epochs ``start_epoch .. epochs-1``, and steps per epoch.
+
+    ``targets`` (float ``[N, D]``, one row per clip of ``index``) replace the integer labels as
+    the batches' second element (knowledge distillation: the label and the teacher's logits).
 
     Each epoch is a full stateless permutation seeded by ``(seed, epoch)``: the data order
     repeats for a seed, changes every epoch and does not depend on where a run resumed.
@@ -136,6 +160,10 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
     n = len(index)
     steps = int(np.ceil(n / batch_size))
     paths, codes, rates, labels = _columns(index, root)
+    if targets is not None:
+        targets = np.asarray(targets, np.float32)
+        if targets.ndim != 2 or len(targets) != n:
+            raise ValueError(f"targets must be [{n}, D] (one row per clip), got shape {targets.shape}")
     load = _loader(audio)
     parallel = _parallel(data)
 
@@ -158,6 +186,14 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
     def fetch_batch(batch_indices):  # [b] -> ([b, samples], [b])
         return tf.map_fn(fetch, batch_indices, fn_output_signature=(tf.float32, tf.int32))
 
+    if targets is not None:
+        t_targets = tf.constant(targets)
+        plain_batch = fetch_batch
+
+        def fetch_batch(batch_indices):  # [b] -> ([b, samples], [b, D])
+            waves, _ = plain_batch(batch_indices)
+            return waves, tf.gather(t_targets, batch_indices)
+
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int32), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
@@ -167,7 +203,7 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
     # stage nested inside flat_map, whose iterator teardown was seen to deadlock under load).
     ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_batches)
     ds = ds.map(fetch_batch, num_parallel_calls=parallel, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE), steps
+    return _no_autotune(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 
 def representative_waveforms(index: pd.DataFrame, root, audio: AudioParams, n: int, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training machinery: seeding, optimizer and schedule, resumable checkpoints, MLflow epoch logging.
+"""Training machinery: seeding, optimizer and schedule, resumable checkpoints, per-epoch metrics and timings.
 
 Checkpoints hold the model's weights, the optimizer's state, the epoch and the state of every
 random generator of the model (dropout, time shift, SpecAugment++), so a run killed at any
@@ -142,11 +142,20 @@ class CheckpointManager:
 
 
 class EpochEnd(tf_keras.callbacks.Callback):
-    """After each epoch: MLflow metrics, one log line, the checkpoint and the best model."""
+    """After each epoch: metrics (through ``log_metrics``), one log line, the best model, the history, the checkpoint.
+
+    ``log_metrics(metrics: dict, step: int)`` receives the epoch's Keras logs plus
+    ``learning_rate``, ``epoch_seconds`` (training steps + validation), ``train_seconds`` and
+    ``validation_seconds``; the stage passes its recorder's ``metrics``. ``timings`` keeps, per
+    epoch, those seconds and the cost of this callback's own work (``log_seconds``,
+    ``best_save_seconds``, ``history_seconds``, ``checkpoint_seconds``, ``callback_seconds``).
+    """
 
     def __init__(self, manager: CheckpointManager, best_path: Path, history_path: Path,
-                 history: dict[str, list[float]], total_epochs: int, best_val: float | None):
+                 history: dict[str, list[float]], total_epochs: int, best_val: float | None,
+                 log_metrics=None):
         super().__init__()
+        self.log_metrics = log_metrics  # log_metrics(metrics: dict, step: int), e.g. the stage's recorder
         self.manager = manager
         self.best_path = best_path
         self.history_path = history_path
@@ -154,33 +163,59 @@ class EpochEnd(tf_keras.callbacks.Callback):
         self.total_epochs = total_epochs
         self.best_val = best_val
         self.best_epoch: int | None = None
-        self._start = 0.0
+        # Per epoch, seconds of: the training steps, validation, and the work of this callback
+        # (metrics, best.keras, history.json, checkpoint); read by benchmarks/bench_train.py.
+        self.timings: list[dict[str, float]] = []
+        self._start = self._test_start = self._test_end = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._test_start = self._test_end = 0.0
+
+    def on_test_begin(self, logs=None):
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._test_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
+        now = time.perf_counter()
         logs = dict(logs or {})
         logs["learning_rate"] = current_learning_rate(self.model.optimizer)
-        logs["epoch_seconds"] = time.perf_counter() - self._start
+        logs["epoch_seconds"] = now - self._start  # training steps + validation
+        # the training steps end where validation begins (Keras validates right after the last step)
+        logs["train_seconds"] = (self._test_start or now) - self._start
+        logs["validation_seconds"] = self._test_end - self._test_start if self._test_start else 0.0
+        timing = {"epoch": epoch + 1, "train_seconds": logs["train_seconds"],
+                  "validation_seconds": logs["validation_seconds"]}
+        t = time.perf_counter()
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
-        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
-        logger.info("epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e (%.0f s)",
+        if self.log_metrics is not None:
+            self.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+        timing["log_seconds"], t = time.perf_counter() - t, time.perf_counter()
+        logger.info("epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e "
+                    "(%.1f s: steps %.1f s, validation %.1f s)",
                     epoch + 1, self.total_epochs, logs.get("loss", float("nan")),
                     logs.get("accuracy", float("nan")), logs.get("val_loss", float("nan")),
-                    logs.get("val_accuracy", float("nan")), logs["learning_rate"], logs["epoch_seconds"])
+                    logs.get("val_accuracy", float("nan")), logs["learning_rate"], logs["epoch_seconds"],
+                    logs["train_seconds"], logs["validation_seconds"])
         val = logs.get("val_loss")
+        timing["best_save_seconds"] = 0.0
         if val is not None and (self.best_val is None or val < self.best_val):
             self.best_val = float(val)
             self.best_epoch = epoch + 1
             with files.atomic_path(self.best_path) as tmp:
                 self.model.save(tmp)
+            timing["best_save_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
         files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val,
                                              "best_epoch": self.best_epoch})
+        timing["history_seconds"], t = time.perf_counter() - t, time.perf_counter()
         self.manager.save(epoch + 1)  # last: a checkpoint implies the history and best model above
+        timing["checkpoint_seconds"] = time.perf_counter() - t
+        timing["callback_seconds"] = time.perf_counter() - now
+        self.timings.append(timing)
 
 
 def load_history(path: Path) -> tuple[dict[str, list[float]], int | None]:
@@ -196,11 +231,12 @@ def trim_history(history: dict[str, list[float]], epochs_done: int) -> dict[str,
     return {k: v[:epochs_done] for k, v in history.items()}
 
 
-def compile_model(model: tf_keras.Model, optimizer) -> None:
+def compile_model(model: tf_keras.Model, optimizer, loss=None, metrics=None) -> None:
+    """Compile for training: cross-entropy on logits and accuracy, unless ``loss``/``metrics`` are given."""
     model.compile(
         optimizer=optimizer,
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=loss or tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics or [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
 
 

@@ -124,6 +124,23 @@ def test_memory_cache_gives_the_same_batches(index):
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_pipelines_run_without_tf_data_autotuning(index):
+    # Deleting an autotuned iterator stalled for up to its lifetime, once per epoch for Keras'
+    # validation iterator (inputs._no_autotune): every pipeline here turns the autotuner off.
+    idx, root = index
+    tr = idx[idx.split == "train"].reset_index(drop=True)
+    pipelines = [inputs.eval_dataset(tr, root, AUDIO, DATA, batch_size=8)]
+    for data in (DATA, DataParams(cache="memory"), DataParams(num_parallel_calls=1)):
+        pipelines.append(inputs.train_dataset(tr, root, AUDIO, data, batch_size=8, seed=3, start_epoch=0,
+                                              epochs=2)[0])
+    for ds in pipelines:
+        assert ds.options().autotune.enabled is False
+    # and a stream dropped in the middle is released at once, as Keras does after each fit
+    it = iter(pipelines[1])
+    next(it)
+    del it
+
+
 def test_representative_waveforms(index):
     idx, root = index
     reps = inputs.representative_waveforms(idx[idx.split == "train"], root, AUDIO, n=5, seed=0)
