@@ -36,21 +36,17 @@ import tf_keras
 
 from augment._base import RandomAugmentation
 from pipeline.core.checks import check_bool, check_int, check_real
+from pipeline.core.errors import ProblemsError
 
 logger = logging.getLogger(__name__)
 
-MAX_LISTED = 20
 
 
-class ImpulseResponseError(ValueError):
+class ImpulseResponseError(ProblemsError):
     """Impulse-response files that cannot be used; the message names each file and its problem."""
 
     def __init__(self, folder, problems: list[str]):
-        self.problems = list(problems)
-        shown = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED])
-        rest = len(self.problems) - MAX_LISTED
-        more = f"\n  ... and {rest} more problem(s)" if rest > 0 else ""
-        super().__init__(f"impulse responses in {folder}: {len(self.problems)} problem(s):\n{shown}{more}")
+        super().__init__(f"impulse responses in {folder}", problems)
 
 
 # --------------------------------------------------------------------------------------------

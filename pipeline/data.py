@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import MAX_LISTED, ProblemsError  # noqa: F401  (MAX_LISTED: part of the API)
 from pipeline.core.hashing import digest_bytes
 from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES, SPLIT_FILES, UNSEEN_DEVICES  # noqa: F401
 
@@ -55,21 +56,16 @@ INDEX_COLUMNS = (
     "filename", "scene_label", "label", "city", "identifier", "device", "split",
     "sample_rate", "channels", "bits", "encoding", "frames",
 )
-MAX_LISTED = 20
 
 # WAV format tags
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
 
-class DatasetError(ValueError):
+class DatasetError(ProblemsError):
     """The dataset on disk is malformed; the message lists every problem found."""
 
     def __init__(self, root, problems: list[str]):
-        self.problems = list(problems)
-        shown = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED])
-        rest = len(self.problems) - MAX_LISTED
-        more = f"\n  ... and {rest} more problem(s)" if rest > 0 else ""
-        super().__init__(f"dataset {root}: {len(self.problems)} problem(s):\n{shown}{more}")
+        super().__init__(f"dataset {root}", problems)
 
 
 @dataclass(frozen=True)

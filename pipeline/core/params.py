@@ -70,7 +70,7 @@ class DataParams:
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     cache: str = _f("none", choices=("none", "memory"),
                     help="memory: decode every clip once and keep the waveforms in RAM (small sets only)")
-    num_parallel_calls: int = _f(-1, min=-1, help="-1 = tf.data.AUTOTUNE")
+    num_parallel_calls: int = _f(-1, min=-1, help="parallel decode calls; -1 = one per CPU core (at most 16)")
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
 
