@@ -13,6 +13,7 @@ out-of-range value raises :class:`ConfigError` naming the dotted key and what is
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def _coerce(key: str, tp, value, meta: dict):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range comparison; inf is never a setting here
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
