@@ -1,6 +1,8 @@
 """Hostile and careless input (issue #16): every case ends with a clear message, the right exit status, no debris."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -94,3 +96,52 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
         other = subprocess.run([sys.executable, "-c", _HOLDER.replace("time.sleep(60)", ""), str(tmp_path)],
                                check=False, capture_output=True, text=True, timeout=60)
         assert other.returncode == 1 and f"in use by PID {os.getpid()}" in other.stderr
+
+
+# ----------------------------------------------------------------------------- environment errors: fast, named
+
+def test_preflight_names_the_option_and_the_path(tmp_path):
+    from pipeline import preflight
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(preflight.EnvironmentProblem, match=rf"--workdir: {blocker} exists and is not a folder"):
+        preflight.check_workdir(blocker)
+    with pytest.raises(preflight.EnvironmentProblem, match="--workdir: cannot create the folder"):
+        preflight.check_workdir(blocker / "sub")
+    not_db = tmp_path / "notes.db"
+    not_db.write_text("hello, not a database")
+    with pytest.raises(preflight.EnvironmentProblem, match=rf"tracking.uri: {not_db} is not an SQLite database"):
+        preflight.check_tracking(f"sqlite:///{not_db}", str(tmp_path / "art"))
+    with pytest.raises(preflight.EnvironmentProblem, match="tracking.uri: .* is a folder"):
+        preflight.check_tracking(f"sqlite:///{tmp_path}", str(tmp_path / "art"))
+    with pytest.raises(preflight.EnvironmentProblem, match="tracking.artifact_root: .* exists and is not a folder"):
+        preflight.check_tracking(f"sqlite:///{tmp_path}/ok.db", str(blocker))
+    with pytest.raises(preflight.EnvironmentProblem, match="unsupported scheme 'ftp'"):
+        preflight.check_tracking("ftp://host/store", str(tmp_path / "art"))
+    preflight.check_tracking(f"sqlite:///{tmp_path}/ok.db", str(tmp_path / "art"))  # fine: nothing raised
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path):
+    from pipeline import preflight
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(preflight.EnvironmentProblem, match=rf"tracking.uri: the MLflow server http://127.0.0.1:{port}"):
+        preflight.check_tracking(f"http://127.0.0.1:{port}", str(tmp_path / "art"), timeout=2)
+    assert time.monotonic() - start < 10
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_removes_temporary_files(tmp_path):
+    from pipeline import preflight
+    from pipeline.core import files
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(preflight.Terminated), preflight.terminate_as_interrupt(), files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored

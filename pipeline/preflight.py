@@ -1,0 +1,122 @@
+"""Checks of the environment before any work: a bad option fails in seconds, naming the option and the path.
+
+``python -m pipeline.run`` calls :func:`check` after the configuration is valid and before a
+stage starts; a problem raises :class:`EnvironmentProblem` (exit status 2). What is checked:
+
+* ``--workdir``: it is a folder (or can be created) and a file can be written in it.
+* ``tracking.uri``: a ``sqlite:///`` store's folder is writable and an existing file is an SQLite
+  database; a ``file:`` store's folder is writable; an ``http(s)://`` server answers within
+  ``timeout`` seconds (MLflow itself retries for minutes before it gives up).
+* ``tracking.artifact_root``: a local folder that can be created and written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class EnvironmentProblem(Exception):
+    """The machine cannot run the job as configured; the message names the option and the path."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so runs end KILLED and temporary files are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (then the default again)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process at once
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _writable_folder(option: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EnvironmentProblem(f"{option}: {folder} exists and is not a folder") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"{option}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir():
+        raise EnvironmentProblem(f"{option}: {folder} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise EnvironmentProblem(f"{option}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+def check_workdir(workdir: Path) -> None:
+    _writable_folder("--workdir", Path(workdir))
+
+
+def check_tracking(uri: str, artifact_root: str, *, timeout: float = 5.0) -> None:
+    """Raise :class:`EnvironmentProblem` if the MLflow store or the artifact folder cannot be used."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise EnvironmentProblem(f"tracking.uri: {uri!r}: use sqlite:///<path to a database file>")
+        db = Path(path)
+        _writable_folder("tracking.uri", db.parent if str(db.parent) else Path("."))
+        if db.exists():
+            if db.is_dir():
+                raise EnvironmentProblem(f"tracking.uri: {db} is a folder, not an SQLite database file")
+            try:
+                with open(db, "rb") as fh:
+                    head = fh.read(len(SQLITE_MAGIC))
+            except OSError as exc:
+                raise EnvironmentProblem(f"tracking.uri: cannot read {db}: {exc.strerror or exc}") from None
+            if head and head != SQLITE_MAGIC:
+                raise EnvironmentProblem(f"tracking.uri: {db} is not an SQLite database (an MLflow store)")
+            if not os.access(db, os.W_OK):
+                raise EnvironmentProblem(f"tracking.uri: {db} is read-only")
+    elif parsed.scheme in ("http", "https"):
+        health = urllib.parse.urlunparse(parsed._replace(path=parsed.path.rstrip("/") + "/health", query=""))
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as response:
+                response.read(64)
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise EnvironmentProblem(f"tracking.uri: the MLflow server {uri} did not answer within {timeout:.0f} s "
+                                     f"({reason})") from None
+    elif parsed.scheme in ("", "file"):
+        _writable_folder("tracking.uri", Path(parsed.path if parsed.scheme == "file" else uri))
+    else:
+        raise EnvironmentProblem(f"tracking.uri: unsupported scheme {parsed.scheme!r} in {uri!r} "
+                                 "(sqlite:///, file:, http(s):// or a folder)")
+    art = urllib.parse.urlparse(artifact_root)
+    if art.scheme in ("", "file"):
+        _writable_folder("tracking.artifact_root", Path(art.path if art.scheme == "file" else artifact_root))
+
+
+def check(workdir: Path, uri: str, artifact_root: str, *, track: bool = True) -> None:
+    """All environment checks of a run (tracking ones only when it records to MLflow)."""
+    check_workdir(workdir)
+    if track:
+        check_tracking(uri, artifact_root)
