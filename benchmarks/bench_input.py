@@ -15,16 +15,22 @@ frames, Slaney mel filter bank, power 2, natural log with offset 1e-10; 128 mels
   ``librosa.load(path, sr=44100)`` (soundfile + soxr "soxr_hq" resampling when the file is at
   48 kHz), ``librosa.util.fix_length`` to 1 s, ``librosa.feature.melspectrogram``, ``np.log``.
 * ``tfdata``: the project's pipeline, ``pipeline.inputs.eval_dataset`` (tensorflow-io decode,
-  downmix, tensorflow-io resampling, crop/pad; ``data.num_parallel_calls`` AUTOTUNE, batches of
-  ``--batch``) with the project's ``LogMel`` layer (``models.asc.frontend``) called once per batch
-  in a ``tf.function``. TensorFlow uses its default thread pools (all cores).
+  downmix, the project's polyphase resampler (``pipeline.asc_infer.resample``: a Kaiser-windowed
+  sinc matrix applied with ``tf.signal.frame`` + ``tf.matmul``), crop/pad;
+  ``data.num_parallel_calls`` AUTOTUNE, batches of ``--batch``) with the project's ``LogMel``
+  layer (``models.asc.frontend``) called once per batch in a ``tf.function``. TensorFlow uses its
+  default thread pools (all cores).
 * ``tfdata_1thread``: the same with one thread everywhere (intra-op and inter-op pools, the
   tf.data private pool, ``num_parallel_calls=1``): a per-core comparison with librosa.
-* ``tfdata_fft_resample`` (48 kHz files only; a what-if, not the project's code): the same
-  pipeline with ``tfio.audio.resample`` (tensorflow-io's Speex resampler, run through
-  ``tf.vectorized_map``) swapped, in the child process only, for :func:`fft_resample`, a
-  band-limited FFT resampler in ``tf.signal`` ops (what ``scipy.signal.resample`` and librosa's
-  ``res_type="fft"`` compute). It shows what replacing the resampler would buy.
+* ``tfdata_tfio_resample`` (48 kHz files only; the previous code, for comparison): the same
+  pipeline with the project's resampler swapped, in the child process only, for
+  ``tfio.audio.resample`` (tensorflow-io's Speex resampler, run through ``tf.vectorized_map``),
+  which the pipeline used before the polyphase resampler replaced it.
+
+A last child times the resampler alone, NumPy against soxr: ``Resampler(orig, 44100)(x)`` and
+``soxr.resample(x, orig, 44100, quality="HQ")`` on 10 s of noise at 48, 22.05 and 16 kHz
+(``resampler_numpy_vs_soxr``: ms per second of audio, median of ``--passes`` x 5 calls each,
+interleaved).
 
 Each case runs in a fresh child process (so its peak resident memory is its own; see
 ``_common.run_child``) that makes one untimed warm-up pass over the files (page cache, tracing,
@@ -35,7 +41,7 @@ on the decoded batches held in memory. The librosa child splits its time into lo
 
 Prints one JSON object: per sample rate and case ``clips_per_s`` (clips / median pass seconds),
 the pass times, the phase split, peak memory; ``ratio_*`` = tf.data clips/s / librosa clips/s
-(> 1: the project's pipeline is faster).
+(> 1: the project's pipeline is faster); ``resampler_numpy_vs_soxr``.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ from pathlib import Path
 import _common
 
 RATES = (44100, 48000)
-CASES = ("librosa", "tfdata", "tfdata_1thread", "tfdata_fft_resample")
-RESAMPLING_ONLY = ("tfdata_fft_resample",)  # cases that differ only where the file is resampled
+CASES = ("librosa", "tfdata", "tfdata_1thread", "tfdata_tfio_resample")
+RESAMPLING_ONLY = ("tfdata_tfio_resample",)  # cases that differ only where the file is resampled
 
 
 def _files(root: str) -> list[str]:
@@ -112,43 +118,57 @@ def librosa_case(root: str, config_name: str, n_mels: int, passes: int) -> dict:
             "output_shape": list(shape), "res_type": "soxr_hq"}
 
 
-def fft_resample(x, rate_in, rate_out, name=None):
-    """Band-limited FFT resampling of ``x`` ``[frames, channels]`` (as ``scipy.signal.resample``).
-
-    Same call signature as ``tfio.audio.resample`` for 2-D input. The clip is treated as one
-    period (exact for band-limited periodic signals; the edges see a little wrap-around), so
-    its cost is one real FFT of the input length and one inverse FFT of the output length.
-    """
+def tfio_resample(x, sample_rate, *, target_rate, source_rates, max_out=None, name=None):
+    """``pipeline.inputs.resample``'s signature, computed by ``tfio.audio.resample`` (the previous code)."""
     import tensorflow as tf
+    import tensorflow_io as tfio
 
-    n_in = tf.shape(x, out_type=tf.int64)[0]
-    n_out = n_in * tf.cast(rate_out, tf.int64) // tf.cast(rate_in, tf.int64)
-    spec = tf.signal.rfft(tf.transpose(x))  # [C, n_in // 2 + 1]
-    keep = n_out // 2 + 1
-    have = tf.shape(spec, out_type=tf.int64)[1]
-    spec = tf.pad(spec[:, :keep], [[0, 0], [0, tf.maximum(keep - have, 0)]])  # [C, n_out // 2 + 1]
-    y = tf.signal.irfft(spec, fft_length=tf.cast(tf.reshape(n_out, [1]), tf.int32))  # [C, n_out]
-    return tf.transpose(y) * (tf.cast(n_out, tf.float32) / tf.cast(n_in, tf.float32))  # [n_out, C]
+    def speex():
+        y = tfio.audio.resample(x[:, None], rate_in=tf.cast(sample_rate, tf.int64), rate_out=target_rate)
+        return y[:, 0] if max_out is None else y[:max_out, 0]
+
+    same = tf.equal(tf.cast(sample_rate, tf.int64), target_rate)
+    return tf.cond(same, lambda: x if max_out is None else x[:max_out], speex)
+
+
+def resampler_speed(passes: int, seconds: float = 10.0) -> dict:
+    """ms per second of audio: ``pipeline.asc_infer.resample.Resampler`` vs ``soxr.resample`` HQ."""
+    import numpy as np
+    import soxr
+
+    from pipeline.asc_infer.resample import Resampler
+
+    out = {}
+    for orig in (48000, 22050, 16000):
+        x = np.random.default_rng(0).uniform(-0.5, 0.5, int(seconds * orig)).astype(np.float32)
+        resampler = Resampler(orig, 44100)
+        times = _common.interleaved({
+            "numpy": lambda r=resampler, x=x: [r(x) for _ in range(5)],
+            "soxr_hq": lambda o=orig, x=x: [soxr.resample(x, o, 44100, quality="HQ") for _ in range(5)],
+        }, passes, warmup=1)
+        ms = {k: round(1000 * _common.median(v) / 5 / seconds, 4) for k, v in times.items()}
+        out[f"{orig}hz"] = {"numpy_ms_per_audio_s": ms["numpy"], "soxr_hq_ms_per_audio_s": ms["soxr_hq"],
+                            "ratio_numpy_vs_soxr_speed": _common.ratio(ms["soxr_hq"], ms["numpy"]),
+                            "up": resampler.up, "down": resampler.down, "frame_len": resampler.frame_len}
+    return out
 
 
 def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: int, one_thread: bool,
-                fft_resampler: bool = False) -> dict:
+                tfio_resampler: bool = False) -> dict:
     """pipeline.inputs.eval_dataset -> LogMel per batch (tf.function); optionally on one thread."""
-    import time
+    import time  # noqa: I001  (pipeline.core.env must come before TensorFlow)
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import tensorflow as tf
 
-    if fft_resampler:  # what-if: the project's pipeline with another resampler (this child only)
-        import tensorflow_io as tfio
-
-        tfio.audio.resample = fft_resample
     if one_thread:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from models import asc
     from pipeline import data, inputs
 
+    if tfio_resampler:  # the previous code: the pipeline with tensorflow-io's resampler (this child only)
+        inputs.resample = tfio_resample
     _common.memory_mark("imports")
     overrides = [f"audio.n_mels={n_mels}"] + (["data.num_parallel_calls=1"] if one_thread else [])
     from pipeline.core import config
@@ -196,7 +216,7 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
     return {"clips": n, "pass_s": totals, "decode_only_s": halves["decode"], "logmel_only_s": halves["logmel"],
             "output_shape": [int(d) for d in shape],
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "resampler": "fft (tf.signal)" if fft_resampler else "tfio.audio.resample (speex)",
+            "resampler": "tfio.audio.resample (speex)" if tfio_resampler else "polyphase (tf.signal.frame + matmul)",
             "num_parallel_calls": params.data.num_parallel_calls}
 
 
@@ -278,7 +298,7 @@ def main() -> None:
                         out = _common.run_child(librosa_case, roots[rate], args.config, args.n_mels, args.passes)
                     else:
                         out = _common.run_child(tfdata_case, roots[rate], args.config, args.n_mels, args.passes,
-                                                args.batch, case == "tfdata_1thread", case == "tfdata_fft_resample")
+                                                args.batch, case == "tfdata_1thread", case == "tfdata_tfio_resample")
                     runs[rate][case].append(out)
 
     figures: dict = {}
@@ -290,6 +310,8 @@ def main() -> None:
                     block[f"ratio_{case}_vs_librosa"] = _common.ratio(block[case]["clips_per_s"],
                                                                      block["librosa"]["clips_per_s"])
         figures[f"file_{rate}hz"] = block
+    _common.logger.info("resampler alone: numpy vs soxr")
+    figures["resampler_numpy_vs_soxr"] = _common.run_child(resampler_speed, args.passes)["result"]
     settings = {"clips": args.clips, "passes": args.passes, "rounds": args.rounds, "batch": args.batch,
                 "config": args.config, "n_mels": args.n_mels, "target_rate_hz": 44100, "quick": args.quick,
                 "file_format": "WAV PCM 24-bit mono, 1 s"}

@@ -1,6 +1,7 @@
 """The house in layers: foundations below, orchestration on top, no import running up the house."""
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,8 +12,10 @@ LOWER = {
     "models": ("pipeline.core",),
     "augment": ("pipeline.core",),
     "evaluate": ("pipeline.core",),
-    "pipeline/data.py": ("pipeline.core",),
-    "pipeline/inputs.py": ("pipeline.core", "pipeline.data"),
+    "pipeline/asc_infer": ("pipeline.asc_infer",),
+    "pipeline/audit.py": ("pipeline.core", "pipeline.asc_infer"),
+    "pipeline/data.py": ("pipeline.core", "pipeline.asc_infer", "pipeline.audit"),
+    "pipeline/inputs.py": ("pipeline.core", "pipeline.data", "pipeline.asc_infer"),
     "pipeline/synthetic": ("pipeline.core", "pipeline.synthetic"),
 }
 
@@ -42,6 +45,21 @@ def test_lower_layers_import_only_the_foundations():
                     continue
                 if not name.startswith(allowed):
                     bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+# The deployable runtime is copied out of the project: the standard library, NumPy and the
+# TFLite interpreter modules (imported lazily by its __init__) only; relative imports among itself.
+ASC_INFER_ALLOWED = {"numpy", "tflite_runtime", "ai_edge_litert", "tensorflow"}
+
+
+def test_asc_infer_imports_only_stdlib_numpy_and_interpreters():
+    bad = []
+    for path in _sources("pipeline/asc_infer"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in ASC_INFER_ALLOWED:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
 
 
