@@ -11,11 +11,12 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.core.config import Params
 from pipeline.stages.base import MemoryRecorder, Recorder
@@ -35,7 +36,7 @@ def _mlflow():
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -58,23 +59,72 @@ def _artifact_location(root: str) -> str:
     return Path(root).resolve().as_uri()
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation between processes: two runs starting at once on a fresh sqlite
+    store both tried to create its tables ("table experiments already exists")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent / f".{db.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def setup(params: Params) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
     mlflow = _mlflow()
     uri = params.tracking.uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    if exp is None:
-        exp_id = client.create_experiment(params.tracking.experiment,
-                                          artifact_location=_artifact_location(params.tracking.artifact_root))
-    else:
-        exp_id = exp.experiment_id
+    with _store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(params.tracking.experiment)
+        if exp is None:
+            exp_id = client.create_experiment(params.tracking.experiment,
+                                              artifact_location=_artifact_location(params.tracking.artifact_root))
+        else:
+            exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_stale_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process of this host that is gone (SIGKILL, power loss).
+
+    Runs carry ``process.host`` and ``process.pid`` tags; runs of other hosts, and of live
+    processes, are left alone. Returns the ids of the runs marked.
+    """
+    host = socket.gethostname()
+    marked = []
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                                             f"tags.`process.host` = '{host}'", max_results=1000)
+    for run in runs:
+        pid = run.data.tags.get("process.pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "ended_by", f"a later run: process {pid} on {host} was gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            marked.append(run.info.run_id)
+    if marked:
+        logger.warning("MLflow: marked %d run(s) KILLED that a dead process had left RUNNING: %s", len(marked),
+                       ", ".join(marked))
+    return marked
 
 
 def run_name(params: Params, data_name: str) -> str:
@@ -90,6 +140,8 @@ def base_tags(params: Params, data_name: str) -> dict[str, str]:
         "data": data_name,
         "seed": str(params.seed),
         "data.source": params.data.source,
+        "process.pid": str(os.getpid()),
+        "process.host": socket.gethostname(),
     }
     commit = git_commit()
     if commit:
@@ -102,9 +154,11 @@ def base_tags(params: Params, data_name: str) -> dict[str, str]:
 class MlflowRecorder(Recorder):
     """A stage's records into its (active) MLflow run."""
 
-    def __init__(self, run_id: str, experiment: str):
+    def __init__(self, run_id: str, experiment: str, registered_model: str = ""):
         super().__init__(run_id)
         self.experiment = experiment
+        self.registered_model = registered_model
+        self.registered_versions: list[str] = []
 
     def _log_metrics(self, values, step):
         _mlflow().log_metrics(values, step=step)
@@ -129,6 +183,21 @@ class MlflowRecorder(Recorder):
         except Exception as exc:  # noqa: BLE001 - the .keras file is logged regardless
             logger.warning("MLflow tensorflow flavour failed (%s); the .keras checkpoint is logged instead", exc)
 
+    def package(self, path, tags):
+        """The package as a pyfunc model in this run, registered as a new version of ``registered_model``."""
+        super().package(path, tags)
+        from pipeline import serving
+
+        try:
+            version = serving.log_package(Path(path), run_id=self.run_id, registered_model=self.registered_model,
+                                          tags=tags)
+        except Exception as exc:
+            target = f"registering it as '{self.registered_model}'" if self.registered_model else "(no registering)"
+            raise RuntimeError(f"logging the package {path} as an MLflow model {target} failed: {exc} "
+                               f"(tracking.registered_model='' logs without registering)") from exc
+        if version is not None:
+            self.registered_versions.append(version)
+
     def finished_runs(self, stage):
         mlflow = _mlflow()
         exp = mlflow.get_experiment_by_name(self.experiment)
@@ -151,7 +220,8 @@ class MlflowTracker:
     def parent(self, label: str) -> Iterator[object]:
         """The invocation's parent run, with the flattened Params and the base tags."""
         mlflow = _mlflow()
-        setup(self.params)
+        experiment_id = setup(self.params)
+        end_stale_runs(mlflow.MlflowClient(), experiment_id)
         tags = base_tags(self.params, self.data_name)
         tags["stages"] = label
         with mlflow.start_run(run_name=run_name(self.params, self.data_name), tags=tags) as run:
@@ -199,14 +269,15 @@ class MlflowTracker:
             mlflow.log_params(self.params.flat())
         logger.info("MLflow %s run %s", stage, run.info.run_id)
         try:
-            yield MlflowRecorder(run.info.run_id, self.params.tracking.experiment)
+            yield MlflowRecorder(run.info.run_id, self.params.tracking.experiment,
+                                 registered_model=self.params.tracking.registered_model)
         except BaseException as exc:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "error.txt"
                 path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 try:
                     mlflow.log_artifact(str(path))
-                except Exception:  # noqa: BLE001 - never mask the original error
+                except Exception:  # never mask the original error
                     logger.exception("could not log the traceback to MLflow")
             mlflow.end_run(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise

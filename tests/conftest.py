@@ -39,3 +39,21 @@ def tiny_overrides(workdir, dataset, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def shipped_workdir(tmp_path_factory, tiny_dataset):
+    """A workdir where prepare, train and compress ran once (tiny model, no pruning, 2 epochs).
+
+    Returns ``(workdir, params)``: ``workdir/train/model.keras``, ``workdir/compress/model_int8.tflite``,
+    ``frontend.tflite`` and the deployable package ``workdir/compress/package/``; MLflow records in
+    ``workdir/mlflow.db``. Shared by the prediction, packaging and serving tests.
+    """
+    from pipeline import runner
+    from pipeline.core import config
+
+    workdir = tmp_path_factory.mktemp("shipped")
+    params = config.load(None, tiny_overrides(workdir, tiny_dataset, **{"compress.prune": "false",
+                                                                         "train.epochs": 2}))
+    runner.run_stages(params, workdir, ["prepare", "train", "compress"])
+    return workdir, params

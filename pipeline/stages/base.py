@@ -11,9 +11,10 @@ failure record. A stage can therefore run in a test with a :class:`MemoryRecorde
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -36,6 +37,7 @@ class Recorder:
         self.run_id = run_id
         self._latest: dict[str, float] = {}
         self._tags: dict[str, str] = {}
+        self.packages: list[tuple[Path, dict[str, str]]] = []
 
     def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics (``step``: the epoch, for curves)."""
@@ -57,6 +59,15 @@ class Recorder:
 
     def model(self, model, example_input) -> None:
         """Store the trained Keras model with a signature inferred from ``example_input``."""
+
+    def package(self, path: Path, tags: Mapping[str, str]) -> None:
+        """Store the deployable package folder ``path`` as a model (MLflow: a pyfunc, registered).
+
+        Args:
+          path: the package folder written by the stage (holds ``asc_infer/`` and ``asc_infer/model/``).
+          tags: what to attach to the registered model version (metrics, complexity, config, data name).
+        """
+        self.packages.append((Path(path), {k: str(v) for k, v in tags.items()}))
 
     def finished_runs(self, stage: str) -> list[dict]:
         """Earlier finished runs of ``stage`` in the experiment: ``{"name", "metrics", "tags", "params"}`` each."""
@@ -121,6 +132,10 @@ class PrefixedRecorder(Recorder):
 
     def model(self, model, example_input):
         pass  # one model per run: the stage's own
+
+    def package(self, path, tags):
+        super().package(path, tags)
+        self.inner.package(path, tags)
 
 
 @dataclass

@@ -12,10 +12,12 @@ import tensorflow as tf
 from evaluate import complexity
 from evaluate import compress as cz
 from evaluate import metrics as dm
+from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
 from models import asc
 from pipeline import inputs, training
 from pipeline.core import files
 from pipeline.core.config import Params
+from pipeline.package import build_package
 from pipeline.stages.base import Context, clips, load_index
 from pipeline.stages.train import load_model
 
@@ -93,7 +95,8 @@ def compress(ctx: Context) -> dict:
         shipped = ptq_bytes
 
     cz.write_bytes(out / "model_int8.tflite", shipped)
-    cz.write_bytes(out / "frontend.tflite", cz.frontend_tflite(frontend))
+    frontend_bytes = cz.frontend_tflite(frontend)
+    cz.write_bytes(out / "frontend.tflite", frontend_bytes)
     int8_probs = cz.TFLiteClassifier(shipped).probabilities(eval_logmel)
     result["int8"] = score(int8_probs)
     if c.qat and ptq_bytes is not None:
@@ -119,4 +122,26 @@ def compress(ctx: Context) -> dict:
         ctx.record.artifact(out / "model_int8_ptq.tflite")
     logger.info("compress: int8 TFLite %d bytes (NeSsi), %.2f M MACs, macro accuracy %.3f (float %.3f)",
                 result["tflite"]["size_bytes"], result["tflite"]["macs"] / 1e6, ia, fa)
-    return {"tflite": out / "model_int8.tflite", "metrics": out / "metrics.json"}
+    package = _ship(ctx, result, frontend_bytes, shipped)
+    return {"tflite": out / "model_int8.tflite", "metrics": out / "metrics.json", "package": package}
+
+
+def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: bytes) -> Path:
+    """Write the deployable package (``package/``, ``package.tar.gz``), log it and hand it to the recorder."""
+    params, out = ctx.params, ctx.out
+    cost = dict(result["tflite"], limits={"max_bytes": MAX_BYTES, "max_macs": MAX_MACS},
+                counted_by="NeSsi rules on model_int8.tflite (evaluate.complexity)")
+    metrics = {"split": "evaluate", "int8": result["int8"], "float_overall": result["float"]["overall"],
+               "accuracy_drop": result["accuracy_drop"], "argmax_agreement": result["argmax_agreement"],
+               "steps": result["steps"], "data_fingerprint": result["data_fingerprint"]}
+    package = build_package(out, frontend_tflite=frontend_bytes, classifier_tflite=classifier_bytes, params=params,
+                            metrics=metrics, complexity=cost)
+    ctx.record.artifact(out / "package.tar.gz")
+    overall = result["int8"]["overall"]
+    tags = {"int8_macro_accuracy": f"{overall['macro_accuracy']:.4f}", "int8_log_loss": f"{overall['log_loss']:.4f}",
+            "int8_size_bytes": str(cost["size_bytes"]), "int8_macs": str(cost["macs"]),
+            "int8_params": str(cost["params"]), "within_limits": str(cost["size_bytes"] <= MAX_BYTES
+                                                                     and cost["macs"] <= MAX_MACS).lower(),
+            "config": params.name, "model": params.model.name, "data": ctx.data_name}
+    ctx.record.package(package, tags)
+    return package
