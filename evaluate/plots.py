@@ -8,8 +8,8 @@ is released when the function returns). Each writes the PNG to a temporary name 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,7 +17,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from evaluate.metrics import CLASSES, DEVICE_GROUPS, DEVICE_TO_GROUP, DEVICES, normalize_device
+from evaluate.metrics import (
+    CLASSES,
+    DEVICE_GROUPS,
+    DEVICE_TO_GROUP,
+    DEVICES,
+    normalize_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def plot_confusion_matrix(
         raise ValueError(f"cm: expected shape ({k}, {k}) for {k} class_names, got {cm.shape}")
     if not np.all(np.isfinite(cm)) or cm.min() < 0:
         raise ValueError("cm: counts must be finite and non-negative")
-    total = int(round(cm.sum()))
+    total = int(round(cm.sum()))  # noqa: RUF046 - numpy<2: round() of a numpy float is a numpy float
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
         values = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -358,4 +364,39 @@ def plot_ablation(rows: Sequence[Mapping], path="ablation.png", title: str = "Re
     ax.set_title(title)
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+               path="summary.png", title: str = "Sweep: mean +/- std over seeds") -> Path:
+    """One panel per metric: each setting's mean with a +/- std error bar (a sweep's summary).
+
+    Args:
+      labels: one label per setting (combination), the y tick labels.
+      series: ``(metric title, means, stds)`` per metric, each list aligned with ``labels``;
+        NaN means are not drawn, NaN stds (one seed) draw no bar.
+      path: output PNG.
+      title: figure title.
+
+    Returns:
+      ``path`` as a Path.
+    """
+    if not labels or not series:
+        raise ValueError(f"plot_sweep: need at least one setting and one metric, got {len(labels)} and {len(series)}")
+    for name, means, stds in series:
+        if len(means) != len(labels) or len(stds) != len(labels):
+            raise ValueError(f"plot_sweep: metric {name!r} has {len(means)} means and {len(stds)} stds "
+                             f"for {len(labels)} settings")
+    y = np.arange(len(labels))
+    fig = _new_figure((3.2 * len(series) + 3.0, 0.45 * len(labels) + 1.8))
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    for ax, (name, means, stds) in zip(axes, series):
+        means = np.asarray(means, dtype=float)
+        stds = np.nan_to_num(np.asarray(stds, dtype=float), nan=0.0)
+        ax.errorbar(means, y, xerr=stds, fmt="o", capsize=4, color=GROUP_STYLE["real"]["color"])
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

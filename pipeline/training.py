@@ -38,11 +38,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def strategy_for(train: TrainParams) -> tf.distribute.Strategy:
-    """``default``: the current (single-device) strategy; ``mirrored``: all local GPUs (or the CPU).
+    """``default``: the current (single-device) strategy; ``mirrored``: all local GPUs (or the CPU);
+    ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the workers of TF_CONFIG (:mod:`pipeline.distributed`).
 
-    ``train.batch_size`` is the global batch: MirroredStrategy splits it over the replicas, so
+    ``train.batch_size`` is the global batch: the strategy splits it over the replicas, so
     each of R replicas sees ``batch_size / R`` clips per step and the learning rate stays as set.
     """
+    if train.strategy == "multi_worker":
+        from pipeline import distributed
+
+        return distributed.strategy(train)
     if train.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
         logger.info("MirroredStrategy over %d replica(s); global batch %d", strategy.num_replicas_in_sync,
@@ -97,8 +102,12 @@ def random_generators(model: tf_keras.Model) -> dict[str, tf.random.Generator]:
 class CheckpointManager:
     """Atomic per-epoch checkpoints of model, optimizer, epoch and random generator states."""
 
-    def __init__(self, directory: Path, model: tf_keras.Model, optimizer, keep: int = 2):
+    def __init__(self, directory: Path, model: tf_keras.Model, optimizer, keep: int = 2,
+                 restore_from: Path | None = None):
+        """``restore_from``: the folder whose checkpoints :meth:`restore` reads (default ``directory``;
+        a non-chief worker saves into its scratch folder and restores the chief's checkpoints)."""
         self.directory = Path(directory)
+        self.restore_from = Path(restore_from) if restore_from is not None else self.directory
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         rngs = random_generators(model)
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch,
@@ -107,11 +116,11 @@ class CheckpointManager:
         self.n_generators = len(rngs)
 
     def latest(self) -> Path | None:
-        marker = self.directory / "latest.json"
+        marker = self.restore_from / "latest.json"
         if not marker.is_file():
             return None
         name = json.loads(marker.read_text())["checkpoint"]
-        path = self.directory / name
+        path = self.restore_from / name
         return path if path.is_dir() else None
 
     def restore(self) -> int:
@@ -216,6 +225,19 @@ class EpochEnd(tf_keras.callbacks.Callback):
         timing["checkpoint_seconds"] = time.perf_counter() - t
         timing["callback_seconds"] = time.perf_counter() - now
         self.timings.append(timing)
+
+
+def weights_digest(model: tf_keras.Model) -> str:
+    """SHA-256 (first 16 hex digits) of all the model's weights, in order: equal digests, equal weights.
+
+    Under a multi-worker strategy every worker must call it (reading batch-norm statistics is a collective).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_history(path: Path) -> tuple[dict[str, list[float]], int | None]:

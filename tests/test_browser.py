@@ -1,4 +1,4 @@
-"""The MLflow UI over a store made by two tiny runs, driven in headless Chromium (Playwright).
+"""The MLflow UI over a store made by two tiny runs and a tiny sweep, driven in headless Chromium (Playwright).
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python package (no
 browser download: Playwright is pointed at the system Chromium). Skipped when either is
@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core import config
+from pipeline import run as cli
 from pipeline import runner
+from pipeline.core import config
 from tests.conftest import tiny_overrides
 
 CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
+SWEEP_EXPERIMENT = "tiny-sweep"
+SWEEP_GRID = ["--sweep", "evaluate.batch_size=16,8", "--seeds", "1,2"]
 
 pytestmark = pytest.mark.browser
 
@@ -60,6 +63,12 @@ def mlflow_server(tmp_path_factory, tiny_dataset):
             "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false",
             "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"}))
         runner.run_stages(params, workdir / f"run{seed}", ["prepare", "train", "evaluate"])
+    # A sweep (2 settings x 2 seeds) into another experiment of the same store: test_sweep_compared.
+    sweep_sets = tiny_overrides(workdir / "sweep", tiny_dataset, **{
+        "train.epochs": 1, "augment.tta.enabled": "false", "tracking.experiment": SWEEP_EXPERIMENT,
+        "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"})
+    assert cli.main(["--stage", "evaluate", "--workdir", str(workdir / "sweep"),
+                     *[arg for o in sweep_sets for arg in ("--set", o)], *SWEEP_GRID]) == 0
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -138,3 +147,39 @@ def test_runs_listed_and_compared(mlflow_server, page):
     for key in ("macro_accuracy", "log_loss", "model_params", "train.epochs"):
         assert key in body, key
     page.screenshot(path=str(ARTIFACTS / "mlflow_compare.png"), full_page=True)
+
+
+def test_sweep_runs_compared(mlflow_server, page):
+    """The sweep's four parent runs side by side in the compare view; its summary run holds the files."""
+    base = mlflow_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    (exp,) = [e for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
+              if e["name"] == SWEEP_EXPERIMENT]
+    eid = exp["experiment_id"]
+    cells = _api(base, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [eid], "filter": "tags.sweep_role = 'run'", "max_results": 10})["runs"]
+    assert len(cells) == 4 and {r["info"]["status"] for r in cells} == {"FINISHED"}
+    sweep_ids = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "sweep_id") for r in cells}
+    assert len(sweep_ids) == 1
+    (sweep_id,) = sweep_ids
+    names = sorted(r["info"]["run_name"] for r in cells)
+    assert names == [f"sweep-{sweep_id[:6]}-c{c}-seed{s}" for c in (0, 1) for s in (1, 2)]
+
+    ids = json.dumps([r["info"]["run_id"] for r in cells])
+    page.goto(f'{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}')
+    page.get_by_text("Comparing 4 Runs").first.wait_for(timeout=30_000)
+    page.get_by_text("macro_accuracy", exact=True).first.wait_for(timeout=30_000)
+    body = page.inner_text("body")
+    for name in names:
+        assert name in body, name
+    for key in ("macro_accuracy", "log_loss", "group_unseen_macro_accuracy", "evaluate.batch_size", "seed"):
+        assert key in body, key
+    page.screenshot(path=str(ARTIFACTS / "mlflow_sweep_compare.png"), full_page=True)
+
+    (summary,) = _api(base, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [eid], "filter": f"tags.sweep_id = '{sweep_id}' and tags.sweep_scope = 'grid'"})["runs"]
+    page.goto(f"{base}/#/experiments/{eid}/runs/{summary['info']['run_id']}/artifacts")
+    page.get_by_text("summary.csv", exact=True).first.wait_for(timeout=30_000)
+    body = page.inner_text("body")
+    assert "runs.csv" in body and "summary.png" in body
+    page.screenshot(path=str(ARTIFACTS / "mlflow_sweep_summary.png"), full_page=True)

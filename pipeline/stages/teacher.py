@@ -27,7 +27,7 @@ from pipeline import inputs
 from pipeline.core import files
 from pipeline.core.config import Params
 from pipeline.stages.base import Context, PrefixedRecorder, StageError, clips, load_index
-from pipeline.stages.train import fit_network
+from pipeline.stages.train import _shared, fit_network
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def teacher(ctx: Context) -> dict:
         logger.info("teacher %d of %d: channels %s, seed %d, %d epochs", k + 1, params.distill.teacher.members,
                     list(member.model.channels), member.seed, member.train.epochs)
         model, _ = fit_network(member, ctx.out / name, tr, ev, root, PrefixedRecorder(ctx.record, f"{name}_"),
-                               resuming=ctx.resuming, log_model=False)
+                               resuming=ctx.resuming, log_model=False, resume_from=_shared(ctx, "teacher", name))
         train_logits.append(logits_of(model, tr, root, member))
         eval_logits.append(logits_of(model, ev, root, member))
         member_m = dm.compute_metrics(ev.label.to_numpy(), tf.nn.softmax(eval_logits[-1]).numpy().astype(np.float64),
