@@ -21,9 +21,11 @@ Bad-input policy (each case is tested):
 problem                                     what happens
 ==========================================  ==================================================
 missing / empty / corrupt / truncated WAV    error naming the file (in the one report)
-8-bit PCM, A-law, unknown WAV encoding       error naming the file (TAU is 24-bit PCM)
+8-bit PCM, A-law, 64-bit float, other codes  error naming the file and the encoding
+odd-sized chunks, EXTENSIBLE, LIST after     read exactly (pipeline.asc_infer.wavfile)
 stereo or more channels                      fallback: downmixed to mono (counted, logged)
-sample rate != audio.sample_rate_hz          fallback: resampled in tf.data (counted, logged)
+sample rate != audio.sample_rate_hz          fallback: resampled in tf.data by the polyphase
+                                            resampler (pipeline.asc_infer.resample; counted)
 shorter / longer than the clip               fallback: zero-padded / cropped (counted, logged)
 NaN or inf in a float WAV                    error naming the file when tf.data decodes it
 unknown label, missing or extra columns,     error naming the CSV file, row and column
@@ -36,16 +38,24 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.errors import MAX_LISTED, ProblemsError  # noqa: F401  (MAX_LISTED: part of the API)
+from pipeline.asc_infer import wavfile
+from pipeline.asc_infer.wavfile import WavInfo
+from pipeline.audit import Findings, path_problem, shown, split_checks
+from pipeline.audit import scan_audio as scan_audio_files
+from pipeline.core.errors import MAX_LISTED, ProblemsError
 from pipeline.core.hashing import digest_bytes
-from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES, SPLIT_FILES, UNSEEN_DEVICES  # noqa: F401
+from pipeline.core.labels import (
+    CLASSES,
+    DEVICES,
+    SEEN_DEVICES,
+    SPLIT_FILES,
+    UNSEEN_DEVICES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +64,11 @@ SPLIT_COLUMNS = {"train": ("filename", "scene_label"), "evaluate": ("filename", 
                  "test": ("filename",)}
 INDEX_COLUMNS = (
     "filename", "scene_label", "label", "city", "identifier", "device", "split",
-    "sample_rate", "channels", "bits", "encoding", "frames",
+    "sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align",
 )
 
-# WAV format tags
-_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+# (encoding, bits) the tf.data decoder (pipeline.inputs.decode_wav) reads
+TRAINABLE_FORMATS = (("pcm", 16), ("pcm", 24), ("pcm", 32), ("float", 32))
 
 
 class DatasetError(ProblemsError):
@@ -68,75 +78,26 @@ class DatasetError(ProblemsError):
         super().__init__(f"dataset {root}", problems)
 
 
-@dataclass(frozen=True)
-class WavInfo:
-    sample_rate: int
-    channels: int
-    bits: int
-    encoding: str  # "pcm" or "float"
-    frames: int
-
-
 def read_wav_header(path: str | os.PathLike) -> WavInfo:
-    """Parse a RIFF/WAVE header (no audio data read) and check the file is complete.
+    """Parse a WAV header with the project's one reader (:func:`pipeline.asc_infer.wavfile.read_info`).
+
+    The header is parsed exactly as RIFF says (chunk padding, WAVE_FORMAT_EXTENSIBLE, extra
+    chunks) and the file must hold the frames it announces. Only the formats the tf.data decoder
+    reads are accepted (``TRAINABLE_FORMATS``: PCM 16/24/32-bit, float 32-bit).
+
+    Returns:
+      The :class:`WavInfo` (sample_rate, channels, bits, encoding, frames, data_offset, block_align).
 
     Raises:
-      ValueError: with a message saying what is wrong (empty, not RIFF/WAVE, truncated,
-        unsupported encoding or bit depth).
+      ValueError: (:class:`~pipeline.asc_infer.wavfile.WavError`) with a message saying what is
+        wrong (empty, not RIFF/WAVE, truncated, unsupported encoding or bit depth), without the path.
+      FileNotFoundError, IsADirectoryError, PermissionError: from opening the file.
     """
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError("empty file")
-    with open(path, "rb") as fh:
-        head = fh.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            raise ValueError("not a RIFF/WAVE file (corrupt or wrong format)")
-        fmt = None
-        while True:
-            chunk = fh.read(8)
-            if len(chunk) < 8:
-                if fmt is None:
-                    raise ValueError("truncated header: no 'fmt ' chunk")
-                raise ValueError("truncated header: no 'data' chunk")
-            cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if cid == b"fmt ":
-                body = fh.read(csize)
-                if len(body) < 16:
-                    raise ValueError("truncated header: incomplete 'fmt ' chunk")
-                tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
-                if tag == _EXTENSIBLE and len(body) >= 26:
-                    tag = struct.unpack("<H", body[24:26])[0]
-                fmt = (tag, channels, rate, block_align, bits)
-                if csize % 2:
-                    fh.read(1)
-            elif cid == b"data":
-                if fmt is None:
-                    raise ValueError("'data' chunk before 'fmt ' chunk")
-                data_start = fh.tell()
-                break
-            else:
-                fh.seek(csize + (csize % 2), os.SEEK_CUR)
-    tag, channels, rate, block_align, bits = fmt
-    if tag == _PCM:
-        encoding = "pcm"
-        if bits not in (16, 24, 32):
-            raise ValueError(f"unsupported PCM bit depth {bits} (16, 24 or 32 supported)")
-    elif tag == _FLOAT:
-        encoding = "float"
-        if bits != 32:
-            raise ValueError(f"unsupported float bit depth {bits} (32 supported)")
-    else:
-        raise ValueError(f"unsupported WAV encoding tag {tag} (PCM or IEEE float supported)")
-    if channels < 1 or rate < 1 or block_align != channels * bits // 8:
-        raise ValueError(f"inconsistent header (channels={channels}, rate={rate}, block_align={block_align})")
-    available = size - data_start
-    if csize > available or csize == 0xFFFFFFFF:
-        raise ValueError(f"truncated: header announces {csize} data bytes, file holds {available}")
-    frames = csize // block_align
-    if frames == 0:
-        raise ValueError("no audio samples")
-    return WavInfo(int(rate), int(channels), int(bits), encoding, int(frames))
+    info = wavfile.read_info(path)
+    if (info.encoding, info.bits) not in TRAINABLE_FORMATS:
+        raise wavfile.WavError(f"unsupported {info.encoding} bit depth {info.bits} for training "
+                               f"(PCM 16/24/32-bit and float 32-bit supported)")
+    return info
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
@@ -144,16 +105,26 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
 
     Returns a DataFrame of string columns plus ``_line`` (the row's line number in the file), or
     None when the file cannot be used at all. Blank lines are ignored; a row with the wrong number
-    of fields is reported and left out.
+    of fields is reported and left out. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is a
+    documented fallback: ignored, with a warning naming the file.
     """
+    if path.is_dir():
+        problems.append(f"{path}: is a directory, not a CSV file")
+        return None
     if not path.is_file():
         problems.append(f"{path}: missing file")
         return None
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: unreadable CSV ({exc})")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, tab-separated")
         return None
+    except OSError as exc:
+        problems.append(f"{path}: unreadable CSV ({exc.strerror or exc})")
+        return None
+    if text.startswith("\ufeff"):
+        logger.warning("%s: starts with a UTF-8 byte-order mark (Excel's \"CSV UTF-8\"); ignored", path)
+        text = text[1:]
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         problems.append(f"{path}: empty file (expected a tab-separated header {list(columns)})")
@@ -161,11 +132,15 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
     header = lines[0].split("\t")
     if len(header) == 1 and len(columns) > 1 and any(d in header[0] for d in (",", ";")):
         problems.append(f"{path}: wrong delimiter: expected tab-separated columns {list(columns)}, "
-                        f"got header {header[0]!r}")
+                        f"got header {shown(header[0])}")
         return None
     missing = [c for c in columns if c not in header]
-    if missing:
-        problems.append(f"{path}: missing column(s) {missing}; expected {list(columns)}, got {header}")
+    extra = [c for c in header if c not in columns]
+    if missing or extra or len(set(header)) != len(header):
+        what = [f"missing column(s) {missing}" for _ in [0] if missing] + [f"unexpected column(s) {extra}"
+                                                                            for _ in [0] if extra]
+        problems.append(f"{path}: {'; '.join(what) or 'duplicate column names'}; expected {list(columns)}, "
+                        f"got {[shown(h) for h in header][:10]}")
         return None
     rows, numbers = [], []
     for number, line in enumerate(lines[1:], start=2):
@@ -182,8 +157,19 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
     for i in np.flatnonzero(frame[list(columns)].eq("").any(axis=1).to_numpy())[:MAX_LISTED]:
         problems.append(f"{path}: line {frame._line.iloc[i]}: empty field")
     for i in np.flatnonzero(frame.duplicated(subset=["filename"], keep="first").to_numpy()):
-        problems.append(f"{path}: line {frame._line.iloc[i]}: duplicate filename {frame.filename.iloc[i]!r}")
+        problems.append(f"{path}: line {frame._line.iloc[i]}: duplicate filename {shown(frame.filename.iloc[i])}")
     return frame
+
+
+def _safe_rows(path: Path, table: pd.DataFrame, root: Path, problems: list[str]) -> pd.DataFrame:
+    """The rows of ``table`` whose filename stays inside ``root``; the others reported with their line."""
+    bad = []
+    for i, name in enumerate(table.filename):
+        reason = path_problem(root, name)
+        if reason:
+            problems.append(f"{path}: line {table._line.iloc[i]}: filename {shown(name)} {reason}")
+            bad.append(i)
+    return table.drop(table.index[bad]) if bad else table
 
 
 def parse_filename(filename: str) -> tuple[str, str]:
@@ -191,22 +177,40 @@ def parse_filename(filename: str) -> tuple[str, str]:
     stem = Path(filename).stem
     parts = stem.split("-")
     if len(parts) < 4:
-        raise ValueError(f"filename {filename!r} does not follow scene-city-location-...-device.wav")
+        raise ValueError(f"filename {shown(filename)} does not follow scene-city-location-...-device.wav")
     return parts[1], parts[-1].upper()
 
 
 def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataFrame:
-    """Read and validate a TAU22-layout dataset into one index DataFrame.
+    """Read and validate a TAU22-layout dataset into one index DataFrame (:func:`inspect` without the scan).
+
+    Raises:
+      DatasetError: listing every problem found.
+    """
+    return inspect(root, check_audio=check_audio)[0]
+
+
+def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bool = False, strict: bool = False,
+            workers: int = 2, progress: bool = True) -> tuple[pd.DataFrame, Findings]:
+    """Read and validate a TAU22-layout dataset: the index and the findings of every check.
+
+    Every problem (CSV format, paths, labels, WAV headers, the split design and, with
+    ``scan_audio``, every clip's samples) is collected and reported in one :class:`DatasetError`.
 
     Args:
       root: the dataset directory (holding meta.csv, evaluation_setup/, audio/).
       check_audio: parse every WAV header (existence, format, length); the default.
+      scan_audio: also read every clip (:func:`pipeline.audit.scan_audio`): content hashes,
+        non-finite, silent and clipped clips.
+      strict: the warnings of :mod:`pipeline.audit` are errors too.
+      workers: reader threads of the scan.
+      progress: progress bars.
 
     Returns:
       A DataFrame with columns ``INDEX_COLUMNS``, one row per (file, split) pair: files of
       fold1_train.csv with split ``train``, fold1_evaluate.csv with ``evaluate``, and files of
       fold1_test.csv that are not in fold1_evaluate.csv with ``test``. ``label`` is the class
-      id in ``CLASSES`` order (-1 where unknown, test split only).
+      id in ``CLASSES`` order. And the :class:`~pipeline.audit.Findings` (warnings by name).
 
     Raises:
       DatasetError: listing every problem found.
@@ -214,24 +218,27 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(root, [f"{root}: dataset directory does not exist"])
+    real_root = Path(os.path.realpath(root))
     problems: list[str] = []
     meta = _read_csv(root / "meta.csv", META_COLUMNS, problems)
     splits = {name: _read_csv(root / rel, SPLIT_COLUMNS[name], problems)
-              for name, rel in SPLIT_FILES.items() if name != "test" or (root / rel).is_file()}
+              for name, rel in SPLIT_FILES.items() if name != "test" or (root / rel).exists()}
     if "test" not in splits:
         logger.warning("%s: no %s; the test split is empty", root, SPLIT_FILES["test"])
-    if meta is None or any(splits[s] is None for s in ("train", "evaluate")):
+    if meta is None:
         raise DatasetError(root, problems)
+    meta = _safe_rows(root / "meta.csv", meta, real_root, problems)
 
     bad_label = ~meta.scene_label.isin(CLASSES)
     for row in np.flatnonzero(bad_label.to_numpy()):
         problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown scene_label "
-                        f"{meta.scene_label.iloc[row]!r}; allowed: {list(CLASSES)}")
+                        f"{shown(meta.scene_label.iloc[row])}; allowed: {list(CLASSES)}")
     devices = meta.source_label.str.upper()
     for row in np.flatnonzero((~devices.isin(DEVICES)).to_numpy()):
         problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown source_label "
-                        f"{meta.source_label.iloc[row]!r}; allowed: {[d.lower() for d in DEVICES]}")
+                        f"{shown(meta.source_label.iloc[row])}; allowed: {[d.lower() for d in DEVICES]}")
     meta_by_name = meta.drop_duplicates("filename").set_index("filename")
+    labelled = meta_by_name[meta_by_name.scene_label.isin(CLASSES) & meta_by_name.source_label.str.upper().isin(DEVICES)]
 
     frames = []
     for split, table in splits.items():
@@ -240,26 +247,26 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
         rel = SPLIT_FILES[split]
         absent = ~table.filename.isin(meta_by_name.index)
         for row in np.flatnonzero(absent.to_numpy()):
-            problems.append(f"{root / rel}: line {table._line.iloc[row]}: {table.filename.iloc[row]!r} is not in meta.csv")
+            problems.append(f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])} "
+                            "is not in meta.csv (or its meta.csv row was refused)")
         table = table[~absent]
         if "scene_label" in table.columns:
             wrong = table.scene_label.to_numpy() != meta_by_name.loc[table.filename, "scene_label"].to_numpy()
             for row in np.flatnonzero(wrong):
-                problems.append(f"{root / rel}: line {table._line.iloc[row]}: {table.filename.iloc[row]!r}: scene_label "
-                                f"{table.scene_label.iloc[row]!r} disagrees with meta.csv")
-        if split == "test":
+                problems.append(f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])}: "
+                                f"scene_label {shown(table.scene_label.iloc[row])} disagrees with meta.csv")
+        if split == "test" and splits.get("evaluate") is not None:
             table = table[~table.filename.isin(splits["evaluate"].filename)]
+        table = table[table.filename.isin(labelled.index)]  # unknown labels are reported above
         frames.append(pd.DataFrame({"filename": table.filename.to_numpy(), "split": split}))
-    if not frames or sum(len(f) for f in frames) == 0:
-        problems.append(f"{root}: no clips listed in the split files")
-    overlap = set(splits["train"].filename) & set(splits["evaluate"].filename)
-    for name in sorted(overlap)[:MAX_LISTED]:
-        problems.append(f"{root}: {name!r} is in both fold1_train.csv and fold1_evaluate.csv")
-    if problems:
-        raise DatasetError(root, problems)
+    if frames and splits.get("train") is not None and splits.get("evaluate") is not None:
+        overlap = set(splits["train"].filename) & set(splits["evaluate"].filename)
+        for name in sorted(overlap)[:MAX_LISTED]:
+            problems.append(f"{root}: {shown(name)} is in both fold1_train.csv and fold1_evaluate.csv")
 
-    index = pd.concat(frames, ignore_index=True)
-    joined = meta_by_name.loc[index.filename]
+    index = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame({"filename": pd.Series([], dtype=str), "split": pd.Series([], dtype=str)}))
+    joined = labelled.loc[index.filename]
     index["scene_label"] = joined.scene_label.to_numpy()
     index["label"] = [CLASSES.index(s) for s in index.scene_label]
     index["identifier"] = joined.identifier.to_numpy()
@@ -273,22 +280,30 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
             cities.append("")
     index["city"] = cities
 
-    headers = []
-    if check_audio:
-        headers = _check_audio(root, index.filename.tolist(), problems)
+    findings = Findings()
+    findings.extend(split_checks(index))
+    names = index.filename.drop_duplicates().tolist()
+    headers = dict(zip(names, _check_audio(root, names, problems))) if check_audio else {}
+    good = {n: h for n, h in headers.items() if h is not None}
+    if scan_audio and good:
+        _, scanned = scan_audio_files(root, index[index.filename.isin(good)], good, workers=workers,
+                                      progress=progress)
+        findings.extend(scanned)
+    problems.extend(findings.errors)
+    for name, messages in findings.warnings.items():
+        if strict:
+            problems.extend(f"{name} (an error with data.strict_checks): {m}" for m in messages)
+        else:
+            for message in messages[:MAX_LISTED]:
+                logger.warning("dataset check %s: %s", name, message)
+            if len(messages) > MAX_LISTED:
+                logger.warning("dataset check %s: %d more", name, len(messages) - MAX_LISTED)
     if problems:
         raise DatasetError(root, problems)
-    if check_audio:
-        index["sample_rate"] = [h.sample_rate for h in headers]
-        index["channels"] = [h.channels for h in headers]
-        index["bits"] = [h.bits for h in headers]
-        index["encoding"] = [h.encoding for h in headers]
-        index["frames"] = [h.frames for h in headers]
-    else:
-        for col in ("sample_rate", "channels", "bits", "frames"):
-            index[col] = 0
-        index["encoding"] = ""
-    return index[list(INDEX_COLUMNS)]
+    for col in ("sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align"):
+        index[col] = [getattr(headers[n], col) for n in index.filename] if check_audio else (
+            "" if col == "encoding" else 0)
+    return index[list(INDEX_COLUMNS)], findings
 
 
 def _check_audio(root: Path, filenames: list[str], problems: list[str]) -> list[WavInfo | None]:
@@ -303,7 +318,10 @@ def _check_audio(root: Path, filenames: list[str], problems: list[str]) -> list[
         except FileNotFoundError:
             problems.append(f"{path}: missing audio file")
             infos.append(None)
-        except (OSError, ValueError, struct.error) as exc:
+        except IsADirectoryError:
+            problems.append(f"{path}: is a directory, not a WAV file")
+            infos.append(None)
+        except (OSError, ValueError) as exc:
             problems.append(f"{path}: {exc}")
             infos.append(None)
     return infos
@@ -335,7 +353,7 @@ def summarise(index: pd.DataFrame) -> dict:
     seen = {s: int(index[(index.split == s) & index.device.isin(SEEN_DEVICES)].shape[0]) for s in per_split}
     unseen = {s: int(index[(index.split == s) & index.device.isin(UNSEEN_DEVICES)].shape[0]) for s in per_split}
     return {
-        "clips": int(len(index)),
+        "clips": len(index),
         "clips_per_split": {k: int(v) for k, v in per_split.items()},
         "seen_device_clips": seen,
         "unseen_device_clips": unseen,

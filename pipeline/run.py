@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one config key with a YAML value, e.g. --set train.epochs=3; repeatable")
     parser.add_argument("--force", action="store_true",
                         help="rerun stages whose outputs are complete for the same settings (default: reuse them)")
+    sweep = parser.add_argument_group("sweeps", "a grid of settings x seeds, each cell its own MLflow parent run, "
+                                      "written to <workdir>/sweeps/<sweep id>/ (see pipeline/sweep.py)")
+    sweep.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="sweep one config key over values (split on commas outside brackets, each parsed "
+                            "like a --set value), e.g. --sweep model.channels=[32,64,64,64],[64,128,128,128]; "
+                            "repeatable: the grid is the product")
+    sweep.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                       help="run every combination with each of these seeds (sets `seed`), e.g. 0,1,2")
+    sweep.add_argument("--shard", default=None, metavar="I/N",
+                       help="run only the I-th (1-based) of N interleaved slices of the (combination x seed) "
+                            "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server")
+    sweep.add_argument("--summary-only", action="store_true",
+                       help="run nothing: write the whole grid's summary from the runs in MLflow")
+    parser.add_argument("--wait-lock", type=float, default=0.0, metavar="SECONDS",
+                        help="if another run holds the workdir, wait up to SECONDS for it (default: refuse at once)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="logging verbosity (default: INFO)")
     return parser
@@ -51,32 +66,85 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.source={args.data}")
+    if args.sweeps or args.seeds is not None or args.shard is not None or args.summary_only:
+        return _sweep(args, overrides)
+    from pipeline import distributed, preflight
+
     try:
         params = config.load(args.config, overrides)
+        cluster = distributed.cluster_of(params)  # TF_CONFIG checked before any work (multi_worker only)
     except config.ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    worker = cluster is not None and not cluster.is_chief  # writes nothing under the workdir, no MLflow
+    try:
+        preflight.check(args.workdir, params.tracking.uri, params.tracking.artifact_root, track=not worker)
+    except preflight.EnvironmentProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     from pipeline import runner, stages
+    from pipeline.core.lock import WorkdirLocked
     from pipeline.data import DatasetError
 
     names = list(stages.NAMES) if args.stage == "all" else [args.stage]
     try:
-        results = runner.run_stages(params, args.workdir, names, force=args.force)
+        with preflight.terminate_as_interrupt():
+            results = runner.run_stages(params, args.workdir, names, force=args.force, wait_lock=args.wait_lock)
+    except WorkdirLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (DatasetError, stages.StageError, config.ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except preflight.Terminated as exc:
+        print(f"{exc}: the stage's MLflow run is marked KILLED; rerun the same command to resume", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - one paragraph for the user, the traceback in the log
+    except Exception as exc:
         logger.debug("traceback", exc_info=True)
         print(f"error: stage failed with {type(exc).__name__}: {exc}\n"
               "The traceback is logged as error.txt in the stage's MLflow run "
               "(or rerun with --log-level DEBUG).", file=sys.stderr)
         return 1
+    if worker:
+        print(f"worker {cluster.rank} of {cluster.num_workers}: done (the chief writes the outputs)")
+        return 0
     print(runner.summary(params, args.workdir, results))
     return 0
+
+
+def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--sweep``/``--seeds``: validate the whole grid (exit 2 naming a bad value), then run this shard."""
+    from pipeline import stages, sweep
+
+    try:
+        if not args.sweeps and args.seeds is None:
+            raise config.ConfigError("--shard and --summary-only need a sweep: give --sweep KEY=V1,V2 and/or --seeds")
+        shard = sweep.parse_shard(args.shard) if args.shard is not None else (1, 1)
+        if args.summary_only and args.shard is not None:
+            raise config.ConfigError("--summary-only summarises the whole grid: drop --shard")
+        plan = sweep.plan(args.config, overrides, args.sweeps, args.seeds)
+    except config.ConfigError as exc:
+        print(f"error: invalid sweep: {exc}", file=sys.stderr)
+        return 2
+    names = sweep.with_upstream(args.stage)  # a cell starts empty: the stage and what it reads
+    try:
+        from pipeline import preflight
+
+        with preflight.terminate_as_interrupt():
+            code, text = sweep.run_sweep(plan, args.workdir, names, shard=shard, force=args.force,
+                                         summary_only=args.summary_only)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except stages.StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return code
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import stages as registry
 from pipeline import tracking
-from pipeline.core import files
+from pipeline.core import files, lock
 from pipeline.core.config import Params
 from pipeline.core.hashing import digest, file_digest
 from pipeline.stages import Context, Stage, StageError
@@ -34,7 +35,9 @@ from pipeline.stages import Context, Stage, StageError
 logger = logging.getLogger(__name__)
 
 RUNNING = "_RUNNING.json"  # in the folder of a resumable stage while it runs: its key and MLflow run
+PARTIAL = ".partial"  # <stage>.partial/: where a non-resumable stage writes until it is complete
 PARENT_TAG_PREFIX = "dataset."  # stage tags that describe the whole invocation, copied to the parent run
+Folder = Callable[[str, str], Path]  # (stage name, reuse key) -> the folder holding that stage's outputs
 
 
 def active_upstream(stage: Stage, params: Params, stages: tuple[Stage, ...] = registry.STAGES) -> tuple[str, ...]:
@@ -86,7 +89,8 @@ def _running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> 
 
 
 def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool = False, track: bool = True,
-               stages: tuple[Stage, ...] = registry.STAGES) -> dict[str, dict]:
+               stages: tuple[Stage, ...] = registry.STAGES, folder: Folder | None = None,
+               parent_tags: dict[str, str] | None = None, wait_lock: float = 0.0) -> dict[str, dict]:
     """Run the named stages in order under one parent run, one nested run per stage.
 
     Args:
@@ -96,6 +100,14 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
       force: rerun stages whose complete outputs match (default: reuse them).
       track: record to MLflow (``tracking.uri``); False keeps the records in memory (tests).
       stages: the stage registry (tests register toy stages).
+      folder: ``folder(stage_name, key) -> Path``: where a stage with a reuse key keeps its outputs
+        (sweeps share them by key); ``workdir/<stage>`` becomes a symbolic link to it, so every
+        reader of ``workdir/<stage>`` is unchanged. None (default) and stages without a key
+        (``report``): the folder is ``workdir/<stage>`` itself.
+      parent_tags: extra tags on the parent run (set before any stage runs).
+      wait_lock: seconds to wait for another process's lock on ``workdir`` (one workdir, one
+        writer: :mod:`pipeline.core.lock`); 0 refuses at once with
+        :class:`~pipeline.core.lock.WorkdirLocked` naming the holder.
 
     Returns:
       Per stage: the function's result plus ``seconds``, or ``{"reused": True}``.
@@ -105,21 +117,46 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
         if not stage.active(params):
             logger.info("stage %s: skipped (not enabled by this configuration)", stage.name)
     chosen = [stage for stage in chosen if stage.active(params)]
+    from pipeline import distributed  # here: it imports this module
+
+    cluster = distributed.cluster_of(params)  # TF_CONFIG validated before any work (multi_worker only)
+    if cluster is not None and not cluster.is_chief:  # only the chief writes under the workdir and to MLflow
+        return distributed.run_as_worker(params, Path(workdir), [s.name for s in chosen], force=force,
+                                         cluster=cluster)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     data = registry.data_name(params)
     tracker = tracking.MlflowTracker(params, data) if track else tracking.MemoryTracker()
     results: dict[str, dict] = {}
-    with tracker.parent(",".join(stage.name for stage in chosen)):
+    with lock.workdir_lock(workdir, wait_seconds=wait_lock), tracker.parent(",".join(s.name for s in chosen)):
+        if parent_tags:
+            tracker.parent_tags(parent_tags)
         for stage in chosen:
-            results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages)
+            results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages, folder)
     return results
 
 
+def _place(name: str, workdir: Path, key: str | None, folder: Folder | None) -> Path:
+    """The stage's real folder; with a ``folder`` hook and a key, ``workdir/<name>`` links to it."""
+    link = workdir / name
+    if folder is None or key is None:
+        return link
+    target = Path(folder(name, key)).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() == target:
+        return target
+    if link.exists() and not link.is_symlink():
+        raise StageError(f"{link} is a folder, not a link to a shared stage folder; remove it to run here")
+    tmp = workdir / f".{name}.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    tmp.replace(link)  # atomic: the link always points at one complete-or-not folder
+    return target
+
+
 def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, force: bool,
-             stages: tuple[Stage, ...]) -> dict:
-    folder = workdir / stage.name
+             stages: tuple[Stage, ...], place: Folder | None = None) -> dict:
     key = stage_key(stage, params, workdir, stages)
+    folder = _place(stage.name, workdir, key, place)
     marker = _complete(stage, folder)
     if not force and key is not None and marker is not None and marker.get("key") == key:
         logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns it)",
@@ -138,15 +175,19 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
                        stage.name)
     logger.info("stage %s", stage.name)
     start = time.perf_counter()
+    # A resumable stage works in its folder (its checkpoints are what a rerun resumes from); any
+    # other stage writes beside its previous outputs, which stay complete and in place until the
+    # new ones are complete (a failed rerun leaves them as they were).
+    work = folder if stage.resumable else folder.with_name(folder.name + PARTIAL)
     with tracker.stage(stage.name, run_id=run_id) as rec:
         check_upstream(stage, params, workdir, stages)
         if state is None:
-            shutil.rmtree(folder, ignore_errors=True)  # start clean: nothing of another run survives
-        folder.mkdir(parents=True, exist_ok=True)
-        files.clear_marker(folder)
+            shutil.rmtree(work, ignore_errors=True)  # start clean: nothing of another run survives
+        work.mkdir(parents=True, exist_ok=True)
+        files.clear_marker(work)
         if stage.resumable:
             files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id})
-        ctx = Context(params=params, workdir=workdir, out=folder,
+        ctx = Context(params=params, workdir=workdir, out=work,
                       inputs={up: workdir / up for up in active_upstream(stage, params, stages)}, record=rec,
                       data_name=data,
                       resuming=state is not None)
@@ -157,16 +198,30 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
         headline = {k: latest[k] for k in stage.headline if k in latest}
         parent_tags = {k: v for k, v in rec.logged_tags().items() if k.startswith(PARENT_TAG_PREFIX)}
         run_id = rec.run_id
-    output = folder / stage.main_output
+    output = work / stage.main_output
     if not output.is_file():
-        raise StageError(f"stage {stage.name} finished without writing its main output {output}")
-    files.mark_complete(folder, **ctx.facts, key=key, run_id=run_id, output=file_digest(output),
+        raise StageError(f"stage {stage.name} finished without writing its main output {folder / stage.main_output}")
+    files.mark_complete(work, **ctx.facts, key=key, run_id=run_id, output=file_digest(output),
                         seconds=round(seconds, 3), headline=headline, parent_tags=parent_tags)
     (folder / RUNNING).unlink(missing_ok=True)
+    if work != folder:
+        _swap_in(work, folder)
+        result = {k: folder / Path(v).relative_to(work) if isinstance(v, Path) and work in Path(v).parents else v
+                  for k, v in result.items()}
     tracker.parent_metrics({**headline, f"stage_seconds_{stage.name}": seconds})
     tracker.parent_tags(parent_tags)
     logger.info("stage %s: done in %.1f s", stage.name, seconds)
     return {**result, "seconds": seconds}
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Replace ``folder`` by the complete ``new`` one: two renames, then the old outputs are deleted."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def summary(params: Params, workdir: Path, results: dict[str, dict] | None = None) -> str:

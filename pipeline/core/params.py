@@ -73,6 +73,10 @@ class DataParams:
     num_parallel_calls: int = _f(-1, min=-1, help="parallel decode calls; -1 = one per CPU core (at most 16)")
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
+    scan_audio: bool = _f(True, help="prepare reads every clip: content hashes (duplicates across splits), "
+                                     "non-finite, silent and clipped clips (pipeline/audit.py)")
+    strict_checks: bool = _f(False, help="the dataset warnings of prepare (location overlap, unseen devices in "
+                                         "training, silent clips, ...) are errors")
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,18 @@ class TrainParams:
     min_learning_rate: float = _f(1e-5, min=0.0)
     weight_decay: float = _f(1e-5, min=0.0)
     schedule: str = _f("cosine", choices=("cosine", "constant"))
-    strategy: str = _f("default", choices=("default", "mirrored"))
+    strategy: str = _f("default", choices=("default", "mirrored", "multi_worker"),
+                       help="default: one device; mirrored: all local GPUs; multi_worker: "
+                            "MultiWorkerMirroredStrategy over the machines named by TF_CONFIG")
+    connect_timeout_seconds: float = _f(120.0, min_exclusive=0.0,
+                                        help="multi_worker: seconds to wait for every peer in TF_CONFIG to come up "
+                                             "before failing with an error naming the unreachable ones")
+    collective_timeout_seconds: float = _f(600.0, min=0.0,
+                                           help="multi_worker: a collective (gradient all-reduce) that does not "
+                                                "complete in this time fails the step (a dead peer); 0 = no limit")
+    worker_wait_seconds: float = _f(3600.0, min_exclusive=0.0,
+                                    help="multi_worker, non-chief workers: seconds to wait for the chief's "
+                                         "outputs of the stages before training (prepare, teacher)")
     deterministic: bool = _f(False, help="tf.config.experimental.enable_op_determinism")
     progress_bar: bool = _f(True, help="Keras progress bar per epoch (the one-line epoch log is always written)")
 
@@ -248,6 +263,9 @@ class TrackingParams:
     artifact_root: str = _f("mlruns", help="artifact location for new experiments")
     experiment: str = _f("asc-dcase22", help="MLflow experiment name")
     run_name: Optional[str] = _f(None, help="parent run name; null = derived from model/config/data/seed")
+    registered_model: str = _f("asc-scene-classifier",
+                               help="Model Registry name for the compress stage's package (one new version per "
+                                    "compress run); empty = log the pyfunc model without registering it")
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,18 @@ from pipeline.stages.train import train
 # Settings sections that shape the trained network (TTA only changes evaluation).
 _TRAINING = ("seed", "audio", "data", "model", "augment", "train", "distill.enabled", "distill.temperature",
              "distill.weight")
+_CHECKS = ("data.scan_audio", "data.strict_checks")  # prepare's business: its outputs' digest covers them
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", prepare, main_output="index.csv", settings=(), external=dataset_facts,
+    Stage("prepare", prepare, main_output="index.csv", settings=("data.scan_audio", "data.strict_checks"),
+          external=dataset_facts,
           reads="the dataset (`data.source`)",
           writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
-                 "facts), `summary.json`, `summary.csv` (clips per split x class x device)"),
+                 "facts), `summary.json` (with the dataset checks' warnings), `summary.csv` (clips per split x "
+                 "class x device), `audio_scan.csv` (per clip: content hash, peak, clipped fraction)"),
     Stage("teacher", teacher, upstream=("prepare",), main_output="logits.npz",
-          settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"), exclude=("augment.tta",),
+          settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"),
+          exclude=("augment.tta", *_CHECKS),
           resumable=True,
           when=lambda params: params.distill.enabled,
           headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
@@ -34,7 +38,7 @@ STAGES: tuple[Stage, ...] = (
           writes="`teacher/logits.npz` (the ensemble's logits for the training clips), `metrics.json`, "
                  "`teacherK/` (each member's model and checkpoints)"),
     Stage("train", train, upstream=("prepare", "teacher"), main_output="model.keras",
-          settings=_TRAINING, exclude=("augment.tta",), resumable=True,
+          settings=_TRAINING, exclude=("augment.tta", *_CHECKS), resumable=True,
           reads="`prepare/`",
           writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, "
                  "`checkpoints/`"),
@@ -48,10 +52,11 @@ STAGES: tuple[Stage, ...] = (
           writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*`, "
                  "`*_tta_masks.*` per TTA mode), plots"),
     Stage("compress", compress, upstream=("prepare", "train"), main_output="model_int8.tflite",
-          settings=("seed", "compress", "train", "data"),
+          settings=("seed", "compress", "train", "data"), exclude=_CHECKS,
           headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
           reads="`prepare/`, `train/`",
-          writes="`compress/model_int8.tflite`, `model_int8_ptq.tflite`, `frontend.tflite`, `metrics.json`"),
+          writes="`compress/model_int8.tflite`, `model_int8_ptq.tflite`, `frontend.tflite`, `metrics.json`, "
+                 "`package/` (the installable `asc_infer` package), `package.tar.gz`"),
     Stage("report", report, upstream=("prepare", "evaluate"), main_output="report.md",
           reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
           writes="`report/report.md`, `report.html` and the plots"),
@@ -83,5 +88,15 @@ def table(registry: tuple[Stage, ...] = STAGES) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Context", "MemoryRecorder", "NAMES", "Recorder", "STAGES", "Stage", "StageError", "data_name", "get",
-           "table"]
+__all__ = [
+    "NAMES",
+    "STAGES",
+    "Context",
+    "MemoryRecorder",
+    "Recorder",
+    "Stage",
+    "StageError",
+    "data_name",
+    "get",
+    "table",
+]

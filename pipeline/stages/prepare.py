@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline import data as tau
 from pipeline import synthetic
+from pipeline.audit import path_problem
 from pipeline.core import files
 from pipeline.core.config import Params
 from pipeline.core.hashing import digest
@@ -38,19 +39,35 @@ def data_name(params: Params) -> str:
     return "synthetic" if (root / synthetic.MARKER).is_file() else root.name
 
 
-def _listing_digest(directory: Path) -> str | None:
-    """Digest of a folder's file names, sizes and modification times (no file is read)."""
-    if not directory.is_dir():
-        return None
+def _named_files(root: Path) -> list:
+    """(name, size, mtime_ns) of every file meta.csv names; refused names and missing files say so.
+
+    Reads the CSV as text (the first field of each row) and stats each file: a changed, added or
+    removed clip changes prepare's key, wherever in the root it is, and a dangling symbolic link
+    or a name that leaves the root is recorded here, then reported by prepare with its line.
+    """
+    meta = root / "meta.csv"
+    try:
+        lines = meta.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    real_root = Path(os.path.realpath(root))
     entries = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        st = entry.stat()
-        entries.append((entry.name, st.st_size, st.st_mtime_ns))
-    return digest(entries)
+    for line in lines:
+        name = line.split("\t", 1)[0]
+        if not name or path_problem(real_root, name):
+            entries.append((name[:200], "refused"))
+            continue
+        try:
+            st = (root / name).stat()
+            entries.append((name, st.st_size, st.st_mtime_ns))
+        except OSError as exc:
+            entries.append((name, type(exc).__name__))
+    return entries
 
 
 def dataset_facts(params: Params) -> dict:
-    """What the dataset on disk is, without reading it: the part of prepare's key outside the workdir."""
+    """What the dataset on disk is, without reading the audio: the part of prepare's key outside the workdir."""
     facts: dict = {"source": params.data.source,
                    "audio": [params.audio.sample_rate_hz, params.audio.clip_seconds]}
     if params.data.source == "synthetic":
@@ -59,7 +76,7 @@ def dataset_facts(params: Params) -> dict:
     root = Path(params.data.source).expanduser()
     facts["files"] = [(rel, p.stat().st_size, p.stat().st_mtime_ns) for rel in
                       ("meta.csv", *tau.SPLIT_FILES.values()) if (p := root / rel).is_file()]
-    facts["audio_listing"] = _listing_digest(root / "audio")
+    facts["named_files"] = digest(_named_files(root))
     return facts
 
 
@@ -68,7 +85,9 @@ def prepare(ctx: Context) -> dict:
     params, out = ctx.params, ctx.out
     root = dataset_root(params, ctx.workdir)
     logger.info("reading dataset %s", root)
-    index = tau.read_index(root)
+    index, findings = tau.inspect(root, scan_audio=params.data.scan_audio, strict=params.data.strict_checks,
+                                  workers=os.cpu_count() or 2)
+    warnings = findings.counts()
     fallbacks = tau.fallback_counts(index, params.audio.sample_rate_hz, params.audio.clip_samples)
     for name, count in fallbacks.items():
         if count:
@@ -78,7 +97,9 @@ def prepare(ctx: Context) -> dict:
     summary = tau.summarise(index)
     table = summary.pop("table")
     resolved = str(root.resolve())
-    summary.update({"root": resolved, "fingerprint": fp, "fallbacks": fallbacks})
+    summary.update({"root": resolved, "fingerprint": fp, "fallbacks": fallbacks, "warnings": warnings,
+                    "warning_messages": {k: v[:tau.MAX_LISTED] for k, v in findings.warnings.items()},
+                    "audio_scanned": findings.scan is not None})
 
     with files.atomic_path(out / "index.csv") as tmp:
         index.to_csv(tmp, index=False)
@@ -87,10 +108,18 @@ def prepare(ctx: Context) -> dict:
     with files.atomic_path(out / "summary.csv") as tmp:
         pivot.to_csv(tmp)
     files.write_json(out / "summary.json", summary)
+    if findings.scan is not None:
+        with files.atomic_path(out / "audio_scan.csv") as tmp:
+            findings.scan.to_csv(tmp, index=False)
+        ctx.record.artifact(out / "audio_scan.csv", "prepare")
 
     ctx.record.tags({"dataset.path": resolved, "dataset.fingerprint": fp})
     ctx.record.metrics({f"clips_{split}": n for split, n in summary["clips_per_split"].items()})
     ctx.record.metrics({f"fallback_{k}": v for k, v in fallbacks.items()})
+    ctx.record.metrics({f"warning_{k}": v for k, v in warnings.items()})
+    if any(warnings.values()):
+        logger.warning("prepare: dataset warnings %s (prepare/summary.json; data.strict_checks=true makes them "
+                       "errors)", {k: v for k, v in warnings.items() if v})
     for name in ("index.csv", "summary.csv", "summary.json"):
         ctx.record.artifact(out / name, "prepare")
     ctx.facts.update(fingerprint=fp, root=resolved)
