@@ -244,14 +244,32 @@ def _columns(index: pd.DataFrame, root: Path):
     return paths, codes, rates, labels
 
 
-def _loader(audio: AudioParams, rates: np.ndarray):
-    """``load(path, code, rate, label) -> (wave, label)``, with resampling branches for ``rates``."""
+def _frames(index: pd.DataFrame) -> np.ndarray | None:
+    """The header frame counts of the index (None for an index read without its headers)."""
+    return index.frames.to_numpy(np.int64) if "frames" in index.columns else None
+
+
+def _loader(audio: AudioParams, rates: np.ndarray, paths: np.ndarray | None = None,
+            frames: np.ndarray | None = None):
+    """``load(path, code, rate, label) -> (wave, label)``, with resampling branches for ``rates``.
+
+    With ``paths`` and ``frames`` (the index's header frame counts), every decoded clip must hold
+    exactly the frames its header announced (checked against the one reader's count).
+    """
     clip = audio.clip_samples
     source_rates = tuple(sorted({int(r) for r in rates}))
+    table = None
+    if paths is not None and frames is not None and len(paths) and int(np.min(frames)) > 0:
+        unique = pd.Series(np.asarray(frames, np.int64), index=np.asarray(paths, dtype=str))
+        unique = unique[~unique.index.duplicated()]
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(unique.index.to_numpy(dtype=str)),
+                                                tf.constant(unique.to_numpy(), tf.int64)), default_value=-1)
 
     def load(path, code, rate, label):
+        expected = None if table is None else table.lookup(path)
         wave = load_clip(path, code, rate, target_rate=audio.sample_rate_hz, clip_samples=clip,
-                         source_rates=source_rates)
+                         source_rates=source_rates, frames=expected)
         return wave, label
 
     return load
@@ -286,7 +304,7 @@ def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams
     """Ordered (no shuffle) batches of ``(waveform [B, samples], label [B])`` in index order."""
     paths, codes, rates, labels = _columns(index, root)
     ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), codes, rates, labels))
-    ds = ds.map(_loader(audio, rates), num_parallel_calls=_parallel(data), deterministic=True)
+    ds = ds.map(_loader(audio, rates, paths, _frames(index)), num_parallel_calls=_parallel(data), deterministic=True)
     if data.cache == "memory":
         ds = ds.cache()
     return _no_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
@@ -329,7 +347,7 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
         targets = np.asarray(targets, np.float32)
         if targets.ndim != 2 or len(targets) != n:
             raise ValueError(f"targets must be [{n}, D] (one row per clip), got shape {targets.shape}")
-    load = _loader(audio, rates)
+    load = _loader(audio, rates, paths, _frames(index))
     parallel = _parallel(data)
 
     if data.cache == "memory":

@@ -463,3 +463,35 @@ def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path):
     assert tracking.end_stale_runs(client, exp) == [stale]
     assert client.get_run(stale).info.status == "KILLED"
     assert client.get_run(live).info.status == client.get_run(other).info.status == "RUNNING"
+
+
+def test_tf_data_refuses_a_clip_whose_decoded_length_is_not_the_indexed_one(tau_root):
+    import soundfile as sf
+    import tensorflow as tf
+
+    from pipeline import inputs
+    from pipeline.core.params import AudioParams, DataParams
+
+    index = tau.read_index(tau_root)
+    name = index.filename.iloc[0]
+    sf.write(tau_root / name, tone(seconds=0.5), 44100, subtype="PCM_24")  # changed after prepare
+    ds = inputs.eval_dataset(index.iloc[:4], tau_root, AudioParams(), DataParams(), batch_size=4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)decoded.*22050.*frames from.*"
+                                                             + name.split("/")[-1] + ".*header announces.*44100"):
+        next(iter(ds))
+
+
+def test_two_runs_creating_a_fresh_store_at_once_both_succeed(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        from pipeline import tracking
+        from pipeline.core import config
+        params = config.load(None, ["tracking.uri=sqlite:///{tmp_path}/fresh.db",
+                                    "tracking.artifact_root={tmp_path}/art", "tracking.experiment=e"])
+        print(tracking.setup(params))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one experiment, the same id for all
