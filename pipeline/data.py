@@ -64,7 +64,7 @@ SPLIT_COLUMNS = {"train": ("filename", "scene_label"), "evaluate": ("filename", 
                  "test": ("filename",)}
 INDEX_COLUMNS = (
     "filename", "scene_label", "label", "city", "identifier", "device", "split",
-    "sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align",
+    "sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align", "content",
 )
 
 # (encoding, bits) the tf.data decoder (pipeline.inputs.decode_wav) reads
@@ -220,6 +220,12 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
         raise DatasetError(root, [f"{root}: dataset directory does not exist"])
     real_root = Path(os.path.realpath(root))
     problems: list[str] = []
+    for rel in ("meta.csv", *SPLIT_FILES.values()):
+        reason = path_problem(real_root, rel) if (root / rel).exists() else None
+        if reason:
+            problems.append(f"{root / rel}: {reason}")
+    if problems:
+        raise DatasetError(root, problems)
     meta = _read_csv(root / "meta.csv", META_COLUMNS, problems)
     splits = {name: _read_csv(root / rel, SPLIT_COLUMNS[name], problems)
               for name, rel in SPLIT_FILES.items() if name != "test" or (root / rel).exists()}
@@ -303,7 +309,23 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
     for col in ("sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align"):
         index[col] = [getattr(headers[n], col) for n in index.filename] if check_audio else (
             "" if col == "encoding" else 0)
+    index["content"] = _content(root, index.filename, findings.scan if check_audio else None, check_audio)
     return index[list(INDEX_COLUMNS)], findings
+
+
+def _content(root: Path, filenames: pd.Series, scan: pd.DataFrame | None, check_audio: bool) -> list[str]:
+    """What each clip holds, for the reuse keys of the stages that read it: the scan's content hash,
+    else ``size:mtime_ns`` (a clip replaced by other samples with the same header changes either)."""
+    if scan is not None:
+        digests = dict(zip(scan.filename, scan.digest))
+        return [digests[n] for n in filenames]
+    if not check_audio:
+        return [""] * len(filenames)
+    stats = {}
+    for name in filenames.drop_duplicates():
+        st = (root / name).stat()
+        stats[name] = f"{st.st_size}:{st.st_mtime_ns}"
+    return [stats[n] for n in filenames]
 
 
 def _check_audio(root: Path, filenames: list[str], problems: list[str]) -> list[WavInfo | None]:

@@ -78,9 +78,14 @@ class Group:
         self.threads: list[threading.Thread] = []
         for i, config in enumerate(tf_configs(n, host)):
             env = {**os.environ, "TF_CONFIG": config, "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], env=env, cwd=os.getcwd(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], env=env, cwd=os.getcwd(),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                        start_new_session=True)
+            except OSError:
+                for started in self.procs:  # no orphaned workers in their own sessions
+                    started.kill()
+                raise
             self.procs.append(proc)
             self._say(f"[launch] worker {i}{' (chief)' if i == 0 else ''}: pid {proc.pid}, TF_CONFIG {config}")
             thread = threading.Thread(target=self._pump, args=(i, proc), daemon=True)
@@ -173,6 +178,9 @@ def launch(n: int, args: list[str], *, max_restarts: int = 0, host: str = "127.0
             if failure is None:
                 group._say(f"[launch] all {n} workers finished")
                 return group.procs[0].returncode
+            if failure[1] == 2:  # a usage, configuration or environment error: a restart would fail the same way
+                group._say(f"[launch] worker {failure[0]} refused to start (status 2): not restarting")
+                return 2
             if attempt < max_restarts:
                 group._say(f"[launch] restarting the group ({attempt + 1} of {max_restarts} restart(s))")
         group._say(f"[launch] giving up after {max_restarts} restart(s): status {failure[1]}")

@@ -55,7 +55,7 @@ name = "asc-infer"
 version = "{version}"
 description = "Acoustic scene classification (DCASE Task 1 style): int8 TFLite model and its runtime API"
 readme = "README.md"
-requires-python = ">=3.9"
+requires-python = ">=3.10"
 dependencies = ["numpy"]
 
 [project.optional-dependencies]

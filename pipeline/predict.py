@@ -247,7 +247,13 @@ def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Pat
 
 
 def make_engine(engine: str, path: Path):
-    return Int8Engine(path) if engine == "int8" else FloatEngine(path)
+    """The engine for ``path``; a model that cannot be loaded is a :class:`UsageError` naming it (exit 2)."""
+    try:
+        return Int8Engine(path) if engine == "int8" else FloatEngine(path)
+    except UsageError:
+        raise
+    except Exception as exc:  # a broken package, params.yaml or .keras file: one line, exit 2
+        raise UsageError(f"--model {path}: cannot load the {engine} model: {type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- prediction

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -52,11 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server")
     sweep.add_argument("--summary-only", action="store_true",
                        help="run nothing: write the whole grid's summary from the runs in MLflow")
-    parser.add_argument("--wait-lock", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--wait-lock", type=_seconds, default=0.0, metavar="SECONDS",
                         help="if another run holds the workdir, wait up to SECONDS for it (default: refuse at once)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="logging verbosity (default: INFO)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (argparse type: a bad value exits 2 naming the option)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = config.load(args.config, overrides)
         cluster = distributed.cluster_of(params)  # TF_CONFIG checked before any work (multi_worker only)
+        if cluster is not None and params.train.batch_size % cluster.num_workers:
+            raise config.ConfigError(f"train.batch_size: {params.train.batch_size} is the global batch and must be a "
+                                     f"multiple of the {cluster.num_workers} workers of TF_CONFIG")
     except config.ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -131,12 +146,26 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"error: invalid sweep: {exc}", file=sys.stderr)
         return 2
     names = sweep.with_upstream(args.stage)  # a cell starts empty: the stage and what it reads
-    try:
-        from pipeline import preflight
+    from pipeline import preflight
+    from pipeline.core.lock import WorkdirLocked, workdir_lock
 
-        with preflight.terminate_as_interrupt():
+    try:  # the cells share the base store and the workdir's data/
+        base = config.load(args.config, overrides)
+        preflight.check(args.workdir, base.tracking.uri, base.tracking.artifact_root)
+    except (config.ConfigError, preflight.EnvironmentProblem) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with preflight.terminate_as_interrupt(), workdir_lock(args.workdir, wait_seconds=args.wait_lock):
             code, text = sweep.run_sweep(plan, args.workdir, names, shard=shard, force=args.force,
                                          summary_only=args.summary_only)
+    except WorkdirLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except preflight.Terminated as exc:
+        print(f"{exc}: the cell's MLflow runs are marked KILLED; rerun the same command to finish the sweep",
+              file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

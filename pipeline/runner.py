@@ -179,6 +179,17 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
     # other stage writes beside its previous outputs, which stay complete and in place until the
     # new ones are complete (a failed rerun leaves them as they were).
     work = folder if stage.resumable else folder.with_name(folder.name + PARTIAL)
+    try:
+        return _run_in(stage, params, workdir, data, tracker, stages, key, folder, work, state, run_id, start)
+    except BaseException:
+        if work != folder:  # a failed or interrupted stage leaves no half-written folder behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run_in(stage: Stage, params: Params, workdir: Path, data: str, tracker, stages: tuple[Stage, ...],
+            key: str | None, folder: Path, work: Path, state: dict | None, run_id: str | None, start: float) -> dict:
+    """Run ``stage`` into ``work``, mark it complete, and swap it in as ``folder`` (see :func:`_run_one`)."""
     with tracker.stage(stage.name, run_id=run_id) as rec:
         check_upstream(stage, params, workdir, stages)
         if state is None:
@@ -215,12 +226,23 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
 
 
 def _swap_in(new: Path, folder: Path) -> None:
-    """Replace ``folder`` by the complete ``new`` one: two renames, then the old outputs are deleted."""
+    """Replace ``folder`` by the complete ``new`` one: two renames, then the old outputs are deleted.
+
+    SIGINT and SIGTERM are held back between the two renames (delivered right after), so an
+    interruption never leaves the stage without its folder.
+    """
+    import signal
+
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    new.rename(folder)
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        if folder.exists():
+            folder.rename(old)
+        new.rename(folder)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     shutil.rmtree(old, ignore_errors=True)
 
 

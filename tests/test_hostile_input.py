@@ -373,24 +373,25 @@ def test_environment_errors_exit_2_naming_the_option(tmp_path, tiny_dataset):
 
 
 def test_concurrent_runs_one_refuses_naming_the_holder_the_other_completes(tmp_path, tiny_dataset):
-    workdir = tmp_path / "w"
-    first = subprocess.Popen(_cli(workdir, tiny_dataset, "prepare"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (workdir / ".lock").exists() or not (workdir / ".lock").read_text().strip():
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
-            time.sleep(0.05)
-        second = subprocess.run(_cli(workdir, tiny_dataset, "prepare"), capture_output=True, text=True, timeout=120,
-                                check=False)
-        if first.poll() is None:  # the second started while the first held the lock: it must have refused
-            assert second.returncode == 2, second.stderr[-2000:]
-            assert f"in use by PID {first.pid}" in second.stderr
-    finally:
-        out, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, out[-3000:]
     from pipeline.core import files
 
+    workdir = tmp_path / "w"
+    holder = _hold(workdir)  # another writer holds the workdir
+    first = subprocess.Popen(_cli(workdir, tiny_dataset, "prepare", **{"train.epochs": 1}) + ["--wait-lock", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # waits for it
+    try:
+        second = subprocess.run(_cli(workdir, tiny_dataset, "prepare"), capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by PID {holder.pid}" in second.stderr and "--wait-lock" in second.stderr
+        assert not (workdir / "prepare").exists()  # the refused run wrote nothing
+        assert first.poll() is None  # still waiting for the lock
+    finally:
+        holder.kill()
+        holder.wait()
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-3000:]
+    assert "taking over a stale lock" in out or "waiting up to 60 s for the lock" in out
     assert files.read_marker(workdir / "prepare") is not None
     assert len(pd.read_csv(workdir / "prepare" / "index.csv")) == 60
 
@@ -412,7 +413,7 @@ def test_a_failed_prepare_keeps_the_previous_good_outputs(tmp_path, tiny_dataset
         runner.run_stages(params, workdir, ["prepare"], track=False)
     assert (workdir / "prepare" / "index.csv").read_bytes() == before
     assert files.read_marker(workdir / "prepare") is not None
-    assert not (workdir / "prepare.partial" / files.MARKER).exists()
+    assert not (workdir / "prepare.partial").exists()  # the failed attempt left nothing behind
 
 
 def test_sigterm_during_train_ends_the_runs_killed_and_leaves_no_temporary_file(tmp_path, tiny_dataset):
@@ -495,3 +496,55 @@ def test_two_runs_creating_a_fresh_store_at_once_both_succeed(tmp_path):
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1  # one experiment, the same id for all
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "soon"])
+def test_wait_lock_must_be_finite_seconds(value, capsys):
+    from pipeline import run
+
+    with pytest.raises(SystemExit) as info:
+        run.main(["--stage", "prepare", "--wait-lock", value])
+    assert info.value.code == 2 and "--wait-lock" in capsys.readouterr().err
+
+
+def test_a_global_batch_that_does_not_split_over_the_workers_exits_2(tmp_path, monkeypatch, capsys):
+    from pipeline import run
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    code = run.main(["--stage", "train", "--workdir", str(tmp_path / "w"), "--set", "train.strategy=multi_worker",
+                     "--set", "train.batch_size=9"])
+    assert code == 2 and "train.batch_size: 9 is the global batch" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_prediction_refuses_non_finite_samples_by_name(tmp_path):
+    import numpy as np
+
+    from pipeline import asc_infer
+
+    samples = tone().copy()
+    samples[100] = np.inf
+    path = tmp_path / "bad.wav"
+    path.write_bytes(_wav_bytes(samples, float32=True))
+    rec = asc_infer.make_recording(str(path), asc_infer.open_wav(str(path)), _FakeModel())
+    with pytest.raises(asc_infer.InputError, match=r"bad.wav.*window 0 .*1 non-finite samples"):
+        list(rec.windows())
+
+
+class _FakeModel:
+    sample_rate, window_samples, window_seconds, hop_seconds = 44100, 44100, 1.0, 1.0
+
+
+def test_a_clip_with_new_samples_and_the_same_header_changes_the_index(tau_root):
+    import soundfile as sf
+
+    before = tau.inspect(tau_root, scan_audio=True)[0]
+    name = before.filename.iloc[3]
+    sf.write(tau_root / name, tone(seed=1234), 44100, subtype="PCM_24")  # same rate, length, format
+    after = tau.inspect(tau_root, scan_audio=True)[0]
+    changed = before.content != after.content
+    assert changed.sum() == 1 and before.filename[changed].item() == name
+    assert tau.fingerprint(before) != tau.fingerprint(after)  # so train/evaluate/compress keys change too
+    plain = tau.read_index(tau_root)  # without the scan: size and modification time
+    assert plain.content.str.fullmatch(r"\d+:\d+").all()

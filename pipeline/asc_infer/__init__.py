@@ -47,7 +47,7 @@ from .wavfile import WavError, read_info, read_mono
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("frontend.tflite", "model_int8.tflite", "model.json", "metrics.json", "complexity.json")
-Item = Union[str, os.PathLike, bytes]  # noqa: UP007 - a runtime alias (Python 3.9 in the package)
+Item = Union[str, os.PathLike, bytes]  # noqa: UP007 - a runtime alias
 
 
 class InputError(ValueError):
@@ -292,6 +292,9 @@ class Recording:
         got = np.asarray(got, np.float32).reshape(-1)
         if len(got) != count:
             raise InputError(self.name, f"window {i}: read {len(got)} samples, expected {count}")
+        if not np.isfinite(got).all():
+            raise InputError(self.name, f"window {i} (from {start / self.sample_rate:.2f} s): "
+                                        f"{int(np.size(got) - np.isfinite(got).sum())} non-finite samples (NaN or inf)")
         out[:count] = got
         return out
 

@@ -26,7 +26,7 @@ STAGES: tuple[Stage, ...] = (
           external=dataset_facts,
           reads="the dataset (`data.source`)",
           writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
-                 "facts), `summary.json` (with the dataset checks' warnings), `summary.csv` (clips per split x "
+                 "facts, content hash), `summary.json` (with the dataset checks' warnings), `summary.csv` (clips per split x "
                  "class x device), `audio_scan.csv` (per clip: content hash, peak, clipped fraction)"),
     Stage("teacher", teacher, upstream=("prepare",), main_output="logits.npz",
           settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"),
