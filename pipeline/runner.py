@@ -275,6 +275,10 @@ def summary(params: Params, workdir: Path, results: dict[str, dict] | None = Non
                      f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
                      f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
                      f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})")
+    package = workdir / "compress" / "package"
+    if package.is_dir() and files.read_marker(workdir / "compress") is not None:
+        lines.append(f"  package:  {package.resolve()} (classify recordings: python -m pipeline.predict FILES "
+                     f"--model {workdir})")
     lines.append(f"  MLflow:   mlflow ui --backend-store-uri {params.tracking.uri} --default-artifact-root "
                  f"{params.tracking.artifact_root} (experiment '{params.tracking.experiment}')")
     return "\n".join(lines)
