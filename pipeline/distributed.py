@@ -354,7 +354,7 @@ def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: boo
 
             def upstream_ready(ups=ups):
                 for up in ups:
-                    marker = runner._complete(registry.get(up), workdir / up)
+                    marker = runner.complete_marker(registry.get(up), workdir / up)
                     key = runner.stage_key(registry.get(up), params, workdir)
                     if marker is None or (key is not None and marker.get("key") != key):
                         return False
@@ -363,12 +363,12 @@ def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: boo
             _wait_for(upstream_ready, f"complete outputs of {', '.join(ups)} under {workdir}",
                       params.train.worker_wait_seconds)
             key = runner.stage_key(stage, params, workdir)
-            marker = runner._complete(stage, workdir / name)
+            marker = runner.complete_marker(stage, workdir / name)
             if not force and key is not None and marker is not None and marker.get("key") == key:
                 logger.info("stage %s: the chief reuses its complete outputs; nothing to do", name)
                 results[name] = {"reused": True}
                 continue
-            state = runner._running_state(stage, workdir / name, key, force)
+            state = runner.running_state(stage, workdir / name, key, force)
             out = scratch / name
             out.mkdir(parents=True)
             ctx = Context(params=params, workdir=workdir, out=out,

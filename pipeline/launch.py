@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 
+from pipeline.run import seconds_arg
+
 logger = logging.getLogger("pipeline.launch")
 
 
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="restart the whole group this many times after a failure (default 0)")
     parser.add_argument("--host", default="127.0.0.1", help="address the workers listen on (default 127.0.0.1)")
-    parser.add_argument("--grace-seconds", type=float, default=10.0,
+    parser.add_argument("--grace-seconds", type=seconds_arg, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping workers (default 10)")
     args = parser.parse_args(argv)
     if not run_args:

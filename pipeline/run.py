@@ -53,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server")
     sweep.add_argument("--summary-only", action="store_true",
                        help="run nothing: write the whole grid's summary from the runs in MLflow")
-    parser.add_argument("--wait-lock", type=_seconds, default=0.0, metavar="SECONDS",
+    parser.add_argument("--wait-lock", type=seconds_arg, default=0.0, metavar="SECONDS",
                         help="if another run holds the workdir, wait up to SECONDS for it (default: refuse at once)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="logging verbosity (default: INFO)")
     return parser
 
 
-def _seconds(text: str) -> float:
+def seconds_arg(text: str) -> float:
     """A finite number of seconds >= 0 (argparse type: a bad value exits 2 naming the option)."""
     try:
         value = float(text)

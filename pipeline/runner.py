@@ -55,7 +55,7 @@ def stage_key(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, 
                    "external": stage.external(params) if stage.external else None, "upstream": upstream})
 
 
-def _complete(stage: Stage, folder: Path) -> dict | None:
+def complete_marker(stage: Stage, folder: Path) -> dict | None:
     """The marker of a complete stage folder (marker and main output present), else None."""
     marker = files.read_marker(folder)
     if marker is None or not (folder / stage.main_output).is_file():
@@ -67,7 +67,7 @@ def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[St
     """Refuse inputs that are missing, incomplete or made with other settings than ``params``."""
     for name in active_upstream(stage, params, stages):
         up = registry.get(name, stages)
-        marker = _complete(up, workdir / name)
+        marker = complete_marker(up, workdir / name)
         if marker is None:
             raise StageError(f"{workdir / name} is missing or incomplete: run --stage {name} first")
         key = stage_key(up, params, workdir, stages)
@@ -76,7 +76,7 @@ def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[St
                              f"run --stage {name} (or --stage all) with the same --config/--set first")
 
 
-def _running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> dict | None:
+def running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> dict | None:
     """The state of an interrupted run of a resumable stage with the same key (None: start afresh)."""
     path = folder / RUNNING
     if force or not stage.resumable or key is None or not path.is_file() or files.read_marker(folder):
@@ -157,7 +157,7 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
              stages: tuple[Stage, ...], place: Folder | None = None) -> dict:
     key = stage_key(stage, params, workdir, stages)
     folder = _place(stage.name, workdir, key, place)
-    marker = _complete(stage, folder)
+    marker = complete_marker(stage, folder)
     if not force and key is not None and marker is not None and marker.get("key") == key:
         logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns it)",
                     stage.name, folder)
@@ -168,7 +168,7 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
         tracker.parent_tags(marker.get("parent_tags", {}))
         return {"reused": True}
 
-    state = _running_state(stage, folder, key, force)
+    state = running_state(stage, folder, key, force)
     run_id = state.get("run_id") if state and tracker.run_exists(state.get("run_id")) else None
     if state and run_id is None:
         logger.warning("%s: the run of the interrupted stage is not in this store; logging into a new run",

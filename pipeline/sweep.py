@@ -94,7 +94,7 @@ class Dimension:
 
     @property
     def values(self) -> list:
-        return [config._parse_value(t) for t in self.texts]
+        return [config.parse_value(t) for t in self.texts]
 
 
 def parse_sweep(arg: str) -> Dimension:
@@ -111,7 +111,7 @@ def parse_sweep(arg: str) -> Dimension:
         texts = split_values(text)
     except ConfigError as exc:
         raise ConfigError(f"--sweep {arg!r}: {exc}") from None
-    parsed = [repr(config._parse_value(t)) for t in texts]
+    parsed = [repr(config.parse_value(t)) for t in texts]
     dupes = sorted({t for t, p in zip(texts, parsed) if parsed.count(p) > 1})
     if dupes:
         raise ConfigError(f"--sweep {arg!r}: duplicate value(s) {dupes}")

@@ -128,10 +128,9 @@ def test_preflight_names_the_option_and_the_path(tmp_path):
 
 def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path):
     from pipeline import preflight
+    from pipeline.launch import free_ports
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)  # a port nobody listens on
     start = time.monotonic()
     with pytest.raises(preflight.EnvironmentProblem, match=rf"tracking.uri: the MLflow server http://127.0.0.1:{port}"):
         preflight.check_tracking(f"http://127.0.0.1:{port}", str(tmp_path / "art"), timeout=2)

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 
 from pipeline import asc_infer, serving
 from pipeline import stages as registry
+from pipeline.launch import free_ports
 from pipeline.stages.base import MemoryRecorder, PrefixedRecorder
 
 SERVE_DEADLINE_S = 180.0
@@ -117,12 +117,6 @@ def test_pyfunc_in_process_equals_runtime_api(store):
     assert got["windows"].tolist() == [len(r) for r in recordings] == [2, 1, 3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as answer:
@@ -144,7 +138,7 @@ def test_mlflow_models_serve_answers_like_the_pyfunc(store, tmp_path):
     bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn by name
     env = dict(os.environ, MLFLOW_TRACKING_URI=params.tracking.uri, PYTHONPATH=str(shim.parent),
                PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
-    port = _free_port()
+    (port,) = free_ports(1)
     log = tmp_path / "serve.log"
     started = time.monotonic()
     with open(log, "wb") as out:

@@ -231,7 +231,7 @@ def from_dict(data: dict) -> Params:
     return params
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     """A ``--set`` value: YAML scalar/list syntax (``3``, ``1e-3``, ``true``, ``[64, 128]``)."""
     try:
         return yaml.safe_load(text) if text != "" else ""
@@ -259,7 +259,7 @@ def apply_overrides(params: Params | dict, overrides: list[str]) -> Params:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: malformed key {key!r}")
-        _set_dotted(tree, key, _parse_value(text.strip()))
+        _set_dotted(tree, key, parse_value(text.strip()))
     return from_dict(tree)
 
 
