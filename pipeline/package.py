@@ -34,7 +34,7 @@ from pipeline.core.params import Params
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "asc_infer"
-RUNTIME_MODULES = ("__init__.py", "wavfile.py", "resample.py")
+RUNTIME_MODULES = ("__init__.py", "recording.py", "wavfile.py", "resample.py")
 PACKAGE_VERSION = "0.1.0"
 
 _README = """# asc-infer: acoustic scene classification ({config})
@@ -92,10 +92,18 @@ def project_version() -> dict[str, str | None]:
     return {"version": version, "commit": commit}
 
 
-def model_info(params: Params) -> dict:
-    """The ``model.json`` of a package built with ``params``."""
+def model_info(params: Params, provenance: dict | None = None) -> dict:
+    """The ``model.json`` of a package built with ``params``.
+
+    Args:
+      params: the run's parameters.
+      provenance: where the classifier came from: ``train_output`` (the SHA-256 of the train
+        stage's ``model.keras``, as its completion marker records it) and ``train_run_id`` (its
+        MLflow run). ``pipeline.predict --model WORKDIR`` compares ``train_output`` with the
+        workdir's current ``train/`` to refuse a stale package.
+    """
     a = params.audio
-    return {"labels": list(CLASSES), "sample_rate": a.sample_rate_hz, "clip_samples": a.clip_samples,
+    return {**(provenance or {}),"labels": list(CLASSES), "sample_rate": a.sample_rate_hz, "clip_samples": a.clip_samples,
             "window_seconds": a.clip_samples / a.sample_rate_hz, "hop_seconds": a.clip_samples / a.sample_rate_hz,
             "config": params.name, "model": params.model.name, "n_mels": a.n_mels,
             "project": project_version(),
@@ -104,7 +112,7 @@ def model_info(params: Params) -> dict:
 
 
 def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes, params: Params, metrics: dict,
-                  complexity: dict) -> Path:
+                  complexity: dict, provenance: dict | None = None) -> Path:
     """Write the installable package ``out/package/`` (and ``out/package.tar.gz``), atomically.
 
     Args:
@@ -114,6 +122,7 @@ def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes
       params: the run's parameters (audio settings, config name).
       metrics: what goes into ``metrics.json`` (the int8 metrics on the evaluate split).
       complexity: what goes into ``complexity.json`` (``params``, ``size_bytes``, ``macs``, ``limits``).
+      provenance: the training run it came from (see :func:`model_info`).
 
     Returns:
       the package folder ``out/package``.
@@ -129,7 +138,7 @@ def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "package"
-    info = model_info(params)
+    info = model_info(params, provenance)
     tmp = Path(tempfile.mkdtemp(prefix=".package.", dir=out))
     try:
         pkg = tmp / "asc_infer"

@@ -4,24 +4,37 @@
 [--engine int8|float] [--window-seconds S] [--hop-seconds S] [--output predictions.csv]
 [--windows-output windows.csv]``
 
-Inputs: files, folders (recursive; every regular file in a folder is an input, so a stray file that
-is not audio is reported, not skipped) and globs. WAV (PCM 16/24/32-bit, float 32/64-bit, any rate
-and channel count) is read by the package's own reader (:mod:`pipeline.asc_infer.wavfile`); FLAC and
-OGG/Vorbis by ``soundfile`` (libsndfile) when it is installed. Every recording is streamed: mono
-downmix, resampling to the model's rate, windows of ``--window-seconds`` every ``--hop-seconds``,
-the last padded. Only one window's input range is read at a time, and the float engine scores at
-most :data:`BATCH` windows at once, so memory does not grow with the recording's length.
+Inputs (:mod:`pipeline.predict_files`): files, folders (recursive; every regular file in a folder
+is an input, so a stray file that is not audio is reported, not skipped; CSV files this command
+wrote are skipped and counted) and globs. Every named path is used or reported with a reason: a
+folder with no file, a FIFO or another non-regular file (never opened), a dangling link. WAV (PCM
+16/24/32-bit, float 32/64-bit, 1 to 384 kHz, any channel count) is read by the package's own
+reader (:mod:`pipeline.asc_infer.wavfile`); FLAC and OGG/Vorbis by ``soundfile`` (libsndfile) when
+it is installed. Every recording is streamed: mono downmix, resampling to the model's rate,
+windows of ``--window-seconds`` every ``--hop-seconds`` (both at most 600 s). No window runs past
+the end: the last one is moved back to end at the recording's end, and only a recording shorter
+than one clip is zero-padded (the ``padded_seconds`` column). Only one window's input range is
+read at a time, and the float engine scores at most :data:`BATCH` windows at once, so memory does
+not grow with the recording's length.
 
 Engines. ``int8`` (default): the deployable package's runtime (:mod:`pipeline.asc_infer`: float
 front end + int8 TFLite classifier), the same code path as the installed package. ``float``: the
-Keras model of the train stage on the same windows. A recording's probabilities are the mean of
-its windows' softmax probabilities.
+Keras model of the train stage on the same windows. A recording's probabilities are the weighted
+mean of its windows' softmax probabilities, every sample counting once (overlapping windows share
+it). With ``--model WORKDIR`` the package must come from the workdir's current ``train/`` output
+(``model.json`` records it), else the command refuses and names the stage to rerun; an explicit
+``--engine int8`` uses it anyway, with a warning. A ``models:/`` URI needs a store that exists
+and answers (checked in seconds, nothing created).
 
-Outputs (written atomically): one row per file ``file, scene, <one column per class>, windows,
-seconds``; with ``--windows-output`` one row per window ``file, window, start_s, end_s, scene,
-<probabilities>``. Files that cannot be read are listed with the reason at the end (stderr); the
-exit status is 1 if any failed, 2 for a usage error (bad ``--model``, a non-positive window or hop,
-no inputs found) and 0 otherwise.
+Outputs (written atomically; refused before any work when an output is an input, a folder, a
+symbolic link or another non-regular file, or both outputs are one file): one row per file
+``file, scene, <one column per class>, windows, seconds, padded_seconds``; with
+``--windows-output`` one row per window ``file, window, start_s, end_s, weight, scene,
+<probabilities>`` (the file's row is the weighted sum of its window rows). Files that cannot be
+read or scored (MemoryError included) are listed with the reason at the end (stderr); the other
+files' rows are written. The exit status is 1 if any failed, 2 for a usage error (bad ``--model``,
+a stale package, an unreachable store, a bad window or hop, a bad output, no inputs found) and 0
+otherwise.
 """
 
 from __future__ import annotations
@@ -29,126 +42,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
 import itertools
+import json
 import logging
 import math
-import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import asc_infer
 from pipeline.core import files
+from pipeline.predict_files import UsageError, check_outputs, expand_inputs, open_source
 
 logger = logging.getLogger("pipeline.predict")
 
 BATCH = 64  # windows per float-engine batch
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-SOUNDFILE_SUFFIXES = (".flac", ".ogg", ".oga")
-
-
-class UsageError(ValueError):
-    """A bad command line (model, window, inputs): exit status 2."""
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named by ``paths`` (files, folders walked recursively, globs), in order, without repeats.
-
-    Returns:
-      ``(files, problems)``: the regular files found, and ``(path, reason)`` for paths that name
-      nothing or folders that cannot be listed.
-    """
-    found: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for raw in paths:
-        if os.path.lexists(raw):
-            matches = [raw]
-        elif glob.has_magic(raw):
-            matches = sorted(glob.glob(raw, recursive=True))
-            if not matches:
-                problems.append((raw, "the pattern matches no file"))
-        else:
-            problems.append((raw, "no such file or folder"))
-            matches = []
-        for m in matches:
-            path = Path(m)
-            if path.is_dir():
-                def onerror(exc, _path=path):
-                    problems.append((exc.filename or str(_path), f"cannot list the folder: {exc.strerror or exc}"))
-
-                for folder, dirs, names in os.walk(path, onerror=onerror):
-                    dirs.sort()
-                    found.extend(Path(folder) / n for n in sorted(names))
-            else:
-                found.append(path)
-    seen: set[str] = set()
-    unique = []
-    for path in found:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique, problems
-
-
-class SoundFileSource:
-    """A FLAC/OGG file read through ``soundfile``: ``sample_rate``, ``frames``, ``read(start, stop)`` (mono)."""
-
-    def __init__(self, path: Path):
-        import soundfile
-
-        self._sf = soundfile
-        self.path = str(path)
-        info = soundfile.info(self.path)
-        self.sample_rate, self.frames, self.channels = int(info.samplerate), int(info.frames), int(info.channels)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Mono float32 samples ``[start, stop)``: seek and read that range only."""
-        try:
-            with self._sf.SoundFile(self.path) as f:
-                f.seek(start)
-                x = f.read(max(0, stop - start), dtype="float32", always_2d=True)
-        except Exception as exc:  # libsndfile's errors are RuntimeErrors: report them as read errors
-            raise OSError(f"soundfile cannot read frames {start}..{stop}: {exc}") from exc
-        return x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
-
-
-def open_source(path: Path):
-    """The reader of one file: the WAV reader, or ``soundfile`` for FLAC/OGG.
-
-    Raises:
-      asc_infer.InputError: the file cannot be read (names it and the reason).
-    """
-    name = str(path)
-    if path.is_dir():
-        raise asc_infer.InputError(name, "is a folder")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise asc_infer.InputError(name, exc.strerror or str(exc)) from exc
-    if magic in (b"fLaC", b"OggS") or (path.suffix.lower() in SOUNDFILE_SUFFIXES and magic[:4] != b"RIFF"):
-        try:
-            return SoundFileSource(path)
-        except ImportError:
-            raise asc_infer.InputError(name, "FLAC/OGG needs the soundfile package (pip install soundfile)") from None
-        except Exception as exc:  # soundfile raises its own error types (LibsndfileError, RuntimeError)
-            raise asc_infer.InputError(name, f"soundfile cannot read it: {exc}") from exc
-    return asc_infer.open_wav(path, name)
 
 
 # --------------------------------------------------------------------------- engines
 
 
 class Int8Engine:
-    """The deployable package's runtime: float front end + int8 TFLite classifier, one window at a time."""
+    """The deployable package's runtime: float front end + int8 TFLite classifier, one clip at a time."""
 
     name = "int8"
 
@@ -156,6 +76,7 @@ class Int8Engine:
         self.model = asc_infer.load_model(model_dir)
         self.labels = self.model.labels
         self.sample_rate = self.model.sample_rate
+        self.window_samples = self.model.window_samples
         self.window_seconds, self.hop_seconds = self.model.window_seconds, self.model.hop_seconds
 
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
@@ -182,7 +103,7 @@ class FloatEngine:
                              "the params.yaml that the train stage writes next to model.keras")
         params = config.load(params_file)
         self.model = tf_keras.models.load_model(keras_path)
-        self.clip_samples = params.audio.clip_samples
+        self.clip_samples = self.window_samples = params.audio.clip_samples
         if self.model.inputs[0].shape[-1] not in (None, self.clip_samples):
             raise UsageError(f"{keras_path} takes {self.model.inputs[0].shape[-1]} samples; {params_file} says "
                              f"{self.clip_samples}")
@@ -191,12 +112,12 @@ class FloatEngine:
         self.window_seconds = self.hop_seconds = self.clip_samples / self.sample_rate
 
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
-        """float64 ``[len(windows), n_classes]``: softmax per clip piece, mean over each window's pieces."""
-        pieces = [asc_infer.clip_pieces(w, self.clip_samples) for w in windows]
-        logits = self.model.predict_on_batch(np.concatenate(pieces))
+        """float64 ``[len(windows), n_classes]``: softmax per clip piece, weighted mean over each window's pieces."""
+        cut = [asc_infer.clip_pieces(w, self.clip_samples) for w in windows]
+        logits = self.model.predict_on_batch(np.concatenate([pieces for pieces, _ in cut]))
         probs = asc_infer.softmax(np.asarray(logits))
-        bounds = np.cumsum([0] + [len(p) for p in pieces])
-        return np.stack([probs[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
+        bounds = np.cumsum([0] + [len(pieces) for pieces, _ in cut])
+        return np.stack([weights @ probs[a:b] for (_, weights), (a, b) in zip(cut, itertools.pairwise(bounds))])
 
 
 def _workdir_model(path: Path, engine: str) -> Path | None:
@@ -207,20 +128,85 @@ def _workdir_model(path: Path, engine: str) -> Path | None:
     return None
 
 
+def package_info(package: Path) -> dict:
+    """The ``model.json`` of a package folder (``{}`` when it cannot be read)."""
+    for candidate in (package / "asc_infer" / "model" / "model.json", package / "model.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def check_fresh(workdir: Path, package: Path, explicit: bool) -> None:
+    """Refuse a workdir's package made from another training run than its current ``train/`` output.
+
+    The package's ``model.json`` holds ``train_output`` (the digest of the ``model.keras`` it was
+    made from) and ``train_run_id``; ``train/_SUCCESS.json`` holds the digest of the current one.
+
+    Args:
+      workdir: the ``--model`` workdir.
+      package: its ``compress/package``.
+      explicit: ``--engine int8`` was given: use the package anyway, with a warning.
+
+    Raises:
+      UsageError: they differ and ``explicit`` is False (names the stage to rerun).
+    """
+    made_from = package_info(package).get("train_output")
+    marker = files.read_marker(workdir / "train") or {}
+    current = marker.get("output")
+    if made_from is None or current is None:
+        logger.warning("predict: cannot tell whether %s was made from %s (%s): it may be stale", package,
+                       workdir / "train", "the package predates provenance records" if made_from is None
+                       else "train/ holds no complete run")
+        return
+    if made_from == current:
+        return
+    info = package_info(package)
+    what = (f"{package} was made from another training run ({str(made_from)[:12]}, MLflow run "
+            f"{info.get('train_run_id')}) than the current {workdir / 'train'} ({str(current)[:12]}, MLflow run "
+            f"{marker.get('run_id')})")
+    if explicit:
+        logger.warning("predict: %s; using the package because --engine int8 was given", what)
+        return
+    raise UsageError(f"{what}: rerun the compress stage (python -m pipeline.run --stage compress --workdir {workdir} "
+                     "with the same --config/--set), or choose: --engine float (the current model) or --engine int8 "
+                     "(this package anyway)")
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in seconds, a registry store that cannot answer, without creating anything.
+
+    An ``http(s)://`` server gets :func:`pipeline.preflight.check_tracking_readable`'s probe; a
+    ``sqlite:///`` file or a store folder must already exist (a missing one would be created
+    empty by MLflow, which then reports the model as "not found").
+    """
+    from pipeline import preflight
+
+    try:
+        preflight.check_tracking_readable(uri, option="--tracking-uri")
+    except preflight.EnvironmentProblem as exc:
+        raise UsageError(str(exc)) from None
+
+
 def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Path | None = None) -> tuple[str, Path]:
     """``(engine, path)`` for ``--model`` and ``--engine``.
 
     ``spec``: a workdir (``compress/package`` for int8, ``train/model.keras`` for float), a package
     folder, a model folder (holding ``model.json``), a ``.keras`` file (float) or
     ``models:/NAME/VERSION`` (int8; downloaded with :func:`pipeline.serving.package_from_registry`
-    into ``scratch``, or a new temporary folder when ``None``).
+    into ``scratch``, or a new temporary folder when ``None``). A workdir's package made from
+    another training run than its ``train/`` is refused unless ``engine`` is given
+    (:func:`check_fresh`).
 
     Raises:
-      UsageError: the model cannot be found or does not fit the engine.
+      UsageError: the model cannot be found, does not fit the engine, is stale, or its store does not answer.
     """
     if spec.startswith(("models:/", "runs:/")):
         if engine == "float":
             raise UsageError(f"--model {spec}: a registered model is the int8 package; use --engine int8")
+        check_store(tracking_uri)
         from pipeline import serving
 
         try:
@@ -236,13 +222,15 @@ def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Pat
         return "float", path
     if not path.is_dir():
         raise UsageError(f"--model {spec}: no such file or folder")
-    engine = engine or "int8"
-    found = _workdir_model(path, engine)
+    chosen = engine or "int8"
+    found = _workdir_model(path, chosen)
     if found is not None:
-        return engine, found
-    if engine == "int8" and ((path / "model.json").is_file() or (path / "asc_infer" / "model" / "model.json").is_file()):
-        return engine, path
-    wanted = "compress/package (run --stage compress)" if engine == "int8" else "train/model.keras"
+        if chosen == "int8":
+            check_fresh(path, found, explicit=engine is not None)
+        return chosen, found
+    if chosen == "int8" and ((path / "model.json").is_file() or (path / "asc_infer" / "model" / "model.json").is_file()):
+        return chosen, path
+    wanted = "compress/package (run --stage compress)" if chosen == "int8" else "train/model.keras"
     raise UsageError(f"--model {spec}: not a workdir holding {wanted}, nor a package folder")
 
 
@@ -259,26 +247,44 @@ def make_engine(engine: str, path: Path):
 # --------------------------------------------------------------------------- prediction
 
 
+@dataclass
+class FileResult:
+    """One recording's prediction.
+
+    Attributes:
+      probabilities: float64 ``[n_classes]``, the weighted mean of the windows' (every sample counts once).
+      windows: ``(start_s, end_s, weight, probabilities)`` per window.
+      seconds: the recording's duration.
+      padded_seconds: zero padding added (only a recording shorter than one clip is padded).
+    """
+
+    probabilities: np.ndarray
+    windows: list[tuple[float, float, float, np.ndarray]]
+    seconds: float
+    padded_seconds: float
+
+
 def predict_file(engine, path: Path, *, window_seconds: float | None, hop_seconds: float | None,
-                 batch: int = BATCH) -> tuple[np.ndarray, list[tuple[float, np.ndarray]], float]:
-    """One file's mean probabilities, its per-window ``(start_s, probabilities)`` and its duration.
+                 batch: int = BATCH) -> FileResult:
+    """One file's prediction (see :class:`FileResult`).
 
     Raises:
       asc_infer.InputError: the file cannot be read.
     """
     rec = asc_infer.make_recording(str(path), open_source(path), engine, window_seconds=window_seconds,
                                    hop_seconds=hop_seconds)
-    rows: list[tuple[float, np.ndarray]] = []
-    starts, pending = [], []
-    for start, window in rec.windows():
-        starts.append(start)
+    probs: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    for _, window in rec.windows():
         pending.append(window)
         if len(pending) == batch:
-            rows.extend(zip(starts, engine.probabilities(pending)))
-            starts, pending = [], []
+            probs.extend(engine.probabilities(pending))
+            pending = []
     if pending:
-        rows.extend(zip(starts, engine.probabilities(pending)))
-    return np.mean([p for _, p in rows], axis=0), rows, rec.seconds
+        probs.extend(engine.probabilities(pending))
+    weights = rec.weights()
+    rows = [(*rec.bounds(i), float(weights[i]), p) for i, p in enumerate(probs)]
+    return FileResult(weights @ np.stack(probs), rows, rec.seconds, rec.padding_seconds)
 
 
 @contextlib.contextmanager
@@ -290,18 +296,33 @@ def _csv_out(path: Path | None) -> Iterator:
         yield csv.writer(fh)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Predict every input; returns the exit status."""
+def check_seconds(args: argparse.Namespace) -> None:
+    """``--window-seconds`` and ``--hop-seconds``: finite, positive, at most ``asc_infer.MAX_WINDOW_SECONDS``."""
     for what in ("window_seconds", "hop_seconds"):
         value = getattr(args, what)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{what.replace('_', '-')} must be a positive number of seconds, got {value}")
+        option = f"--{what.replace('_', '-')}"
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be a positive number of seconds, got {value}")
+        if value > asc_infer.MAX_WINDOW_SECONDS:
+            raise UsageError(f"{option} {value:g} is longer than {asc_infer.MAX_WINDOW_SECONDS:g} seconds (the "
+                             "longest window or hop: a window is held in memory whole)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input; returns the exit status."""
+    check_seconds(args)
+    check_outputs({"--output": args.output, "--windows-output": args.windows_output}, [])
     with tempfile.TemporaryDirectory(prefix="asc-predict-") as scratch:  # a registry download lives here
         return _run(args, *resolve_model(args.model, args.engine, args.tracking_uri, Path(scratch)))
 
 
 def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
-    inputs, failed = expand_inputs(args.paths)
+    inputs, failed, skipped = expand_inputs(args.paths)
+    check_outputs({"--output": args.output, "--windows-output": args.windows_output}, inputs)
+    if skipped:
+        logger.info("predict: skipped %d CSV file(s) in the input folders that this command wrote earlier", skipped)
     if not inputs:
         missing = "; ".join(f"{p}: {r}" for p, r in failed)
         raise UsageError(f"no input files found{': ' + missing if missing else ''}")
@@ -310,29 +331,36 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
         value = getattr(args, what)
         if value is not None and round(value * engine.sample_rate) < 1:
             raise UsageError(f"--{what.replace('_', '-')} {value} is shorter than one sample at {engine.sample_rate} Hz")
-    logger.info("predict: %d file(s) with the %s engine (%s)", len(inputs), engine_name, model_path)
+    info = package_info(model_path) if engine_name == "int8" else {}
+    logger.info("predict: %d file(s) with the %s engine (%s%s)", len(inputs), engine_name, model_path,
+                f", from training run {info['train_run_id']}" if info.get("train_run_id") else "")
     from tqdm import tqdm
 
     labels = list(engine.labels)
     done = 0
     with _csv_out(args.output) as out, _csv_out(args.windows_output) as wout:
-        out.writerow(["file", "scene", *labels, "windows", "seconds"])
+        out.writerow(["file", "scene", *labels, "windows", "seconds", "padded_seconds"])
         if wout is not None:
-            wout.writerow(["file", "window", "start_s", "end_s", "scene", *labels])
+            wout.writerow(["file", "window", "start_s", "end_s", "weight", "scene", *labels])
         for path in tqdm(inputs, desc="predict", unit="file", disable=None):
             try:
-                probs, rows, seconds = predict_file(engine, path, window_seconds=args.window_seconds,
-                                                    hop_seconds=args.hop_seconds)
+                got = predict_file(engine, path, window_seconds=args.window_seconds, hop_seconds=args.hop_seconds)
             except asc_infer.InputError as exc:
                 failed.append((str(path), exc.reason))
                 continue
-            out.writerow([str(path), labels[int(np.argmax(probs))], *map(float, probs), len(rows), seconds])
+            except MemoryError:
+                failed.append((str(path), "out of memory while reading or scoring it"))
+                continue
+            except Exception as exc:  # one file never loses the others' results; the reason is listed
+                logger.debug("predict: %s failed", path, exc_info=True)
+                failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+                continue
+            out.writerow([str(path), labels[int(np.argmax(got.probabilities))], *map(float, got.probabilities),
+                          len(got.windows), got.seconds, got.padded_seconds])
             done += 1
             if wout is not None:
-                width = args.window_seconds or engine.window_seconds
-                for i, (start, p) in enumerate(rows):
-                    wout.writerow([str(path), i, start, min(start + width, seconds), labels[int(np.argmax(p))],
-                                   *map(float, p)])
+                for i, (start, end, weight, p) in enumerate(got.windows):
+                    wout.writerow([str(path), i, start, end, weight, labels[int(np.argmax(p))], *map(float, p)])
     logger.info("predict: wrote %d row(s) to %s%s", done, args.output,
                 f" and windows to {args.windows_output}" if args.windows_output else "")
     if failed:
@@ -345,27 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.predict",
         description="Classify recordings with a trained model: one CSV row per file (and optionally per window). "
-                    "Reads WAV (PCM 16/24/32-bit, float 32/64-bit; any rate and channel count) with the package's "
-                    "own reader, and FLAC and OGG/Vorbis through soundfile (libsndfile) when it is installed. "
-                    "Recordings are downmixed to mono, resampled to the model's rate and streamed in windows.",
+                    "Reads WAV (PCM 16/24/32-bit, float 32/64-bit; 1 to 384 kHz, any channel count) with the "
+                    "package's own reader, and FLAC and OGG/Vorbis through soundfile (libsndfile) when it is "
+                    "installed. Recordings are downmixed to mono, resampled to the model's rate and streamed in "
+                    "windows; no window runs past the end of a recording.",
         epilog="Example: python -m pipeline.predict recordings/ --model work --output predictions.csv")
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="files, folders (recursive: every file in them is an input) or glob patterns")
+                        help="files, folders (recursive: every file in them is an input, except CSV files this "
+                             "command wrote) or glob patterns")
     parser.add_argument("--model", default="work", metavar="WORKDIR|PACKAGE_DIR|MODEL.keras|models:/NAME/VERSION",
-                        help="a workdir (int8: compress/package, float: train/model.keras), a package folder, a "
-                             ".keras file or a registered model URI (default: work)")
+                        help="a workdir (int8: compress/package, refused when made from another training run than "
+                             "train/; float: train/model.keras), a package folder, a .keras file or a registered "
+                             "model URI (default: work)")
     parser.add_argument("--engine", choices=("int8", "float"), default=None,
-                        help="int8: the shipped TFLite package (default); float: the Keras model of train "
+                        help="int8: the shipped TFLite package (default; given explicitly, a workdir's package is "
+                             "used even when train/ has changed since); float: the Keras model of train "
                              "(default for a .keras --model)")
     parser.add_argument("--window-seconds", type=float, default=None, metavar="S",
-                        help="window length (default: the model's clip length)")
+                        help=f"window length (default: the model's clip length; at most "
+                             f"{asc_infer.MAX_WINDOW_SECONDS:g})")
     parser.add_argument("--hop-seconds", type=float, default=None, metavar="S",
-                        help="hop between window starts (default: the window length)")
+                        help=f"hop between window starts (default: the window length; at most "
+                             f"{asc_infer.MAX_WINDOW_SECONDS:g})")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), metavar="CSV",
-                        help="per-file CSV (default: predictions.csv)")
+                        help="per-file CSV (default: predictions.csv); never an input, a folder or a non-regular file")
     parser.add_argument("--windows-output", type=Path, default=None, metavar="CSV", help="per-window CSV")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                        help=f"MLflow store for models:/ URIs (default: {DEFAULT_TRACKING_URI})")
+                        help=f"MLflow store for models:/ URIs (default: {DEFAULT_TRACKING_URI}); it must exist")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 

@@ -97,14 +97,7 @@ def check_tracking(uri: str, artifact_root: str, *, timeout: float = 5.0) -> Non
             if not os.access(db, os.W_OK):
                 raise EnvironmentProblem(f"tracking.uri: {db} is read-only")
     elif parsed.scheme in ("http", "https"):
-        health = urllib.parse.urlunparse(parsed._replace(path=parsed.path.rstrip("/") + "/health", query=""))
-        try:
-            with urllib.request.urlopen(health, timeout=timeout) as response:
-                response.read(64)
-        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise EnvironmentProblem(f"tracking.uri: the MLflow server {uri} did not answer within {timeout:.0f} s "
-                                     f"({reason})") from None
+        _probe_server("tracking.uri", uri, parsed, timeout)
     elif parsed.scheme in ("", "file"):
         _writable_folder("tracking.uri", Path(parsed.path if parsed.scheme == "file" else uri))
     else:
@@ -113,6 +106,52 @@ def check_tracking(uri: str, artifact_root: str, *, timeout: float = 5.0) -> Non
     art = urllib.parse.urlparse(artifact_root)
     if art.scheme in ("", "file"):
         _writable_folder("tracking.artifact_root", Path(art.path if art.scheme == "file" else artifact_root))
+
+
+def _probe_server(option: str, uri: str, parsed: urllib.parse.ParseResult, timeout: float) -> None:
+    health = urllib.parse.urlunparse(parsed._replace(path=parsed.path.rstrip("/") + "/health", query=""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            response.read(64)
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EnvironmentProblem(f"{option}: the MLflow server {uri} did not answer within {timeout:.0f} s "
+                                 f"({reason})") from None
+
+
+def check_tracking_readable(uri: str, *, option: str = "tracking.uri", timeout: float = 5.0) -> None:
+    """Raise :class:`EnvironmentProblem` unless an existing MLflow store can be read; create nothing.
+
+    For reading a registered model (``python -m pipeline.predict --model models:/...``): a
+    ``sqlite:///`` database file must exist and be SQLite (MLflow would create an empty one and
+    then report the model "not found"); a ``file:`` or folder store must exist; an ``http(s)://``
+    server must answer within ``timeout`` seconds (MLflow retries for minutes).
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise EnvironmentProblem(f"{option}: {uri!r}: use sqlite:///<path to a database file>")
+        db = Path(path)
+        if not db.is_file():
+            raise EnvironmentProblem(f"{option}: no MLflow store at {db.resolve()} ({uri}; relative paths start in "
+                                     f"{Path.cwd()}): give the store that holds the model")
+        try:
+            with open(db, "rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise EnvironmentProblem(f"{option}: cannot read {db}: {exc.strerror or exc}") from None
+        if head != SQLITE_MAGIC:
+            raise EnvironmentProblem(f"{option}: {db} is not an SQLite database (an MLflow store)")
+    elif parsed.scheme in ("http", "https"):
+        _probe_server(option, uri, parsed, timeout)
+    elif parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme == "file" else uri)
+        if not folder.is_dir():
+            raise EnvironmentProblem(f"{option}: no MLflow store folder at {folder}")
+    else:
+        raise EnvironmentProblem(f"{option}: unsupported scheme {parsed.scheme!r} in {uri!r} "
+                                 "(sqlite:///, file:, http(s):// or a folder)")
 
 
 def check(workdir: Path, uri: str, artifact_root: str, *, track: bool = True) -> None:

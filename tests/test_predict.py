@@ -88,17 +88,28 @@ def test_cli_predicts_good_files_and_names_bad_ones(cli_run, shipped_workdir, re
     assert len(_read_csv(recordings.parent / "x.csv")) == 1
 
 
-def test_per_file_probabilities_are_the_mean_of_the_window_rows(cli_run):
+def test_per_file_probabilities_are_the_weighted_mean_of_the_window_rows(cli_run):
+    """Every sample counts once: the file row is the window rows weighted by their ``weight`` column."""
     _, rows, wrows = cli_run
     for row in rows:
         mine = [w for w in wrows if w["file"] == row["file"]]
+        seconds = float(row["seconds"])
         assert len(mine) == int(row["windows"])
         assert [int(w["window"]) for w in mine] == list(range(len(mine)))
         starts = np.array([float(w["start_s"]) for w in mine])
-        np.testing.assert_allclose(starts, np.arange(len(mine)) * 1.0)
-        assert float(mine[-1]["end_s"]) == pytest.approx(float(row["seconds"]))
+        ends = np.array([float(w["end_s"]) for w in mine])
+        if seconds >= 1.0:  # 1-s windows every second; none past the end
+            np.testing.assert_allclose(starts, np.arange(len(mine)) * 1.0)
+            np.testing.assert_allclose(ends - starts, 1.0)
+        else:  # shorter than one window: one window holding the whole recording, the rest is padding
+            assert (starts[0], ends[0]) == (0.0, pytest.approx(seconds))
+            assert float(row["padded_seconds"]) == pytest.approx(1.0 - seconds, abs=1e-4)
+        assert ends.max() == pytest.approx(seconds)
+        weights = np.array([float(w["weight"]) for w in mine])
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(weights, 1 / len(mine), rtol=1e-12)  # whole seconds: no overlap
         per_window = np.array([[float(w[c]) for c in CLASSES] for w in mine])
-        np.testing.assert_allclose(per_window.mean(axis=0), [float(row[c]) for c in CLASSES], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(weights @ per_window, [float(row[c]) for c in CLASSES], rtol=0, atol=1e-12)
 
 
 def test_package_api_returns_the_cli_probabilities(cli_run, shipped_workdir, recordings):
@@ -176,17 +187,17 @@ def test_built_package_imports_in_isolation(shipped_workdir, recordings):
 def test_reads_only_window_sized_ranges(shipped_workdir, recordings, monkeypatch):
     """Memory stays bounded: each read asks for about one window of input, never the whole file."""
     calls = []
-    real = asc_infer.read_mono
+    real = asc_infer.recording.read_mono
 
     def spy(source, info=None, start=0, count=None):
         calls.append((info.sample_rate, start, count))
         return real(source, info, start, count)
 
-    monkeypatch.setattr(asc_infer, "read_mono", spy)
+    monkeypatch.setattr(asc_infer.recording, "read_mono", spy)
     engine = predict.Int8Engine(shipped_workdir[0] / "compress" / "package")
     for name, rate in (("stereo48.wav", 48000), ("sub/long.wav", 44100)):
         calls.clear()
-        _, rows, _ = predict.predict_file(engine, recordings / name, window_seconds=None, hop_seconds=None)
+        rows = predict.predict_file(engine, recordings / name, window_seconds=None, hop_seconds=None).windows
         assert len(calls) >= len(rows)
         assert all(c[0] == rate and c[2] is not None for c in calls)
         # one window's input plus the resampler's filter support, never the file (10 s or 180 s)
@@ -195,7 +206,7 @@ def test_reads_only_window_sized_ranges(shipped_workdir, recordings, monkeypatch
     fl = predict.FloatEngine(shipped_workdir[0] / "train" / "model.keras")
     original = fl.probabilities
     monkeypatch.setattr(fl, "probabilities", lambda w: batches.append(len(w)) or original(w))
-    _, rows, _ = predict.predict_file(fl, recordings / "sub" / "long.wav", window_seconds=None, hop_seconds=None)
+    rows = predict.predict_file(fl, recordings / "sub" / "long.wav", window_seconds=None, hop_seconds=None).windows
     assert batches == [64, 64, 52] and len(rows) == 180
 
 
@@ -211,18 +222,25 @@ class ArraySource:
 
 
 @pytest.mark.parametrize("rate", [44100, 48000, 16000])
-def test_windows_equal_the_resampled_whole_signal(rate):
+def test_windows_equal_the_resampled_whole_signal_and_never_run_past_its_end(rate):
     x = _noise(3.7, rate, seed=rate)[:, 0]
     rec = asc_infer.Recording("x", ArraySource(x, rate), 44100, 44100, 44100)
     whole = x if rate == 44100 else Resampler(rate, 44100)(x)
     assert len(rec) == math.ceil(len(whole) / 44100) == 4
-    got = np.concatenate([w for _, w in rec.windows()])
-    np.testing.assert_allclose(got[:len(whole)], whole, rtol=0, atol=2e-6)
-    assert not got[len(whole):].any()  # the last window is zero-padded
+    starts = [rec.start(i) for i in range(len(rec))]
+    assert starts == [0, 44100, 88200, len(whole) - 44100]  # the last one moved back to end at the end
+    for start, (_, window) in zip(starts, rec.windows()):
+        assert len(window) == 44100
+        np.testing.assert_allclose(window, whole[start:start + 44100], rtol=0, atol=2e-6)
     assert rec.source.asked < 1.1 * rate
+    # the moved-back window and its neighbour share the samples both cover: every sample counts once
+    overlap = (88200 + 44100 - (len(whole) - 44100)) / len(whole)
+    np.testing.assert_allclose(rec.weights(), np.array([44100, 44100, 44100 - overlap * len(whole) / 2,
+                                                        44100 - overlap * len(whole) / 2]) / len(whole), rtol=1e-12)
     half = asc_infer.Recording("x", ArraySource(x, rate), 44100, 44100, 22050)
     assert len(half) == 1 + math.ceil((len(whole) - 44100) / 22050)
     np.testing.assert_allclose(half.window(1)[:22050], whole[22050:44100], rtol=0, atol=2e-6)
+    assert half.start(len(half) - 1) + 44100 == len(whole)
 
 
 def test_window_and_hop_options(shipped_workdir, recordings, tmp_path):
@@ -326,7 +344,7 @@ def test_int8_and_float_engines_agree_on_argmax(decisive):
     """Measured on the 18 synthetic evaluate clips: 16/18 agree (0.89; tiny fine-tuned model); the bound is 0.75."""
     out, ev, root = decisive
     engines = predict.Int8Engine(out / "compress" / "package"), predict.FloatEngine(out / "train" / "model.keras")
-    probs = [np.array([predict.predict_file(e, root / f, window_seconds=None, hop_seconds=None)[0]
+    probs = [np.array([predict.predict_file(e, root / f, window_seconds=None, hop_seconds=None).probabilities
                        for f in ev.filename]) for e in engines]
     # decided enough for argmax to mean something: top probability well above 0.1, several classes predicted
     assert probs[1].max(axis=1).mean() > 0.2 and len(set(probs[1].argmax(1))) >= 3
@@ -346,3 +364,36 @@ def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run
     np.testing.assert_allclose([float(got[c]) for c in CLASSES], [float(want[c]) for c in CLASSES], rtol=0, atol=1e-12)
     assert predict.main([str(recordings / "short.wav"), "--model", uri, "--engine", "float", "--tracking-uri",
                          params.tracking.uri, "--output", str(out), "--log-level", "WARNING"]) == 2
+
+
+def test_a_clip_and_its_48k_stereo_copy_give_the_same_answer(decisive, tmp_path):
+    """Issue #21's demonstration: each built-in evaluate clip, its 48 kHz stereo copy as a phone would deliver it
+    (soxr-resampled, 24-bit, 48,001 samples: one more than 1 s) and the original give the same probabilities
+    within 0.02, and the same scene wherever the original's top two classes are more than 0.02 apart.
+
+    Measured (18 clips): largest difference 0.011. The old rule scored the copy as two windows, the clip and
+    20 us of audio plus zero padding: differences up to 0.22, 9 of 18 scenes changed (asserted below).
+    """
+    import soxr
+
+    out, ev, root = decisive
+    model = asc_infer.load_model(out / "compress" / "package")
+    diffs, old_diffs = [], []
+    for name in ev.filename:
+        x, rate = sf.read(root / name, dtype="float32")
+        assert rate == 44100 and len(x) == 44100
+        copy = soxr.resample(np.concatenate([x, x[-2:]]), 44100, 48000, quality="HQ")[:48001]
+        sf.write(tmp_path / "copy.wav", np.stack([copy, copy], axis=1), 48000, subtype="PCM_24")
+        original, phone = asc_infer.predict(model, [root / name, tmp_path / "copy.wav"])
+        diffs.append(np.abs(phone - original).max())
+        top2 = np.sort(original)[-2:]
+        if top2[1] - top2[0] > 0.02:
+            assert phone.argmax() == original.argmax(), name
+        rec = asc_infer.load_inputs(tmp_path / "copy.wav", model)[0]
+        assert len(rec) == 2 and rec.padding_seconds == 0.0 and rec.bounds(1)[1] == pytest.approx(44101 / 44100)
+        padded = np.zeros(44100, np.float32)  # what the old rule scored as the second window
+        padded[:1] = rec.window(1)[-1:]
+        old = (model.window_probabilities(rec.window(0)) + model.window_probabilities(padded)) / 2
+        old_diffs.append(np.abs(old - original).max())
+    assert max(diffs) <= 0.02, np.round(diffs, 3)
+    assert np.median(old_diffs) > 0.05, np.round(old_diffs, 3)  # the padded window mattered

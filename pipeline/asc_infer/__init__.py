@@ -6,59 +6,71 @@ The runtime API of the deployable package, mirroring the DCASE2025 Task 1 infere
     model = asc_infer.load_model()                       # the model bundled in the package
     probs = asc_infer.predict(model, asc_infer.load_inputs(["memo.wav", "park.wav"]))  # [2, n_classes]
 
-It depends only on NumPy, the standard library, its sibling modules (``wavfile``: a streaming WAV
-reader for 8/16/24/32-bit PCM and 32/64-bit float; ``resample``: a band-limited resampler) and a
-TFLite interpreter, imported when a model is loaded: ``ai_edge_litert`` (``pip install
+It depends only on NumPy, the standard library, its sibling modules and a TFLite interpreter:
+
+* ``wavfile``: a streaming WAV reader for 16/24/32-bit PCM and 32/64-bit float (8-bit PCM,
+  A-law, mu-law and compressed encodings are refused, naming the encoding);
+* ``recording``: inputs, windows, weights and their checks;
+* ``resample``: a band-limited resampler.
+
+The interpreter is imported when a model is loaded: ``ai_edge_litert`` (``pip install
 asc-infer[litert]``), else ``tflite_runtime``, else ``tensorflow.lite`` (``asc-infer[tf]``).
 
-How a recording becomes probabilities:
+How a recording becomes probabilities (the rules are in :mod:`asc_infer.recording`):
 
-1. :func:`load_inputs` reads only the headers. A :class:`Recording` streams its audio window by
-   window: mono downmix (the mean of the channels), resampling to the model's rate with
-   :meth:`resample.Resampler.window` (only the input samples a window needs are read), windows of
-   ``window_seconds`` (default: the model's clip length) every ``hop_seconds`` (default: the window),
-   the last window zero-padded; a recording shorter than one window gives one padded window.
-2. Each window goes through the float log-mel front end (``frontend.tflite``, waveform
-   ``[1, clip_samples]`` in) and the int8 classifier (``model_int8.tflite``, batch 1); the
-   classifier's int8/uint8 input and output are (de)quantized with the scales in the interpreter's
-   tensor details. A window of another length than the model's clip is scored as the mean over its
-   clip-length pieces (the last piece zero-padded).
-3. A window's probabilities are the softmax of the classifier's logits (float64); a recording's
-   probabilities are the mean over its windows (:func:`predict`). :func:`predict_windows` yields the
-   per-window rows.
+1. :func:`load_inputs` reads only the headers (a single path or bytes object, or a list of them).
+   Sample rates outside 1..384 kHz and files that are not regular files (a FIFO) are refused at
+   once. A :class:`Recording` streams its audio window by window: mono downmix (the mean of the
+   channels), resampling to the model's rate with :meth:`resample.Resampler.window` (only the input
+   samples a window needs are read), windows of ``window_seconds`` (default: the model's clip
+   length) every ``hop_seconds`` (default: the window). No window runs past the end: the last one
+   is moved back to end at the recording's end; only a recording shorter than one clip is
+   zero-padded (``Recording.padding_seconds``). Non-finite samples and samples beyond
+   ``MAX_ABS_SAMPLE`` (2.0) are refused, naming the window.
+2. Each clip-length piece of a window goes through the float log-mel front end
+   (``frontend.tflite``, waveform ``[1, clip_samples]`` in) and the int8 classifier
+   (``model_int8.tflite``, batch 1); the classifier's int8/uint8 input and output are
+   (de)quantized with the scales in the interpreter's tensor details.
+3. A piece's probabilities are the softmax of the classifier's logits (float64). A window's are
+   the weighted mean over its pieces, a recording's the weighted mean over its windows, where
+   every sample counts once (overlapping windows share the samples they both cover:
+   ``Recording.weights()``). :func:`predict` returns the recordings' probabilities;
+   :func:`predict_windows` yields the per-window rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
 import numpy as np
 
-from .resample import Resampler
-from .wavfile import WavError, read_info, read_mono
+from .recording import (
+    MAX_ABS_SAMPLE,
+    MAX_SAMPLE_RATE,
+    MAX_WINDOW_SECONDS,
+    MIN_SAMPLE_RATE,
+    InputError,
+    Item,
+    ModelSpec,
+    Recording,
+    WavSource,
+    clip_pieces,
+    coverage_weights,
+    item_list,
+    item_name,
+    make_recording,
+    open_wav,
+    segment_starts,
+)
+from .wavfile import WavError, read_mono
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("frontend.tflite", "model_int8.tflite", "model.json", "metrics.json", "complexity.json")
-Item = Union[str, os.PathLike, bytes]  # noqa: UP007 - a runtime alias
-
-
-class InputError(ValueError):
-    """A recording cannot be read; ``item`` names it, ``reason`` says why."""
-
-    def __init__(self, item: str, reason: str):
-        super().__init__(f"{item}: {reason}")
-        self.item = item
-        self.reason = reason
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -89,22 +101,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def clip_pieces(window: np.ndarray, clip_samples: int) -> np.ndarray:
-    """Cut one window into clip-length pieces, the last zero-padded.
-
-    Args:
-      window: float32 ``[n]`` waveform at the model's rate.
-      clip_samples: the model's input length.
-
-    Returns:
-      float32 ``[ceil(n / clip_samples) or 1, clip_samples]``.
-    """
-    pieces = max(1, math.ceil(len(window) / clip_samples))
-    out = np.zeros(pieces * clip_samples, np.float32)
-    out[:len(window)] = window
-    return out.reshape(pieces, clip_samples)
 
 
 class Model:
@@ -187,9 +183,10 @@ class Model:
         return np.asarray(y, np.float32).reshape(-1)
 
     def window_probabilities(self, window: np.ndarray) -> np.ndarray:
-        """Probabilities (float64 ``[n_classes]``) of one window: softmax of the logits, mean over its pieces."""
-        pieces = clip_pieces(window, self.window_samples)
-        return np.mean([softmax(self.clip_logits(p)) for p in pieces], axis=0)
+        """Probabilities (float64 ``[n_classes]``) of one window: softmax of the logits, weighted mean over its
+        clip-length pieces (:func:`clip_pieces`: none past the window's end)."""
+        pieces, weights = clip_pieces(window, self.window_samples)
+        return weights @ np.stack([softmax(self.clip_logits(p)) for p in pieces])
 
 
 def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None = None) -> Model:
@@ -215,178 +212,36 @@ def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None
 # --------------------------------------------------------------------------- the inputs
 
 
-class WavSource:
-    """A WAV file (path or bytes) read lazily: ``sample_rate``, ``frames``, ``channels``, ``read(start, stop)``."""
-
-    def __init__(self, source: Item):
-        self.source = source if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-        self.info = read_info(self.source)
-        self.sample_rate = int(self.info.sample_rate)
-        self.frames = int(self.info.frames)
-        self.channels = int(self.info.channels)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Mono float32 samples ``[start, stop)`` (mean of the channels)."""
-        return read_mono(self.source, self.info, start, max(0, stop - start))
-
-
-@dataclass
-class Recording:
-    """One input, streamed window by window at the model's rate.
-
-    Attributes:
-      name: how errors and outputs name it (the path, or ``<bytes #i>``).
-      source: an object with ``sample_rate``, ``frames`` and ``read(start, stop) -> float32 mono``.
-      sample_rate: the model's rate (Hz).
-      window_samples, hop_samples: the windowing at the model's rate.
-    """
-
-    name: str
-    source: Any
-    sample_rate: int
-    window_samples: int
-    hop_samples: int
-    _resampler: Resampler | None = field(default=None, repr=False)
-
-    def __post_init__(self):
-        if self.source.frames <= 0:
-            raise InputError(self.name, "holds no audio frames")
-        if self.source.sample_rate != self.sample_rate:
-            try:
-                self._resampler = Resampler(self.source.sample_rate, self.sample_rate)
-            except ValueError as exc:
-                raise InputError(self.name, f"cannot resample {self.source.sample_rate} Hz to {self.sample_rate} Hz: "
-                                            f"{exc}") from exc
-
-    @property
-    def seconds(self) -> float:
-        """The recording's duration."""
-        return self.source.frames / self.source.sample_rate
-
-    @property
-    def samples(self) -> int:
-        """Its length at the model's rate."""
-        if self._resampler is None:
-            return self.source.frames
-        return int(self._resampler.output_length(self.source.frames))
-
-    def __len__(self) -> int:
-        """The number of windows: ``1 + ceil((samples - window) / hop)``, at least 1."""
-        extra = self.samples - self.window_samples
-        return 1 + max(0, math.ceil(extra / self.hop_samples))
-
-    def window(self, i: int) -> np.ndarray:
-        """Window ``i``: float32 ``[window_samples]``, zero-padded past the end."""
-        start = i * self.hop_samples
-        count = max(0, min(self.window_samples, self.samples - start))
-        out = np.zeros(self.window_samples, np.float32)
-        try:
-            if count and self._resampler is None:
-                got = self.source.read(start, start + count)
-            elif count:
-                got = self._resampler.window(self.source.read, self.source.frames, start, count)
-            else:
-                got = np.zeros(0, np.float32)
-        except (WavError, OSError, ValueError) as exc:
-            raise InputError(self.name, _reason(exc)) from exc
-        got = np.asarray(got, np.float32).reshape(-1)
-        if len(got) != count:
-            raise InputError(self.name, f"window {i}: read {len(got)} samples, expected {count}")
-        if not np.isfinite(got).all():
-            raise InputError(self.name, f"window {i} (from {start / self.sample_rate:.2f} s): "
-                                        f"{int(np.size(got) - np.isfinite(got).sum())} non-finite samples (NaN or inf)")
-        out[:count] = got
-        return out
-
-    def windows(self) -> Iterator[tuple[float, np.ndarray]]:
-        """``(start_seconds, window)`` for every window, in order."""
-        for i in range(len(self)):
-            yield i * self.hop_samples / self.sample_rate, self.window(i)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _samples(seconds: float | None, default: float, rate: int, what: str) -> int:
-    value = default if seconds is None else seconds
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    n = round(value * rate)
-    if n < 1:
-        raise ValueError(f"{what}={value!r} is shorter than one sample at {rate} Hz")
-    return n
-
-
-def make_recording(name: str, source: Any, model: Model, *, window_seconds: float | None = None,
-                   hop_seconds: float | None = None) -> Recording:
-    """A :class:`Recording` of any source with ``sample_rate``, ``frames`` and ``read(start, stop)`` (mono).
-
-    Raises:
-      ValueError: non-positive ``window_seconds`` or ``hop_seconds``.
-      InputError: the source holds no frames.
-    """
-    window = _samples(window_seconds, model.window_seconds, model.sample_rate, "window_seconds")
-    hop = _samples(hop_seconds, window / model.sample_rate if hop_seconds is None and window_seconds is not None
-                   else model.hop_seconds, model.sample_rate, "hop_seconds")
-    return Recording(name, source, model.sample_rate, window, hop)
-
-
-def open_wav(item: Item, name: str | None = None) -> WavSource:
-    """Read the header of one WAV item; errors become :class:`InputError` naming it."""
-    label = name or (f"<{len(item)} bytes>" if isinstance(item, (bytes, bytearray)) else os.fspath(item))
-    try:
-        return WavSource(item)
-    except (WavError, OSError, ValueError) as exc:
-        raise InputError(label, _reason(exc)) from exc
-
-
-def load_inputs(items: Iterable[Item], model: Model | None = None, *, window_seconds: float | None = None,
+def load_inputs(items: Item | Iterable[Item], model: Model | None = None, *, window_seconds: float | None = None,
                 hop_seconds: float | None = None) -> list[Recording]:
     """Open recordings lazily (headers only).
 
     Args:
-      items: WAV paths or the bytes of whole WAV files.
+      items: one WAV path (``str`` or ``os.PathLike``) or the bytes of one whole WAV file
+        (``bytes``, ``bytearray``, ``memoryview``), or a list of those.
       model: the model whose rate and clip length set the windowing; ``None``: the bundled model's
         ``model.json`` (read without loading an interpreter).
-      window_seconds: window length (default: the model's clip length).
-      hop_seconds: hop between window starts (default: the window length).
+      window_seconds: window length (default: the model's clip length); at most
+        :data:`MAX_WINDOW_SECONDS`.
+      hop_seconds: hop between window starts (default: the window length); at most
+        :data:`MAX_WINDOW_SECONDS`.
 
     Returns:
-      one :class:`Recording` per item, in order.
+      one :class:`Recording` per item, in order (a list of one for a single item).
 
     Raises:
-      InputError: an item cannot be read (names the item and the reason).
-      ValueError: a non-positive window or hop.
+      InputError: an item cannot be read (names the item and the reason): not a regular file,
+        not a supported WAV, a sample rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``.
+      ValueError: a bad window or hop (not a number, not positive, over the limit).
+      TypeError: an item that is neither a path nor bytes.
     """
-    spec = model if model is not None else _ModelSpec.bundled()
+    spec = model if model is not None else ModelSpec.of_folder(Path(__file__).resolve().parent / "model")
     out = []
-    for i, item in enumerate(items):
-        name = f"<bytes #{i}>" if isinstance(item, (bytes, bytearray)) else os.fspath(item)
+    for i, item in enumerate(item_list(items)):
+        name = item_name(item, i)
         out.append(make_recording(name, open_wav(item, name), spec, window_seconds=window_seconds,
                                   hop_seconds=hop_seconds))
     return out
-
-
-@dataclass
-class _ModelSpec:
-    """The audio settings of a model folder without its interpreters."""
-
-    sample_rate: int
-    window_seconds: float
-    hop_seconds: float
-
-    @classmethod
-    def bundled(cls) -> _ModelSpec:
-        path = Path(__file__).resolve().parent / "model" / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no bundled model ({path} is missing): pass load_inputs(..., model=...)")
-        info = json.loads(path.read_text())
-        rate = int(info["sample_rate"])
-        window = float(info.get("window_seconds", int(info["clip_samples"]) / rate))
-        return cls(rate, window, float(info.get("hop_seconds", window)))
 
 
 # --------------------------------------------------------------------------- prediction
@@ -409,20 +264,28 @@ def predict_windows(model: Model, recording: Recording,
         yield start, score(window)
 
 
-def predict(model: Model, inputs: Sequence[Recording | Item]) -> np.ndarray:
-    """Class probabilities of each input: the mean of its windows' softmax probabilities.
+def predict(model: Model, inputs: Recording | Item | Sequence[Recording | Item]) -> np.ndarray:
+    """Class probabilities of each input: the weighted mean of its windows' probabilities.
+
+    Every sample of a recording counts once (``Recording.weights()``): with the default windowing
+    the windows weigh the same, except that a last window moved back to end at the recording's
+    end and its neighbour share the samples they both cover.
 
     Args:
       model: a loaded :class:`Model`.
-      inputs: :class:`Recording` objects (or paths/bytes, opened with the model's default windowing).
+      inputs: :class:`Recording` objects (or paths/bytes, opened with the model's default
+        windowing), or a single one.
 
     Returns:
       float64 ``[n_inputs, n_classes]``; columns in ``model.labels`` order; rows sum to 1.
     """
+    items = [inputs] if isinstance(inputs, Recording) else item_list(inputs)
     rows = []
-    for item in inputs:
-        rec = item if isinstance(item, Recording) else load_inputs([item], model)[0]
-        rows.append(np.mean([p for _, p in predict_windows(model, rec)], axis=0))
+    for i, item in enumerate(items):
+        rec = item if isinstance(item, Recording) else \
+            make_recording(item_name(item, i), open_wav(item, item_name(item, i)), model)
+        probs = np.stack([p for _, p in predict_windows(model, rec)])
+        rows.append(rec.weights() @ probs)
     return np.asarray(rows, np.float64).reshape(len(rows), len(model.labels))
 
 
@@ -444,6 +307,10 @@ def check_complexity(model: Model) -> bool:
 
 
 __all__ = [
+    "MAX_ABS_SAMPLE",
+    "MAX_SAMPLE_RATE",
+    "MAX_WINDOW_SECONDS",
+    "MIN_SAMPLE_RATE",
     "InputError",
     "Model",
     "Recording",
@@ -452,11 +319,14 @@ __all__ = [
     "check_complexity",
     "clip_pieces",
     "complexity",
+    "coverage_weights",
     "load_inputs",
     "load_model",
     "make_recording",
     "open_wav",
     "predict",
     "predict_windows",
+    "read_mono",
+    "segment_starts",
     "softmax",
 ]
