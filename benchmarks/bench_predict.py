@@ -91,10 +91,10 @@ def predict_case(engine: str, model_path: str, wav: str) -> dict:
     eng = predict.Int8Engine(Path(model_path)) if engine == "int8" else predict.FloatEngine(Path(model_path))
     _common.memory_mark("setup")
     start = time.perf_counter()
-    _, rows, seconds = predict.predict_file(eng, Path(wav), window_seconds=None, hop_seconds=None)
+    got = predict.predict_file(eng, Path(wav), window_seconds=None, hop_seconds=None)
     wall = time.perf_counter() - start
     _common.memory_mark("run")
-    return {"seconds": wall, "audio_seconds": seconds, "windows": len(rows)}
+    return {"seconds": wall, "audio_seconds": got.seconds, "windows": len(got.windows)}
 
 
 def main() -> None:
