@@ -8,17 +8,30 @@ it into the model and runs it on load, where :func:`mlflow.models.set_model` pic
 :class:`PackageModel`), so it imports nothing of ``pipeline``: a served model needs mlflow,
 numpy, pandas and a TFLite interpreter only.
 
-Request format (``mlflow models serve``): a DataFrame with one column ``audio`` (MLflow type
-``binary``) holding whole audio files (WAV; any sample rate, channel count and length: the
-runtime downmixes, resamples, windows and averages). In a JSON request each value is the
-file's bytes, base64-encoded (MLflow's scoring server decodes ``binary`` columns with
-``base64.decodebytes``)::
+Request format (``mlflow models serve``): a DataFrame with one column ``audio`` holding whole
+audio files (WAV; sample rates 1 kHz to 384 kHz, any channel count and length: the runtime
+downmixes, resamples, windows and averages). In a JSON request each value is the file's bytes,
+base64-encoded (standard alphabet; line breaks allowed)::
 
     {"dataframe_split": {"columns": ["audio"], "data": [["UklGR..."], ["UklGR..."]]}}
 
-or ``{"dataframe_records": [{"audio": "UklGR..."}, ...]}``. The answer holds one record per
-file: ``scene`` (the predicted class), one probability column per class (named by class, the
-mean over the file's windows) and ``windows`` (how many windows were averaged).
+or ``{"dataframe_records": [{"audio": "UklGR..."}, ...]}``. In process, ``PyFuncModel.predict``
+takes the bytes themselves (or the same base64 text). The column's MLflow type is ``any``, not
+``binary``: MLflow decodes a ``binary`` column for the whole request before the model sees it, so one
+value that is not base64 (a number, ``null``, bad padding) would fail every row; this model decodes
+each row itself. A value is never taken as a path on the server.
+
+The answer holds one record per file, in request order: ``scene`` (the predicted class), one
+probability column per class (named by class, the weighted mean over the file's windows),
+``windows`` (how many windows were scored) and ``error``. Files are read and predicted one at a
+time, so a bad file spoils only its own row: ``error`` is ``""`` for a predicted row; a failed row
+has ``error`` set, ``scene`` ``""``, NaN probabilities (``NaN`` in the JSON answer) and ``windows``
+0. The error is the WAV reader's reason (``asc_infer.InputError.reason``: "not a RIFF/WAVE file
+(corrupt or wrong format)", "sample rate 10000000 Hz is outside the supported 1000..384000 Hz ...",
+"window 0 (from 0.00 s): samples far beyond full scale ...") or, for any other failure of that
+file (``MemoryError`` included), the exception's type and text; never a traceback, and absolute
+paths are replaced by ``<path>``. The server logs each failed row. A request without an ``audio``
+column is refused whole (HTTP 400, "Model is missing inputs ['audio']").
 
 The registry: every call of :func:`log_package` with a model name registers a new version of
 that model with the given tags (metrics, complexity, config, data) plus ``run_id``, and a
@@ -28,12 +41,15 @@ or ``runs:/RUN_ID/model`` back into a local package folder.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import io
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -55,6 +71,10 @@ MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
 
 class PackageError(ValueError):
     """A package folder or a registry URI that cannot be used (the message names the path or URI)."""
+
+
+class ValueNotAudio(ValueError):
+    """A row's value is not an audio file (not bytes, not base64 text); that row's error is the message."""
 
 
 # --------------------------------------------------------------------------- the runtime of a package
@@ -87,40 +107,112 @@ def _model_dir(package_dir: Path) -> Path:
     return Path(package_dir) / "asc_infer" / "model"
 
 
-def predict_frame(runtime, model, audio: list[bytes]) -> pd.DataFrame:
-    """Probabilities for whole audio files, as the served model answers.
+OUTPUT_COLUMNS = ("scene", "windows", "error")  # besides one probability column per class
+# an absolute POSIX path (not a relative one like "RIFF/WAVE" or "a/b"), a Windows path, for the row errors
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+~-]+/)*[\w.@+~-]+|\b[A-Za-z]:\\[^\s'\"]*")
+
+
+def output_columns(labels) -> list[str]:
+    """The answer's columns: ``scene``, one per class (in ``labels`` order), ``windows``, ``error``.
+
+    Raises:
+      PackageError: a class is named like another column, or two classes share a name.
+    """
+    labels = [str(c) for c in labels]
+    clash = sorted({c for c in labels if c in OUTPUT_COLUMNS or labels.count(c) > 1})
+    if clash:
+        raise PackageError(f"class name(s) {clash} clash with the answer's columns {list(OUTPUT_COLUMNS)} or "
+                           "with each other")
+    return ["scene", *labels, "windows", "error"]
+
+
+def _without_paths(text: str) -> str:
+    return _PATH.sub("<path>", text)
+
+
+def row_error(exc: BaseException, input_error: type | tuple = ()) -> str:
+    """What the answer says of a failed row: the reader's reason, or the exception's type and text, no path.
+
+    Args:
+      exc: the exception raised while reading or predicting one file.
+      input_error: the runtime's ``InputError`` class (its ``reason`` is used as worded).
+
+    Returns:
+      One line without a traceback; absolute paths are replaced by ``<path>``.
+    """
+    if input_error and isinstance(exc, input_error):
+        text = str(exc.reason)
+    elif isinstance(exc, ValueNotAudio):
+        text = str(exc)
+    else:
+        name = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__  # numpy: _ArrayMemoryError
+        text = f"{name}: {exc}" if str(exc) else name
+    return _without_paths(" ".join(text.split())) or type(exc).__name__
+
+
+def audio_bytes(value) -> bytes:
+    """One row's value as the bytes of a file: bytes as they are, text as base64 (how JSON carries them).
+
+    Raises:
+      ValueNotAudio: text that is not base64, or a value of another type (the message says which).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview, np.bytes_)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueNotAudio(f"not base64-encoded audio ({exc}); in JSON each value of '{AUDIO_COLUMN}' is a "
+                                "whole WAV file, base64-encoded") from None
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    shown = "null (no value)" if missing else f"a value of type {type(value).__name__}"
+    raise ValueNotAudio(f"holds {shown}, not an audio file (bytes; in JSON a base64-encoded string)")
+
+
+def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
+    """Probabilities for whole audio files, as the served model answers: each file on its own.
+
+    A file that cannot be read or predicted fails its row only (see the module doc): ``error``
+    holds why, its probabilities are NaN, ``scene`` is ``""`` and ``windows`` 0.
 
     Args:
       runtime: the package's ``asc_infer`` module.
       model: ``runtime.load_model(...)``.
-      audio: one item per file: the bytes of a whole WAV file.
+      audio: one item per file: the bytes of a whole WAV file, or that file base64-encoded as text.
 
     Returns:
-      ``[n]`` rows: ``scene`` (str), one float64 column per class in ``model.labels`` order,
-      ``windows`` (int64).
+      ``[n]`` rows, in order: ``scene`` (str), one float64 column per class in ``model.labels``
+      order, ``windows`` (int64), ``error`` (str, ``""`` when the row was predicted).
+
+    Raises:
+      PackageError: the model's class names clash with the answer's columns.
     """
-    if not audio:
-        return pd.DataFrame({"scene": pd.Series([], dtype=object),
-                             **{c: pd.Series([], dtype=np.float64) for c in model.labels},
-                             "windows": pd.Series([], dtype=np.int64)})
-    inputs = runtime.load_inputs(audio, model)  # Recordings, streamed window by window
-    probs = np.asarray(runtime.predict(model, inputs), dtype=np.float64)  # [n, classes]
-    if probs.shape != (len(audio), len(model.labels)):
-        raise RuntimeError(f"the runtime returned probabilities of shape {probs.shape} for {len(audio)} "
-                           f"file(s) and {len(model.labels)} classes")
+    columns = output_columns(model.labels)
+    n, classes = len(audio), len(model.labels)
+    probs = np.full((n, classes), np.nan)
+    scenes, windows, errors = [""] * n, np.zeros(n, np.int64), [""] * n
+    input_error = getattr(runtime, "InputError", ())
+    for i, value in enumerate(audio):
+        try:
+            recordings = runtime.load_inputs([audio_bytes(value)], model)  # reads the header only
+            row = np.asarray(runtime.predict(model, recordings), dtype=np.float64)  # streams the windows
+            if row.shape != (1, classes):
+                raise RuntimeError(f"the runtime returned probabilities of shape {row.shape} for 1 file and "
+                                   f"{classes} classes")
+            probs[i], scenes[i], windows[i] = row[0], model.labels[int(row[0].argmax())], len(recordings[0])
+        except Exception as exc:  # noqa: BLE001 - one file's failure (MemoryError included) is its row's error
+            errors[i] = row_error(exc, input_error)
+            if isinstance(exc, ValueNotAudio) or (input_error and isinstance(exc, input_error)):
+                logger.warning("row %d: %s", i, errors[i])
+            else:
+                logger.error("row %d: %s", i, errors[i], exc_info=exc)
+        finally:
+            recordings = row = None  # a failed row's buffers go now, not with the next row
     frame = pd.DataFrame(probs, columns=list(model.labels))
-    frame.insert(0, "scene", [model.labels[i] for i in probs.argmax(axis=1)])
-    frame["windows"] = np.asarray([len(rec) for rec in inputs], dtype=np.int64)
-    return frame
-
-
-def _as_bytes(value, row: int) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, np.bytes_):
-        return bytes(value)
-    raise TypeError(f"row {row} of column '{AUDIO_COLUMN}' holds a {type(value).__name__}, not the bytes of an "
-                    f"audio file (in JSON: a base64-encoded string in a column of type binary)")
+    frame.insert(0, "scene", pd.Series(scenes, dtype=object))
+    frame["windows"] = windows
+    frame["error"] = pd.Series(errors, dtype=object)
+    return frame[columns]
 
 
 class PackageModel(mlflow.pyfunc.PythonModel):
@@ -131,17 +223,35 @@ class PackageModel(mlflow.pyfunc.PythonModel):
         self.runtime = _runtime(package_dir)
         self.model = self.runtime.load_model(_model_dir(package_dir))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        """Args: model_input: a DataFrame with a column ``audio`` (bytes of whole files). Returns a DataFrame."""
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        """One answer row per file; a bad file fails its row only.
+
+        Args:
+          context: unused (the package is loaded by :meth:`load_context`).
+          model_input: a DataFrame with a column ``audio`` (bytes of whole files, or base64 text),
+            or a list of such values.
+          params: unused.
+
+        Returns:
+          The DataFrame of :func:`predict_frame`.
+
+        Raises:
+          MlflowException: (a request error, HTTP 400) the input is not a DataFrame with a column
+            ``audio`` nor a list.
+        """
         if isinstance(model_input, pd.DataFrame):
             if AUDIO_COLUMN not in model_input.columns:
-                raise ValueError(f"the input has columns {list(model_input.columns)}: expected '{AUDIO_COLUMN}'")
+                raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                    f"the input has columns {list(model_input.columns)}: expected a column '{AUDIO_COLUMN}' of "
+                    "whole WAV files")
             values = model_input[AUDIO_COLUMN].tolist()
         elif isinstance(model_input, (list, tuple)):
             values = list(model_input)
         else:
-            raise TypeError(f"expected a DataFrame with a column '{AUDIO_COLUMN}', got {type(model_input).__name__}")
-        return predict_frame(self.runtime, self.model, [_as_bytes(v, i) for i, v in enumerate(values)])
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"expected a DataFrame with a column '{AUDIO_COLUMN}' (or a list of files), got "
+                f"{type(model_input).__name__}")
+        return predict_frame(self.runtime, self.model, values)
 
 
 # --------------------------------------------------------------------------- example input, signature
@@ -178,11 +288,22 @@ def example_clips(seconds: float = 0.25, sample_rate: int = 16000) -> list[bytes
 
 
 def signature(labels) -> mlflow.models.ModelSignature:
-    """Input: ``audio`` (binary). Output: ``scene`` (string), one double per class, ``windows`` (long)."""
-    from mlflow.types import ColSpec, Schema
+    """The model's signature.
 
-    outputs = [ColSpec("string", "scene"), *[ColSpec("double", str(c)) for c in labels], ColSpec("long", "windows")]
-    return mlflow.models.ModelSignature(inputs=Schema([ColSpec("binary", AUDIO_COLUMN)]), outputs=Schema(outputs))
+    Input: ``audio`` (MLflow type ``any``: bytes in process, base64 text in JSON; each row is
+    decoded by the model, see the module doc). Output: ``scene`` (string), one double per class,
+    ``windows`` (long), ``error`` (string, ``""`` for a predicted row).
+
+    Raises:
+      PackageError: a class is named like another output column.
+    """
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    names = output_columns(labels)
+    types = {"scene": "string", "windows": "long", "error": "string"}
+    outputs = [ColSpec(types.get(name, "double"), name) for name in names]
+    return mlflow.models.ModelSignature(inputs=Schema([ColSpec(AnyType(), AUDIO_COLUMN)]), outputs=Schema(outputs))
 
 
 # --------------------------------------------------------------------------- log, register, fetch
@@ -222,7 +343,7 @@ def _description(model, tags: Mapping[str, str], run_id: str) -> str:
     if shown:
         parts.append("Tags: " + ", ".join(shown) + ".")
     parts.append("Input: a column 'audio' of whole WAV files (bytes; base64 in JSON). Output: 'scene', one "
-                 "probability per class, 'windows'.")
+                 "probability per class, 'windows', 'error' (empty, or why that file failed: its row only).")
     return " ".join(parts)
 
 
