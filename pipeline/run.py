@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one config key with a YAML value, e.g. --set train.epochs=3; repeatable")
     parser.add_argument("--force", action="store_true",
                         help="rerun stages whose outputs are complete for the same settings (default: reuse them)")
+    parser.add_argument("--rerun-changed-code", action="store_true",
+                        help="rerun stages whose complete outputs were made by other code (the project source files "
+                             "the stage imports, digested in its marker), and the stages after them; default: reuse "
+                             "them with one warning line per stage")
     sweep = parser.add_argument_group("sweeps", "a grid of settings x seeds, each cell its own MLflow parent run, "
                                       "written to <workdir>/sweeps/<sweep id>/ (see pipeline/sweep.py)")
     sweep.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(stages.NAMES) if args.stage == "all" else [args.stage]
     try:
         with preflight.terminate_as_interrupt():
-            results = runner.run_stages(params, args.workdir, names, force=args.force, wait_lock=args.wait_lock)
+            results = runner.run_stages(params, args.workdir, names, force=args.force, wait_lock=args.wait_lock,
+                                        rerun_changed_code=args.rerun_changed_code)
     except WorkdirLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """``--sweep``/``--seeds``: validate the whole grid (exit 2 naming a bad value), then run this shard."""
-    from pipeline import stages, sweep
+    from pipeline import distributed, stages, sweep
 
     try:
         if not args.sweeps and args.seeds is None:
@@ -142,6 +147,7 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.summary_only and args.shard is not None:
             raise config.ConfigError("--summary-only summarises the whole grid: drop --shard")
         plan = sweep.plan(args.config, overrides, args.sweeps, args.seeds)
+        distributed.refuse_sweep(plan.params)  # before the lock: one process runs every cell
     except config.ConfigError as exc:
         print(f"error: invalid sweep: {exc}", file=sys.stderr)
         return 2
@@ -158,6 +164,7 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         with preflight.terminate_as_interrupt(), workdir_lock(args.workdir, wait_seconds=args.wait_lock):
             code, text = sweep.run_sweep(plan, args.workdir, names, shard=shard, force=args.force,
+                                         rerun_changed_code=args.rerun_changed_code,
                                          summary_only=args.summary_only)
     except WorkdirLocked as exc:
         print(f"error: {exc}", file=sys.stderr)

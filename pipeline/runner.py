@@ -11,9 +11,16 @@ For each stage of a run, in order:
    continues its run and its folder), the upstream stages are checked (complete, and made
    with this run's settings), the folder is emptied, the stage function runs with a
    :class:`~pipeline.stages.Context`, and the marker is written last, holding the key, the
-   run id, the digest of the main output, the wall time, the headline metrics and the facts
-   the stage noted. A stage that raises ends its run FAILED (KILLED on Ctrl-C) with
-   ``error.txt``, and leaves no marker.
+   run id, the digest of the main output, the wall time, the headline metrics, the facts
+   the stage noted and the digest of the code that made it (``code``, ``code_files``,
+   ``code_sources``: :mod:`pipeline.core.source`). A stage that raises ends its run FAILED
+   (KILLED on Ctrl-C) with ``error.txt``, and leaves no marker.
+
+The code is not part of the key (a comment edit does not retrain): a stage reused although its
+marker was made by other code says so in one warning line naming the stage and the changed
+files, and its reused run is tagged ``code_changed=true``; ``rerun_changed_code`` (the CLI's
+``--rerun-changed-code``) reruns such stages instead, and refuses upstream outputs made by
+other code.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 
 from pipeline import stages as registry
 from pipeline import tracking
-from pipeline.core import files, lock
+from pipeline.core import files, lock, source
 from pipeline.core.config import Params
 from pipeline.core.hashing import digest, file_digest
 from pipeline.stages import Context, Stage, StageError
@@ -63,8 +70,18 @@ def complete_marker(stage: Stage, folder: Path) -> dict | None:
     return marker
 
 
-def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...]) -> None:
-    """Refuse inputs that are missing, incomplete or made with other settings than ``params``."""
+def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...], *,
+                   rerun_changed_code: bool = False, reported: frozenset[str] | set[str] = frozenset()) -> None:
+    """Refuse inputs that are missing, incomplete or made with other settings than ``params``.
+
+    Args:
+      stage, params, workdir, stages: the stage about to run and its run.
+      rerun_changed_code: also refuse an input made by other code than this process's.
+      reported: upstream stages whose code change was already reported (no second warning).
+
+    Raises:
+      StageError: naming the upstream folder and the command that makes it.
+    """
     for name in active_upstream(stage, params, stages):
         up = registry.get(name, stages)
         marker = complete_marker(up, workdir / name)
@@ -74,10 +91,66 @@ def check_upstream(stage: Stage, params: Params, workdir: Path, stages: tuple[St
         if key is not None and marker.get("key") != key:
             raise StageError(f"{workdir / name} was made with other settings or inputs than this run's; "
                              f"run --stage {name} (or --stage all) with the same --config/--set first")
+        if code_changed(up, marker):
+            note = code_note(marker, stage_code(up))
+            if rerun_changed_code:
+                raise StageError(f"{workdir / name} was made by other code than this run's ({note}); run --stage "
+                                 f"{name} --rerun-changed-code (or --stage all --rerun-changed-code) first")
+            if name not in reported:
+                logger.warning("stage %s: its input %s was made by other code (%s); --rerun-changed-code reruns "
+                               "such stages", stage.name, name, note)
 
 
-def running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> dict | None:
-    """The state of an interrupted run of a resumable stage with the same key (None: start afresh)."""
+_NO_CODE: set[str | None] = set()  # modules whose code could not be digested (warned once)
+
+
+def stage_code(stage: Stage) -> source.CodeDigest | None:
+    """The digest of the project source the stage's function depends on (None: no source file to digest)."""
+    module = source.function_module(stage.function)
+    try:
+        if module is None:
+            raise ValueError(f"the function of stage {stage.name} names no module")
+        return source.code_digest(module)
+    except ValueError as exc:
+        if module not in _NO_CODE:
+            _NO_CODE.add(module)
+            logger.warning("stage %s: its code is not digested (%s); code changes are not detected", stage.name, exc)
+        return None
+
+
+def code_changed(stage: Stage, record: dict) -> bool:
+    """Whether a marker (or running state) was made by other code than this process's (False: unknown now)."""
+    code = stage_code(stage)
+    return code is not None and record.get("code") != code.digest
+
+
+def code_note(record: dict, code: source.CodeDigest | None) -> str:
+    """``code digest OLD -> NEW, N source files; changed: a.py, b.py`` for a marker made by other code."""
+    new = code.digest if code else "unknown"
+    text = f"code digest {record.get('code') or 'not recorded'} -> {new}, {len(code.files) if code else 0} source files"
+    if code is not None and isinstance(record.get("code_sources"), dict):
+        changed = source.changed_files(record["code_sources"], code.files)
+        if changed:
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            text += f"; changed: {', '.join(changed[:3])}{more}"
+    return text
+
+
+def reusable(stage: Stage, marker: dict | None, key: str | None, *, force: bool = False,
+             rerun_changed_code: bool = False) -> bool:
+    """Whether a complete marker's outputs are reused: same key, no ``force``, and (with
+    ``rerun_changed_code``) made by this process's code."""
+    if force or key is None or marker is None or marker.get("key") != key:
+        return False
+    return not (rerun_changed_code and code_changed(stage, marker))
+
+
+def running_state(stage: Stage, folder: Path, key: str | None, force: bool,
+                  rerun_changed_code: bool = False) -> dict | None:
+    """The state of an interrupted run of a resumable stage with the same key (None: start afresh).
+
+    With ``rerun_changed_code``, an interrupted run started by other code starts afresh too.
+    """
     path = folder / RUNNING
     if force or not stage.resumable or key is None or not path.is_file() or files.read_marker(folder):
         return None
@@ -85,12 +158,15 @@ def running_state(stage: Stage, folder: Path, key: str | None, force: bool) -> d
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return state if state.get("key") == key else None
+    if state.get("key") != key:
+        return None
+    return None if rerun_changed_code and code_changed(stage, state) else state
 
 
 def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool = False, track: bool = True,
                stages: tuple[Stage, ...] = registry.STAGES, folder: Folder | None = None,
-               parent_tags: dict[str, str] | None = None, wait_lock: float = 0.0) -> dict[str, dict]:
+               parent_tags: dict[str, str] | None = None, wait_lock: float = 0.0,
+               rerun_changed_code: bool = False) -> dict[str, dict]:
     """Run the named stages in order under one parent run, one nested run per stage.
 
     Args:
@@ -108,9 +184,13 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
       wait_lock: seconds to wait for another process's lock on ``workdir`` (one workdir, one
         writer: :mod:`pipeline.core.lock`); 0 refuses at once with
         :class:`~pipeline.core.lock.WorkdirLocked` naming the holder.
+      rerun_changed_code: rerun a stage whose complete outputs (same key) were made by other code
+        (its marker's ``code`` digest differs from :func:`stage_code`), and refuse upstream
+        outputs made by other code; default: reuse them with one warning line per stage.
 
     Returns:
-      Per stage: the function's result plus ``seconds``, or ``{"reused": True}``.
+      Per stage: the function's result plus ``seconds``, or ``{"reused": True}`` (plus
+      ``"code_changed": True`` when made by other code).
     """
     chosen = [registry.get(name, stages) for name in names]
     for stage in chosen:
@@ -122,7 +202,7 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
     cluster = distributed.cluster_of(params)  # TF_CONFIG validated before any work (multi_worker only)
     if cluster is not None and not cluster.is_chief:  # only the chief writes under the workdir and to MLflow
         return distributed.run_as_worker(params, Path(workdir), [s.name for s in chosen], force=force,
-                                         cluster=cluster)
+                                         cluster=cluster, rerun_changed_code=rerun_changed_code)
     workdir = Path(workdir)
     data = registry.data_name(params)
     tracker = tracking.MlflowTracker(params, data) if track else tracking.MemoryTracker()
@@ -130,8 +210,10 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
     with lock.workdir_lock(workdir, wait_seconds=wait_lock), tracker.parent(",".join(s.name for s in chosen)):
         if parent_tags:
             tracker.parent_tags(parent_tags)
+        invoked = frozenset(s.name for s in chosen)  # their code changes are reported as they are reached
         for stage in chosen:
-            results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages, folder)
+            results[stage.name] = _run_one(stage, params, workdir, data, tracker, force, stages, folder,
+                                           rerun_changed_code=rerun_changed_code, reported=invoked)
     return results
 
 
@@ -154,21 +236,41 @@ def _place(name: str, workdir: Path, key: str | None, folder: Folder | None) -> 
 
 
 def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, force: bool,
-             stages: tuple[Stage, ...], place: Folder | None = None) -> dict:
+             stages: tuple[Stage, ...], place: Folder | None = None, *, rerun_changed_code: bool = False,
+             reported: frozenset[str] = frozenset()) -> dict:
     key = stage_key(stage, params, workdir, stages)
     folder = _place(stage.name, workdir, key, place)
     marker = complete_marker(stage, folder)
-    if not force and key is not None and marker is not None and marker.get("key") == key:
-        logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns it)",
-                    stage.name, folder)
-        with tracker.stage(stage.name, tags={"reused": "true", "reused_from_run": marker.get("run_id", "")}) as rec:
-            rec.dict(marker, "reused_marker.json")
-            rec.metrics(marker.get("headline", {}))
-        tracker.parent_metrics(marker.get("headline", {}))
-        tracker.parent_tags(marker.get("parent_tags", {}))
-        return {"reused": True}
+    code = stage_code(stage)
+    if reusable(stage, marker, key, force=force):
+        changed = code_changed(stage, marker)
+        if not (changed and rerun_changed_code):
+            if changed:
+                logger.warning("stage %s: reusing outputs made by other code (%s); --rerun-changed-code reruns such "
+                               "stages", stage.name, code_note(marker, code))
+            else:
+                logger.info("stage %s: reusing the complete outputs in %s (same settings and inputs; --force reruns "
+                            "it)", stage.name, folder)
+            tags = {"reused": "true", "reused_from_run": marker.get("run_id", ""),
+                    **({"code": code.digest} if code else {}), **({"code_changed": "true"} if changed else {})}
+            with tracker.stage(stage.name, tags=tags) as rec:
+                rec.dict(marker, "reused_marker.json")
+                rec.metrics(marker.get("headline", {}))
+            tracker.parent_metrics(marker.get("headline", {}))
+            tracker.parent_tags(marker.get("parent_tags", {}))
+            return {"reused": True, **({"code_changed": True} if changed else {})}
+        logger.info("stage %s: rerunning: its outputs in %s were made by other code (%s; --rerun-changed-code)",
+                    stage.name, folder, code_note(marker, code))
 
     state = running_state(stage, folder, key, force)
+    if state and code_changed(stage, state):
+        if rerun_changed_code:
+            logger.info("stage %s: starting afresh: its interrupted run was started by other code (%s; "
+                        "--rerun-changed-code)", stage.name, code_note(state, code))
+            state = None
+        else:
+            logger.warning("stage %s: resuming an interrupted run started by other code (%s); --rerun-changed-code "
+                           "starts such stages afresh", stage.name, code_note(state, code))
     run_id = state.get("run_id") if state and tracker.run_exists(state.get("run_id")) else None
     if state and run_id is None:
         logger.warning("%s: the run of the interrupted stage is not in this store; logging into a new run",
@@ -180,7 +282,8 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
     # new ones are complete (a failed rerun leaves them as they were).
     work = folder if stage.resumable else folder.with_name(folder.name + PARTIAL)
     try:
-        return _run_in(stage, params, workdir, data, tracker, stages, key, folder, work, state, run_id, start)
+        return _run_in(stage, params, workdir, data, tracker, stages, key, folder, work, state, run_id, start,
+                       code=code, rerun_changed_code=rerun_changed_code, reported=reported)
     except BaseException:
         if work != folder:  # a failed or interrupted stage leaves no half-written folder behind
             shutil.rmtree(work, ignore_errors=True)
@@ -188,16 +291,21 @@ def _run_one(stage: Stage, params: Params, workdir: Path, data: str, tracker, fo
 
 
 def _run_in(stage: Stage, params: Params, workdir: Path, data: str, tracker, stages: tuple[Stage, ...],
-            key: str | None, folder: Path, work: Path, state: dict | None, run_id: str | None, start: float) -> dict:
+            key: str | None, folder: Path, work: Path, state: dict | None, run_id: str | None, start: float, *,
+            code: source.CodeDigest | None = None, rerun_changed_code: bool = False,
+            reported: frozenset[str] = frozenset()) -> dict:
     """Run ``stage`` into ``work``, mark it complete, and swap it in as ``folder`` (see :func:`_run_one`)."""
-    with tracker.stage(stage.name, run_id=run_id) as rec:
-        check_upstream(stage, params, workdir, stages)
+    code_facts = {"code": code.digest if code else None, "code_files": len(code.files) if code else 0,
+                  "code_sources": dict(code.files) if code else {}}
+    with tracker.stage(stage.name, run_id=run_id, tags={"code": code.digest} if code else None) as rec:
+        check_upstream(stage, params, workdir, stages, rerun_changed_code=rerun_changed_code, reported=reported)
         if state is None:
             shutil.rmtree(work, ignore_errors=True)  # start clean: nothing of another run survives
         work.mkdir(parents=True, exist_ok=True)
         files.clear_marker(work)
         if stage.resumable:
-            files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id})
+            files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id, "code": code_facts["code"],
+                                                "code_sources": code_facts["code_sources"]})
         ctx = Context(params=params, workdir=workdir, out=work,
                       inputs={up: workdir / up for up in active_upstream(stage, params, stages)}, record=rec,
                       data_name=data,
@@ -212,7 +320,7 @@ def _run_in(stage: Stage, params: Params, workdir: Path, data: str, tracker, sta
     output = work / stage.main_output
     if not output.is_file():
         raise StageError(f"stage {stage.name} finished without writing its main output {folder / stage.main_output}")
-    files.mark_complete(work, **ctx.facts, key=key, run_id=run_id, output=file_digest(output),
+    files.mark_complete(work, **{**ctx.facts, **code_facts}, key=key, run_id=run_id, output=file_digest(output),
                         seconds=round(seconds, 3), headline=headline, parent_tags=parent_tags)
     (folder / RUNNING).unlink(missing_ok=True)
     if work != folder:
@@ -279,6 +387,14 @@ def summary(params: Params, workdir: Path, results: dict[str, dict] | None = Non
     if package.is_dir() and files.read_marker(workdir / "compress") is not None:
         lines.append(f"  package:  {package.resolve()} (classify recordings: python -m pipeline.predict FILES "
                      f"--model {workdir})")
+    registered = workdir / "register" / "registered.json"
+    if registered.is_file() and files.read_marker(workdir / "register") is not None:
+        reg = json.loads(registered.read_text())
+        if reg.get("version") is not None:
+            lines.append(f"  registry: {reg['model_uri']} (python -m pipeline.predict FILES --model {reg['model_uri']} "
+                         f"--tracking-uri {params.tracking.uri})")
+        elif reg.get("model_uri"):
+            lines.append(f"  registry: not registered (tracking.registered_model is ''); logged as {reg['model_uri']}")
     lines.append(f"  MLflow:   mlflow ui --backend-store-uri {params.tracking.uri} --default-artifact-root "
                  f"{params.tracking.artifact_root} (experiment '{params.tracking.experiment}')")
     return "\n".join(lines)
