@@ -84,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, f"data.source={args.data}")
     if args.sweeps or args.seeds is not None or args.shard is not None or args.summary_only:
         return _sweep(args, overrides)
+    try:
+        params = config.load(args.config, overrides)  # before TensorFlow is imported: a bad value fails in ms
+    except config.ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     from pipeline import distributed, preflight
 
     try:
-        params = config.load(args.config, overrides)
         cluster = distributed.cluster_of(params)  # TF_CONFIG checked before any work (multi_worker only)
         if cluster is not None and params.train.batch_size % cluster.num_workers:
             raise config.ConfigError(f"train.batch_size: {params.train.batch_size} is the global batch and must be a "

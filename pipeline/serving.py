@@ -355,7 +355,7 @@ def log_package(package_dir: Path, *, run_id: str, registered_model: str, tags: 
 
     Args:
       package_dir: the folder written by :func:`pipeline.package.build_package` (holds ``asc_infer/``).
-      run_id: the MLflow run the model belongs to (the compress stage's run).
+      run_id: the MLflow run the model belongs to (the register stage's run).
       registered_model: Model Registry name; empty: log without registering.
       tags: set on the model version (and the logged model); ``run_id`` is added.
 
@@ -388,7 +388,7 @@ def log_package(package_dir: Path, *, run_id: str, registered_model: str, tags: 
         return None
     try:
         client.create_registered_model(registered_model, description="Acoustic scene classifier packages "
-                                                                     "(one version per compress run)")
+                                                                     "(one version per register run)")
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise

@@ -184,7 +184,15 @@ class MlflowRecorder(Recorder):
             logger.warning("MLflow tensorflow flavour failed (%s); the .keras checkpoint is logged instead", exc)
 
     def package(self, path, tags):
-        """The package as a pyfunc model in this run, registered as a new version of ``registered_model``."""
+        """The package as a pyfunc model in this run, registered as a new version of ``registered_model``.
+
+        Returns:
+          ``{"model_uri": "models:/NAME/VERSION" (or the logged model's ``runs:/RUN_ID/model`` when
+          ``registered_model`` is empty), "logged_model_uri": "runs:/RUN_ID/model", "version": str | None}``.
+
+        Raises:
+          RuntimeError: logging or registering failed (the message names the package and the model name).
+        """
         super().package(path, tags)
         from pipeline import serving
 
@@ -195,8 +203,12 @@ class MlflowRecorder(Recorder):
             target = f"registering it as '{self.registered_model}'" if self.registered_model else "(no registering)"
             raise RuntimeError(f"logging the package {path} as an MLflow model {target} failed: {exc} "
                                f"(tracking.registered_model='' logs without registering)") from exc
-        if version is not None:
-            self.registered_versions.append(version)
+        logged = f"runs:/{self.run_id}/{serving.MODEL_NAME}"
+        if version is None:
+            return {"model_uri": logged, "logged_model_uri": logged, "version": None}
+        self.registered_versions.append(version)
+        return {"model_uri": f"models:/{self.registered_model}/{version}", "logged_model_uri": logged,
+                "version": version}
 
     def finished_runs(self, stage):
         mlflow = _mlflow()

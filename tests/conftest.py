@@ -43,7 +43,7 @@ def tiny_overrides(workdir, dataset, **extra) -> list[str]:
 
 @pytest.fixture(scope="session")
 def shipped_workdir(tmp_path_factory, tiny_dataset):
-    """A workdir where prepare, train and compress ran once (tiny model, no pruning, 2 epochs).
+    """A workdir where prepare, train, compress and register ran once (tiny model, no pruning, 2 epochs).
 
     Returns ``(workdir, params)``: ``workdir/train/model.keras``, ``workdir/compress/model_int8.tflite``,
     ``frontend.tflite`` and the deployable package ``workdir/compress/package/``; MLflow records in
@@ -55,5 +55,5 @@ def shipped_workdir(tmp_path_factory, tiny_dataset):
     workdir = tmp_path_factory.mktemp("shipped")
     params = config.load(None, tiny_overrides(workdir, tiny_dataset, **{"compress.prune": "false",
                                                                          "train.epochs": 2}))
-    runner.run_stages(params, workdir, ["prepare", "train", "compress"])
+    runner.run_stages(params, workdir, ["prepare", "train", "compress", "register"])
     return workdir, params

@@ -141,3 +141,74 @@ def test_tta_modes_that_would_vary_nothing_are_refused(overrides, words):
         config.load(None, overrides)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+# --------------------------------------------------------------------------- names MLflow must accept
+
+
+@pytest.mark.parametrize("name, words", [
+    ("a/b", ["tracking.registered_model", "'a/b'", "'/'"]),
+    ("team:model", ["tracking.registered_model", "':'"]),
+    ("'   '", ["tracking.registered_model", "blank"]),
+    ("..old", ["tracking.registered_model", "'..old'", "path"]),
+    (".", ["tracking.registered_model", "path"]),
+    ("x" * 257, ["tracking.registered_model", "256"]),
+])
+def test_registered_model_name_is_checked_with_the_config(name, words):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, [f"tracking.registered_model={name}"])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+@pytest.mark.parametrize("override, words", [
+    ("tracking.experiment=", ["tracking.experiment", "empty"]),
+    ("tracking.experiment=" + "e" * 501, ["tracking.experiment", "500"]),
+])
+def test_experiment_name_is_checked_with_the_config(override, words):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, [override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+@pytest.mark.parametrize("name", ["a/b", "a:b", "  ", ".", "..", "..x", "x..", "a.b", "a b", "a-b_c.1", "é", "a%b",
+                                  "a\\b", " a"])
+def test_registered_model_rule_agrees_with_mlflows_validator(name):
+    """The config's rule is a copy of ``mlflow.utils.validation._validate_model_name`` (not imported: it costs ~1 s)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+        mlflow_accepts = True
+    except MlflowException:
+        mlflow_accepts = False
+    try:
+        config.load(None, [f"tracking.registered_model='{name}'"])
+        we_accept = True
+    except ConfigError:
+        we_accept = False
+    assert we_accept == mlflow_accepts, name
+
+
+def test_empty_registered_model_still_means_no_registering():
+    assert config.load(None, ["tracking.registered_model="]).tracking.registered_model == ""
+    assert config.load(None, ["tracking.registered_model=my-models.asc_v2"]).tracking.registered_model \
+        == "my-models.asc_v2"
+
+
+def test_bad_registered_model_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    """``--set tracking.registered_model=a/b`` used to pass and fail in compress; now the CLI refuses it at once."""
+    from pipeline import run, runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("a stage ran with an invalid tracking.registered_model")
+
+    monkeypatch.setattr(runner, "run_stages", never)
+    code = run.main(["--stage", "compress", "--workdir", str(tmp_path / "w"),
+                     "--set", "tracking.registered_model=a/b"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "tracking.registered_model" in err and "'a/b'" in err, err
+    assert not (tmp_path / "w").exists()

@@ -67,12 +67,21 @@ def _type_name(tp) -> str:
 
 def _coerce(key: str, tp, value, meta: dict):
     """Check ``value`` against annotation ``tp`` and the field metadata; return it typed."""
+    value = _typed(key, tp, value, meta)
+    check = meta.get("check")
+    problem = check(value) if check is not None and value is not None else None
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+    return value
+
+
+def _typed(key: str, tp, value, meta: dict):
     origin = typing.get_origin(tp)
     if origin is typing.Union:  # Optional[X]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(key, args[0], value, meta)
+        return _typed(key, args[0], value, meta)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -161,6 +170,39 @@ def _build(cls, data: dict, prefix: str = ""):
         else:
             kwargs[name] = _coerce(key, tp, value, dict(fields[name].metadata))
     return cls(**kwargs)
+
+
+def typed_value(key: str, value):
+    """``value`` as the field ``key`` holds it once validated (``"1e-3"`` -> ``0.001``), without cross-field checks.
+
+    Sweeps compare their values this way: two spellings of one setting are one cell.
+
+    Args:
+      key: a dotted key of :class:`Params` (a field or a whole section).
+      value: as :func:`parse_value` returns it.
+
+    Returns:
+      The typed value (a section: its plain dict with defaults filled in).
+
+    Raises:
+      ConfigError: an unknown key, or a value of the wrong type, out of range or refused by the field's check.
+    """
+    cls, prefix = Params, ""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise ConfigError(f"unknown key {prefix + part!r}; allowed under '{prefix.rstrip('.') or '<top>'}': "
+                              f"{sorted(fields)}")
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                return _to_plain(_build(tp, value if value is not None else {}, key + "."))
+            return _coerce(key, tp, value, dict(fields[part].metadata))
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{key}: {prefix + part} is a {_type_name(tp)} setting, not a section")
+        cls, prefix = tp, prefix + part + "."
+    raise ConfigError(f"malformed key {key!r}")  # pragma: no cover - split never returns an empty list
 
 
 def _cross_check(p: Params) -> None:

@@ -1,12 +1,14 @@
 """The parameter tree's shape: one frozen dataclass per section, with validation metadata.
 
 A field's ``metadata`` may hold ``choices`` (allowed values), ``item`` (the type of a tuple's
-items), ``min``/``max`` (inclusive bounds), ``min_exclusive`` and ``help``; :mod:`pipeline.core.config`
+items), ``min``/``max`` (inclusive bounds), ``min_exclusive``, ``check`` (a function naming what
+is wrong with a value) and ``help``; :mod:`pipeline.core.config`
 loads YAML and ``--set`` overrides into these classes and validates every value against it.
 """
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
 
@@ -16,7 +18,10 @@ from pipeline.core.hashing import digest
 
 
 def _f(default, **meta):
-    """A dataclass field with validation metadata (``choices``, ``min``, ``max``, ``help``)."""
+    """A dataclass field with validation metadata (``choices``, ``min``, ``max``, ``check``, ``help``).
+
+    ``check``: a function of the typed value returning why it is refused (a sentence) or ``None``.
+    """
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple default")
     return field(default=default, metadata=meta)
@@ -257,15 +262,60 @@ class CompressParams:
     output_type: str = _f("int8", choices=("int8", "uint8", "float32"))
 
 
+# MLflow's own rules, copied so that loading a config needs no ``import mlflow`` (about 1 s):
+# mlflow/utils/validation.py (mlflow 3.17) ``_validate_model_name`` and ``path_not_unique`` for
+# registered model names, plus the width of ``registered_models.name`` (``String(256)`` in
+# mlflow/store/model_registry/dbmodels/models.py, enforced by PostgreSQL and MySQL stores);
+# ``_validate_experiment_name`` and ``MAX_EXPERIMENT_NAME_LENGTH`` for experiment names.
+# tests/test_config.py checks the copy against MLflow's validator.
+MAX_REGISTERED_MODEL_NAME = 256
+MAX_EXPERIMENT_NAME = 500
+
+
+def registered_model_problem(name: str) -> str | None:
+    """Why MLflow's Model Registry would refuse ``name`` (``None``: accepted; ``""`` means "do not register").
+
+    Args:
+      name: a ``tracking.registered_model`` value.
+
+    Returns:
+      A sentence naming the problem, or ``None``.
+    """
+    if name == "":
+        return None
+    if not name.strip():
+        return f"{name!r} is blank; use '' to log the model without registering it"
+    bad = [c for c in ("/", ":") if c in name]
+    if bad:
+        return f"{name!r} contains {' and '.join(map(repr, bad))}, which MLflow refuses in registered model names"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        return f"{name!r} would be read as the path {norm!r}; MLflow refuses such registered model names"
+    if len(name) > MAX_REGISTERED_MODEL_NAME:
+        return f"{len(name)} characters; MLflow's registry holds at most {MAX_REGISTERED_MODEL_NAME}"
+    return None
+
+
+def experiment_problem(name: str) -> str | None:
+    """Why MLflow would refuse ``name`` as an experiment name (``None``: accepted)."""
+    if name == "":
+        return "empty; MLflow needs an experiment name"
+    if len(name) > MAX_EXPERIMENT_NAME:
+        return f"{len(name)} characters; MLflow allows at most {MAX_EXPERIMENT_NAME}"
+    return None
+
+
 @dataclass(frozen=True)
 class TrackingParams:
     uri: str = _f("sqlite:///mlruns/mlflow.db", help="MLflow tracking URI")
     artifact_root: str = _f("mlruns", help="artifact location for new experiments")
-    experiment: str = _f("asc-dcase22", help="MLflow experiment name")
+    experiment: str = _f("asc-dcase22", check=experiment_problem,
+                         help="MLflow experiment name (non-empty, at most 500 characters)")
     run_name: Optional[str] = _f(None, help="parent run name; null = derived from model/config/data/seed")
-    registered_model: str = _f("asc-scene-classifier",
-                               help="Model Registry name for the compress stage's package (one new version per "
-                                    "compress run); empty = log the pyfunc model without registering it")
+    registered_model: str = _f("asc-scene-classifier", check=registered_model_problem,
+                               help="Model Registry name for the register stage (one new version per package "
+                                    "it registers; no '/' or ':', at most 256 characters); empty = log the pyfunc "
+                                    "model without registering it")
 
 
 @dataclass(frozen=True)

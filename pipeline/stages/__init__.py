@@ -12,6 +12,7 @@ from pipeline.stages.base import Context, MemoryRecorder, Recorder, Stage, Stage
 from pipeline.stages.compress import compress
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import data_name, dataset_facts, prepare
+from pipeline.stages.register import register
 from pipeline.stages.report import report
 from pipeline.stages.teacher import teacher
 from pipeline.stages.train import train
@@ -60,6 +61,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("report", report, upstream=("prepare", "evaluate"), main_output="report.md",
           reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
           writes="`report/report.md`, `report.html` and the plots"),
+    # Last: a registry that is down costs nothing else of --stage all; nothing reads its outputs.
+    Stage("register", register, upstream=("compress",), main_output="registered.json",
+          settings=("tracking.uri", "tracking.registered_model"),
+          reads="`compress/package/`",
+          writes="`register/registered.json` (model URI, version, run id, package digest, the version's tags); "
+                 "in the MLflow store: the package as a pyfunc model of its run and a new version of "
+                 "`tracking.registered_model` tagged with the int8 metrics and the training run"),
 )
 
 NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

@@ -60,14 +60,19 @@ class Recorder:
     def model(self, model, example_input) -> None:
         """Store the trained Keras model with a signature inferred from ``example_input``."""
 
-    def package(self, path: Path, tags: Mapping[str, str]) -> None:
+    def package(self, path: Path, tags: Mapping[str, str]) -> dict | None:
         """Store the deployable package folder ``path`` as a model (MLflow: a pyfunc, registered).
 
         Args:
-          path: the package folder written by the stage (holds ``asc_infer/`` and ``asc_infer/model/``).
+          path: the package folder (holds ``asc_infer/`` and ``asc_infer/model/``).
           tags: what to attach to the registered model version (metrics, complexity, config, data name).
+
+        Returns:
+          Where the model went: ``{"model_uri", "logged_model_uri", "version"}`` (MLflow; ``version``
+          ``None`` when not registered), or ``None`` when it is only kept in memory (``self.packages``).
         """
         self.packages.append((Path(path), {k: str(v) for k, v in tags.items()}))
+        return None
 
     def finished_runs(self, stage: str) -> list[dict]:
         """Earlier finished runs of ``stage`` in the experiment: ``{"name", "metrics", "tags", "params"}`` each."""
@@ -135,7 +140,7 @@ class PrefixedRecorder(Recorder):
 
     def package(self, path, tags):
         super().package(path, tags)
-        self.inner.package(path, tags)
+        return self.inner.package(path, tags)
 
 
 @dataclass

@@ -127,21 +127,17 @@ def compress(ctx: Context) -> dict:
 
 
 def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: bytes) -> Path:
-    """Write the deployable package (``package/``, ``package.tar.gz``), log it and hand it to the recorder."""
+    """Write the deployable package (``package/``, ``package.tar.gz``) and log the archive as an artifact."""
     params, out = ctx.params, ctx.out
     cost = dict(result["tflite"], limits={"max_bytes": MAX_BYTES, "max_macs": MAX_MACS},
                 counted_by="NeSsi rules on model_int8.tflite (evaluate.complexity)")
     metrics = {"split": "evaluate", "int8": result["int8"], "float_overall": result["float"]["overall"],
                "accuracy_drop": result["accuracy_drop"], "argmax_agreement": result["argmax_agreement"],
                "steps": result["steps"], "data_fingerprint": result["data_fingerprint"]}
+    trained = ctx.marker("train")
+    provenance = {"train_output": trained.get("output"), "train_run_id": trained.get("run_id")}
     package = build_package(out, frontend_tflite=frontend_bytes, classifier_tflite=classifier_bytes, params=params,
-                            metrics=metrics, complexity=cost)
+                            metrics=metrics, complexity=cost, provenance=provenance)
     ctx.record.artifact(out / "package.tar.gz")
-    overall = result["int8"]["overall"]
-    tags = {"int8_macro_accuracy": f"{overall['macro_accuracy']:.4f}", "int8_log_loss": f"{overall['log_loss']:.4f}",
-            "int8_size_bytes": str(cost["size_bytes"]), "int8_macs": str(cost["macs"]),
-            "int8_params": str(cost["params"]), "within_limits": str(cost["size_bytes"] <= MAX_BYTES
-                                                                     and cost["macs"] <= MAX_MACS).lower(),
-            "config": params.name, "model": params.model.name, "data": ctx.data_name}
-    ctx.record.package(package, tags)
+    # The MLflow model and its registry version are the register stage's (its own settings and run).
     return package
