@@ -27,6 +27,11 @@ Roles. Only the chief writes under the workdir (stage outputs, checkpoints, mark
 the other workers run only the distributed stages (``teacher`` when enabled, ``train``) in a
 private scratch folder without tracking (:func:`run_as_worker`), read the chief's upstream
 outputs and checkpoints from the shared workdir, and exit 0 when done.
+
+Signals. Creating the strategy lets TensorFlow install a C++ SIGTERM handler (its preemption
+notifier) that swallows the signal; :func:`take_back_sigterm` restores Python's, so SIGTERM stops
+a worker as Ctrl-C does (its MLflow run KILLED, its scratch folder deleted). A sweep runs in one
+process and is refused under multi-worker training (:func:`refuse_sweep`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -273,11 +279,70 @@ def strategy(train: TrainParams):
         made = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     finally:
         watchdog.cancel()
+    take_back_sigterm()
     logger.info("MultiWorkerMirroredStrategy: %s %d of %d workers (%s), %d replica(s) in sync; global batch %d",
                 cluster.task_type, cluster.task_index, cluster.num_workers, "chief" if cluster.is_chief else "non-chief",
                 made.num_replicas_in_sync, train.batch_size)
     _STRATEGY[key] = made
     return made
+
+
+def refuse_sweep(cells: dict[str, Params]) -> None:
+    """A sweep runs its cells one after another in one process: it cannot be a task of multi-worker training.
+
+    Called before a sweep takes the workdir lock or writes anything. Without it, every task of
+    the cluster would run the whole sweep: the non-chief ones take the workdir lock (the chief
+    is then told the workdir is in use) and write sweep summaries.
+
+    Args:
+      cells: the sweep's Params by cell name.
+
+    Raises:
+      ConfigError: ``TF_CONFIG`` names more than one task (or is malformed), or a cell sets
+        ``train.strategy=multi_worker``; the message names it and what to do instead.
+    """
+    instead = ("run each cell as its own multi-worker job (python -m pipeline.launch --workers N -- --stage all "
+               "--set KEY=VALUE --set seed=S)")
+    text = os.environ.get("TF_CONFIG")
+    if text and text.strip():
+        try:
+            cluster = parse_tf_config(text)
+        except TFConfigError as exc:
+            raise ConfigError(f"a sweep (--sweep/--seeds) runs in one process, and TF_CONFIG is set: {exc}; unset "
+                              "TF_CONFIG to run the sweep here") from None
+        if cluster.num_workers > 1:
+            role = "the chief" if cluster.is_chief else "a non-chief task"
+            raise ConfigError(f"a sweep (--sweep/--seeds) runs its cells one after another in one process, but "
+                              f"TF_CONFIG names {cluster.num_workers} tasks and makes this process {role} "
+                              f"({cluster.task_type} {cluster.task_index}); unset TF_CONFIG to run the sweep here, "
+                              f"or {instead}")
+    multi = [name for name, params in cells.items() if params.train.strategy == "multi_worker"]
+    if multi:
+        which = "every cell" if len(multi) == len(cells) else "cell(s) " + ", ".join(multi[:5]) + (
+            ", ..." if len(multi) > 5 else "")
+        raise ConfigError(f"train.strategy=multi_worker in {which} of the sweep: a sweep runs its cells one after "
+                          f"another in one process; sweep with train.strategy default or mirrored, or {instead}")
+
+
+def take_back_sigterm() -> None:
+    """Give SIGTERM back to Python after TensorFlow's coordination service took it.
+
+    Creating ``MultiWorkerMirroredStrategy`` starts TensorFlow's preemption notifier, which
+    installs a C++ SIGTERM handler that only records a "preemption notice" for
+    ``PreemptionCheckpointHandler`` (not used here): a SIGTERM then no longer reaches Python, and
+    the worker trains on until SIGKILL, leaving its MLflow run RUNNING and its scratch folder
+    behind. Re-installing the Python-level handler (whatever it is: :func:`pipeline.preflight.
+    terminate_as_interrupt`'s during ``pipeline.run``, else the default, which ends the process)
+    makes SIGTERM unwind the worker like Ctrl-C. Only the main thread can install handlers; from
+    another thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is None:  # installed outside Python: not ours to change
+        return
+    signal.signal(signal.SIGTERM, handler)
+    logger.debug("multi-worker: SIGTERM handled by Python again (%r)", handler)
 
 
 def check_batch(batch_size: int, n_clips: int, workers: int) -> None:
@@ -315,7 +380,7 @@ def _wait_for(condition, what: str, timeout: float, poll: float = 1.0):
 
 
 def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: bool = False,
-                  cluster: Cluster) -> dict[str, dict]:
+                  cluster: Cluster, rerun_changed_code: bool = False) -> dict[str, dict]:
     """Run a non-chief worker's share of ``names``: the distributed stages, writing nothing under ``workdir``.
 
     Each distributed stage waits for the chief's complete upstream outputs in the shared
@@ -324,7 +389,9 @@ def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: boo
     when the chief resumes (the same interrupted run with the same key in the shared folder)
     and restores the chief's checkpoints. A stage the chief will reuse (complete, same key) is
     skipped. The scratch folder (``<temp>/asc-worker<rank>-<digest of the workdir path>``) is
-    cleared at the start and deleted at the end.
+    cleared at the start and deleted at the end. ``rerun_changed_code`` is the chief's (the same
+    ``pipeline.run`` arguments): a worker reruns, resumes or skips as the chief does, and waits
+    for upstream outputs made by this code.
 
     Returns:
       Per stage: its result plus ``seconds``, ``{"reused": True}`` or ``{"skipped": True}``.
@@ -356,7 +423,8 @@ def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: boo
                 for up in ups:
                     marker = runner.complete_marker(registry.get(up), workdir / up)
                     key = runner.stage_key(registry.get(up), params, workdir)
-                    if marker is None or (key is not None and marker.get("key") != key):
+                    if marker is None or (key is not None and marker.get("key") != key) or (
+                            rerun_changed_code and runner.code_changed(registry.get(up), marker)):
                         return False
                 return True
 
@@ -364,11 +432,11 @@ def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: boo
                       params.train.worker_wait_seconds)
             key = runner.stage_key(stage, params, workdir)
             marker = runner.complete_marker(stage, workdir / name)
-            if not force and key is not None and marker is not None and marker.get("key") == key:
+            if runner.reusable(stage, marker, key, force=force, rerun_changed_code=rerun_changed_code):
                 logger.info("stage %s: the chief reuses its complete outputs; nothing to do", name)
                 results[name] = {"reused": True}
                 continue
-            state = runner.running_state(stage, workdir / name, key, force)
+            state = runner.running_state(stage, workdir / name, key, force, rerun_changed_code)
             out = scratch / name
             out.mkdir(parents=True)
             ctx = Context(params=params, workdir=workdir, out=out,

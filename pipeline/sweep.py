@@ -98,7 +98,18 @@ class Dimension:
 
 
 def parse_sweep(arg: str) -> Dimension:
-    """Parse one ``--sweep`` argument; a :class:`ConfigError` names the argument and what is wrong."""
+    """Parse one ``--sweep`` argument and check each value's type against its key.
+
+    Args:
+      arg: ``KEY=V1,V2,...``.
+
+    Returns:
+      The :class:`Dimension` (the value texts as given).
+
+    Raises:
+      ConfigError: naming the argument: bad syntax, a key that cannot be swept, a value of the wrong
+        type, or two values equal once typed (``1e-3,0.001``; ``true,True``; ``[8,8,16,16],'8,8,16,16'``).
+    """
     if "=" not in arg:
         raise ConfigError(f"--sweep {arg!r}: expected KEY=V1,V2,..., e.g. augment.specaugment.mode=zm,mm")
     key, text = (part.strip() for part in arg.split("=", 1))
@@ -111,10 +122,16 @@ def parse_sweep(arg: str) -> Dimension:
         texts = split_values(text)
     except ConfigError as exc:
         raise ConfigError(f"--sweep {arg!r}: {exc}") from None
-    parsed = [repr(config.parse_value(t)) for t in texts]
-    dupes = sorted({t for t, p in zip(texts, parsed) if parsed.count(p) > 1})
+    try:  # compared as the config holds them: 1e-3 and 0.001, or "0.001" and 0.001, are one setting
+        typed = [repr(config.typed_value(key, config.parse_value(t))) for t in texts]
+    except ConfigError as exc:
+        raise ConfigError(f"--sweep {arg!r}: {exc}") from None
+    groups: dict[str, list[str]] = {}
+    for t, value in zip(texts, typed):
+        groups.setdefault(value, []).append(t)
+    dupes = [f"{sorted(same)} (all {value} as {key})" for value, same in groups.items() if len(same) > 1]
     if dupes:
-        raise ConfigError(f"--sweep {arg!r}: duplicate value(s) {dupes}")
+        raise ConfigError(f"--sweep {arg!r}: duplicate value(s) {'; '.join(dupes)}: each would plan the same cells")
     return Dimension(key, tuple(texts))
 
 
@@ -282,7 +299,7 @@ def _clear_tf_session() -> None:
 
 def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int, int] = (1, 1),
               force: bool = False, summary_only: bool = False,
-              stages: tuple = registry.STAGES) -> tuple[int, str]:
+              stages: tuple = registry.STAGES, rerun_changed_code: bool = False) -> tuple[int, str]:
     """Run this shard's cells, then write and log the summaries.
 
     Args:
@@ -292,11 +309,20 @@ def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int
       shard: (I, N), 1-based.
       force: rerun every stage once in this invocation (and cells MLflow holds as finished).
       summary_only: run nothing; write the whole grid's summary from MLflow.
+      rerun_changed_code: rerun the shared stages made by other code (once: later cells reuse
+        them) and run the cells MLflow holds as finished (their other stages are reused).
       stages: the stage registry (tests register toy stages).
 
     Returns:
       (exit status: 0 when every cell in scope finished, else 1; a closing text for the terminal).
+
+    Raises:
+      ConfigError: a multi-worker TF_CONFIG or ``train.strategy=multi_worker`` (a sweep runs in one
+        process: :func:`pipeline.distributed.refuse_sweep`), before anything is written.
     """
+    from pipeline import distributed  # here: it imports the stages
+
+    distributed.refuse_sweep(sweep.params)
     workdir = Path(workdir).resolve()
     root = workdir / "sweeps" / sweep.sweep_id
     label = ",".join(names)
@@ -309,7 +335,8 @@ def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int
     errors: dict[str, dict] = {}  # cells failed in this invocation
     with _exclusive(root):
         if not summary_only:
-            _run_cells(sweep, mine, root, workdir, names, label, force, stages, store, errors)
+            _run_cells(sweep, mine, root, workdir, names, label, force, stages, store, errors,
+                       rerun_changed_code=rerun_changed_code)
         latest = store.latest(sweep.sweep_id)
         written = []
         if shard[1] > 1 and not summary_only:
@@ -335,7 +362,8 @@ def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int
 
 
 def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names: list[str], label: str,
-               force: bool, stages: tuple, store, errors: dict[str, dict]) -> None:
+               force: bool, stages: tuple, store, errors: dict[str, dict], *,
+               rerun_changed_code: bool = False) -> None:
     from tqdm import tqdm
 
     before = store.latest(sweep.sweep_id)
@@ -343,8 +371,10 @@ def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     for cell in tqdm(cells, desc=f"sweep {sweep.sweep_id}", unit="cell", disable=None):
         prev = before.get(cell.name)
-        if not force and sweep_summary.status(prev) == "finished" and prev.data.tags.get("sweep_stages") == label:
-            logger.info("sweep cell %s: done in MLflow run %s; skipped (--force reruns it)", cell.name,
+        if (not force and not rerun_changed_code and sweep_summary.status(prev) == "finished"
+                and prev.data.tags.get("sweep_stages") == label):
+            logger.info("sweep cell %s: done in MLflow run %s; skipped (--force reruns it; --rerun-changed-code "
+                        "checks its stages' code)", cell.name,
                         prev.info.run_id)
             continue
         run_dir = root / "runs" / cell.name
@@ -358,7 +388,8 @@ def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names
                 **{f"sweep.{k}": v for k, v in cell.settings}}
         logger.info("sweep cell %s: %s, seed %d", cell.name, sweep.combo_label(cell.combo), cell.seed)
         try:
-            runner.run_stages(params, run_dir, names, stages=stages, folder=folders, parent_tags=tags)
+            runner.run_stages(params, run_dir, names, stages=stages, folder=folders, parent_tags=tags,
+                              rerun_changed_code=rerun_changed_code)
         except KeyboardInterrupt:
             raise
         except Exception as exc:

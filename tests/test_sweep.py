@@ -64,6 +64,30 @@ def test_values_split_on_commas_outside_brackets_and_quotes():
             sweep.parse_seeds(bad)
 
 
+@pytest.mark.parametrize("arg, spellings, typed", [
+    ('train.learning_rate=0.001,"0.001"', ['"0.001"', "0.001"], "0.001"),  # a quoted number is a string to YAML
+    ("train.learning_rate=1e-3,0.001,0.01", ["0.001", "1e-3"], "0.001"),  # YAML 1.1 reads 1e-3 as a string
+    ("model.channels=[8,8,16,16],'8,8,16,16'", ["'8,8,16,16'", "[8,8,16,16]"], "(8, 8, 16, 16)"),
+    ("train.deterministic=true,True", ["True", "true"], "True"),
+])
+def test_values_equal_after_type_conversion_are_duplicates(arg, spellings, typed):
+    """Two spellings of one setting would plan two identical cells: refused, naming the key and both spellings."""
+    with pytest.raises(ConfigError, match="duplicate value") as info:
+        sweep.parse_sweep(arg)
+    message = str(info.value)
+    assert repr(arg) in message and arg.split("=")[0] in message and typed in message, message
+    for spelling in spellings:
+        assert repr(spelling) in message, (spelling, message)
+
+
+def test_sweep_values_are_converted_once_with_the_key_named():
+    with pytest.raises(ConfigError, match=r"'train.epochs=1,abc'.*train.epochs: expected an integer, got 'abc'"):
+        sweep.parse_sweep("train.epochs=1,abc")
+    with pytest.raises(ConfigError, match=r"unknown key.*train.nope"):
+        sweep.parse_sweep("train.nope=1,2")
+    assert sweep.parse_sweep("train.learning_rate=1e-3,0.01").texts == ("1e-3", "0.01")
+
+
 def test_shards_cover_the_grid_without_overlap_or_gap():
     cells = [(combo, seed) for combo in range(5) for seed in range(3)]  # 15 cells
     for count in range(1, 8):
@@ -100,6 +124,7 @@ def test_plan_validates_every_combination_and_the_id_is_deterministic(tmp_path, 
     (["--seeds", "0,x"], "--seeds"),
     (["--sweep", "train.epochs=1,2", "--shard", "3/2"], "--shard"),
     (["--shard", "1/2"], "need a sweep"),
+    (["--sweep", "train.learning_rate=1e-3,0.001"], "duplicate value"),
 ])
 def test_bad_sweep_exits_2_naming_it_before_any_work(tmp_path, tiny_dataset, capsys, args, named):
     code = run.main(["--stage", "evaluate", "--workdir", str(tmp_path), *_sets(tmp_path, tiny_dataset), *args])
@@ -181,7 +206,7 @@ def test_rerun_reuses_everything(swept, caplog):
     assert len(_runs(swept["workdir"], "tags.stage != ''")) == before  # no stage run, not even a reused one
     assert len(_runs(swept["workdir"], f"tags.sweep_id = '{sid}' and tags.sweep_role = 'run'")) == 4
     assert {p: p.stat().st_mtime_ns for p in swept["root"].glob("stages/*/*/_SUCCESS.json")} == markers
-    assert sum("skipped (--force reruns it)" in r.getMessage() for r in caplog.records) == 4
+    assert sum("skipped (--force reruns it" in r.getMessage() for r in caplog.records) == 4
     assert not any(r.getMessage().startswith("stage ") for r in caplog.records if r.name == "pipeline.runner")
 
 
