@@ -103,7 +103,8 @@ def model_info(params: Params, provenance: dict | None = None) -> dict:
         workdir's current ``train/`` to refuse a stale package.
     """
     a = params.audio
-    return {**(provenance or {}),"labels": list(CLASSES), "sample_rate": a.sample_rate_hz, "clip_samples": a.clip_samples,
+    return {**(provenance or {}),
+            "labels": list(CLASSES), "sample_rate": a.sample_rate_hz, "clip_samples": a.clip_samples,
             "window_seconds": a.clip_samples / a.sample_rate_hz, "hop_seconds": a.clip_samples / a.sample_rate_hz,
             "config": params.name, "model": params.model.name, "n_mels": a.n_mels,
             "project": project_version(),

@@ -156,6 +156,14 @@ def check_fresh(workdir: Path, package: Path, explicit: bool) -> None:
     made_from = package_info(package).get("train_output")
     marker = files.read_marker(workdir / "train") or {}
     current = marker.get("output")
+    if current is None and (workdir / "train" / "_RUNNING.json").is_file():
+        what = (f"{workdir / 'train'} is being retrained, or its retraining was interrupted (train/_RUNNING.json, "
+                f"no complete run): {package} may come from the training run it replaces")
+        if explicit:
+            logger.warning("predict: %s; using the package because --engine int8 was given", what)
+            return
+        raise UsageError(f"{what}; finish it (python -m pipeline.run --stage train --workdir {workdir}), then rerun "
+                         "--stage compress, or pass --engine int8 to use this package anyway")
     if made_from is None or current is None:
         logger.warning("predict: cannot tell whether %s was made from %s (%s): it may be stale", package,
                        workdir / "train", "the package predates provenance records" if made_from is None
@@ -228,7 +236,11 @@ def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Pat
         if chosen == "int8":
             check_fresh(path, found, explicit=engine is not None)
         return chosen, found
-    if chosen == "int8" and ((path / "model.json").is_file() or (path / "asc_infer" / "model" / "model.json").is_file()):
+    is_package = (path / "model.json").is_file() or (path / "asc_infer" / "model" / "model.json").is_file()
+    if chosen == "int8" and is_package:
+        inside = path.resolve()
+        if inside.name == "package" and inside.parent.name == "compress" and (inside.parent.parent / "train").is_dir():
+            check_fresh(inside.parent.parent, path, explicit=engine is not None)  # a workdir's package, named directly
         return chosen, path
     wanted = "compress/package (run --stage compress)" if chosen == "int8" else "train/model.keras"
     raise UsageError(f"--model {spec}: not a workdir holding {wanted}, nor a package folder")
@@ -297,7 +309,8 @@ def _csv_out(path: Path | None) -> Iterator:
 
 
 def check_seconds(args: argparse.Namespace) -> None:
-    """``--window-seconds`` and ``--hop-seconds``: finite, positive, at most ``asc_infer.MAX_WINDOW_SECONDS``."""
+    """``--window-seconds`` and ``--hop-seconds``: finite, positive, at most ``asc_infer.MAX_WINDOW_SECONDS``; the hop
+    at least ``MIN_HOP_SECONDS`` (the window is checked against the model's clip once the model is loaded)."""
     for what in ("window_seconds", "hop_seconds"):
         value = getattr(args, what)
         option = f"--{what.replace('_', '-')}"
@@ -305,6 +318,9 @@ def check_seconds(args: argparse.Namespace) -> None:
             continue
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{option} must be a positive number of seconds, got {value}")
+        if what == "hop_seconds" and value < asc_infer.recording.MIN_HOP_SECONDS:
+            raise UsageError(f"{option} {value:g} is shorter than {asc_infer.recording.MIN_HOP_SECONDS:g} seconds (the "
+                             "shortest hop: it bounds the number of windows)")
         if value > asc_infer.MAX_WINDOW_SECONDS:
             raise UsageError(f"{option} {value:g} is longer than {asc_infer.MAX_WINDOW_SECONDS:g} seconds (the "
                              "longest window or hop: a window is held in memory whole)")
@@ -327,10 +343,10 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
         missing = "; ".join(f"{p}: {r}" for p, r in failed)
         raise UsageError(f"no input files found{': ' + missing if missing else ''}")
     engine = make_engine(engine_name, model_path)
-    for what in ("window_seconds", "hop_seconds"):
-        value = getattr(args, what)
-        if value is not None and round(value * engine.sample_rate) < 1:
-            raise UsageError(f"--{what.replace('_', '-')} {value} is shorter than one sample at {engine.sample_rate} Hz")
+    clip_seconds = engine.window_samples / engine.sample_rate
+    if args.window_seconds is not None and round(args.window_seconds * engine.sample_rate) < engine.window_samples:
+        raise UsageError(f"--window-seconds {args.window_seconds:g} is shorter than the model's clip "
+                         f"({clip_seconds:g} s): every window would be zero-padded")
     info = package_info(model_path) if engine_name == "int8" else {}
     logger.info("predict: %d file(s) with the %s engine (%s%s)", len(inputs), engine_name, model_path,
                 f", from training run {info['train_run_id']}" if info.get("train_run_id") else "")
@@ -390,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "used even when train/ has changed since); float: the Keras model of train "
                              "(default for a .keras --model)")
     parser.add_argument("--window-seconds", type=float, default=None, metavar="S",
-                        help=f"window length (default: the model's clip length; at most "
+                        help=f"window length (default: the model's clip length; at least that, at most "
                              f"{asc_infer.MAX_WINDOW_SECONDS:g})")
     parser.add_argument("--hop-seconds", type=float, default=None, metavar="S",
-                        help=f"hop between window starts (default: the window length; at most "
-                             f"{asc_infer.MAX_WINDOW_SECONDS:g})")
+                        help=f"hop between window starts (default: the window length; "
+                             f"{asc_infer.recording.MIN_HOP_SECONDS:g} to {asc_infer.MAX_WINDOW_SECONDS:g})")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), metavar="CSV",
                         help="per-file CSV (default: predictions.csv); never an input, a folder or a non-regular file")
     parser.add_argument("--windows-output", type=Path, default=None, metavar="CSV", help="per-window CSV")

@@ -10,6 +10,7 @@ reader, or ``soundfile`` for FLAC and OGG.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from pipeline import asc_infer
 
 SOUNDFILE_SUFFIXES = (".flac", ".ogg", ".oga")
+logger = logging.getLogger("pipeline.predict")
 
 
 class UsageError(ValueError):
@@ -30,9 +32,7 @@ OUTPUT_HEADERS = (b"file,scene,", b"file,window,start_s,")  # how this command's
 
 
 def _written_by_predict(path: Path) -> bool:
-    """True for a CSV file this command wrote (its first bytes are one of :data:`OUTPUT_HEADERS`)."""
-    if path.suffix.lower() != ".csv":
-        return False
+    """True for a file this command wrote, whatever its name (its first bytes are one of :data:`OUTPUT_HEADERS`)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
@@ -56,9 +56,10 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]], 
     Every named path is either used or reported: a path that names nothing, a pattern that
     matches nothing, a folder with no file in it (``x.wav`` may be a folder too), a folder that
     cannot be listed and anything that is not a regular file (a FIFO would block the reader
-    forever) are reported with the reason. In folders, CSV files that this command wrote
-    (:func:`_written_by_predict`) are skipped and counted, so an output kept beside the
-    recordings is not an input on the next run; a file named explicitly is always an input.
+    forever) are reported with the reason. Linked folders are followed, each real folder once. In
+    folders, files that this command wrote (:func:`_written_by_predict`) are skipped and counted,
+    so an output kept beside the recordings is not an input on the next run; a file named
+    explicitly is always an input. A recording reached by two paths (a link) is scored once.
 
     Returns:
       ``(files, problems, skipped)``: the regular files found, ``(path, reason)`` for what cannot
@@ -91,7 +92,15 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]], 
             def onerror(exc, _path=path):
                 problems.append((exc.filename or str(_path), f"cannot list the folder: {exc.strerror or exc}"))
 
-            for folder, dirs, names in os.walk(path, onerror=onerror):
+            visited = {os.path.realpath(path)}
+            for folder, dirs, names in os.walk(path, onerror=onerror, followlinks=True):
+                for d in sorted(dirs):  # linked folders are followed, each real folder once (no loops)
+                    real = os.path.realpath(os.path.join(folder, d))
+                    if real in visited:  # its files are inputs already (a loop, or two links to one folder)
+                        dirs.remove(d)
+                        logger.info("predict: %s links to a folder already scanned", os.path.join(folder, d))
+                    else:
+                        visited.add(real)
                 dirs.sort()
                 for name in sorted(names):
                     file = Path(folder) / name
@@ -109,7 +118,7 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]], 
     seen: set[str] = set()
     unique = []
     for path in found:
-        key = os.path.abspath(path)
+        key = os.path.realpath(path)  # a recording reached through a link too is scored once
         if key not in seen:
             seen.add(key)
             unique.append(path)
@@ -142,6 +151,8 @@ def check_outputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
             raise UsageError(f"{opt} {path} is one of the inputs; writing it would destroy that recording")
         if not path.parent.is_dir():
             raise UsageError(f"{opt} {path}: the folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{opt} {path}: cannot write in the folder {path.parent}")
 
 
 class SoundFileSource:

@@ -146,7 +146,10 @@ def row_error(exc: BaseException, input_error: type | tuple = ()) -> str:
         text = str(exc)
     else:
         name = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__  # numpy: _ArrayMemoryError
-        text = f"{name}: {exc}" if str(exc) else name
+        # an unexpected error may name server files in any form (spaces, relative, UNC): every word holding a
+        # path separator goes, which also covers the parts of a path with spaces
+        words = ["<path>" if ("/" in w or "\\" in w) else w for w in str(exc).split()]
+        text = f"{name}: {' '.join(words)}" if words else name
     return _without_paths(" ".join(text.split())) or type(exc).__name__
 
 

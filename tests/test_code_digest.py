@@ -148,6 +148,15 @@ def test_the_real_stages_digest_the_model_and_no_installed_package():
         source.code_digest("no_such_module_xyz")
 
 
+def test_a_parent_package_is_digested_but_its_siblings_are_not_followed():
+    """``pipeline/stages/__init__.py`` imports every stage; a stage module does not depend on its siblings for that."""
+    prepare = source.code_digest("pipeline.stages.prepare").files
+    assert "pipeline/stages/__init__.py" in prepare and "pipeline/stages/prepare.py" in prepare
+    assert not {"pipeline/stages/report.py", "pipeline/stages/train.py", "models/asc.py"} & set(prepare)
+    register = source.code_digest("pipeline.stages.register").files
+    assert "pipeline/stages/compress.py" not in register and len(register) < len(prepare)
+
+
 # ------------------------------------------------------------------------------ (2) reuse warns, (4) marker
 
 

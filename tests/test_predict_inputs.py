@@ -385,3 +385,82 @@ def test_the_documented_encodings_are_the_accepted_ones(tmp_path, subtype):
     else:
         assert "16/24/32-bit PCM and 32/64-bit float" in doc
         assert asc_infer.open_wav(path).frames == 1600
+
+
+# ---------------------------------------------------------------- from the review of the change
+
+
+def test_a_rate_inside_the_range_that_needs_a_huge_filter_is_refused_at_once(workdir, tmp_path, capfd):
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(_wav_claiming(383_988))  # 3,675/31,999 of 44.1 kHz: a 122 M-tap filter
+    start = time.monotonic()
+    code, _ = _run([odd, _good_clip(tmp_path)], tmp_path, workdir)
+    assert code == 1 and time.monotonic() - start < 30
+    assert f"{odd}: cannot resample 383988 Hz to 44100 Hz" in capfd.readouterr().err
+
+
+def test_a_window_shorter_than_the_clip_or_a_tiny_hop_is_refused(workdir, tmp_path, capfd):
+    clip = _good_clip(tmp_path)
+    assert _run([clip], tmp_path, workdir, "--window-seconds", "0.5")[0] == 2
+    assert "--window-seconds 0.5 is shorter than the model's clip (1 s)" in capfd.readouterr().err
+    assert _run([clip], tmp_path, workdir, "--hop-seconds", "0.001")[0] == 2
+    assert "--hop-seconds 0.001 is shorter than 0.01 seconds" in capfd.readouterr().err
+    model = asc_infer.load_model(workdir / "compress" / "package")
+    with pytest.raises(ValueError, match="shorter than the model's clip"):
+        asc_infer.load_inputs(clip, model, window_seconds=0.5)
+    with pytest.raises(ValueError, match="shorter than 0.01 seconds"):
+        asc_infer.load_inputs(clip, model, hop_seconds=0.005)
+
+
+def test_linked_folders_are_followed_once_and_linked_files_scored_once(tmp_path):
+    inputs, other = tmp_path / "in", tmp_path / "other"
+    inputs.mkdir()
+    other.mkdir()
+    a = _float_wav(inputs / "a.wav", _tone(1.0, 44100), 44100)
+    b = _float_wav(other / "b.wav", _tone(1.0, 44100), 44100)
+    (inputs / "linkdir").symlink_to(other, target_is_directory=True)
+    (inputs / "loop").symlink_to(inputs, target_is_directory=True)  # a loop ends
+    (inputs / "alias.wav").symlink_to(a)
+    found, problems, skipped = predict.expand_inputs([str(inputs)])
+    assert [os.path.realpath(f) for f in found] == [str(a), str(b)] and problems == [] and skipped == 0
+
+
+def test_an_earlier_output_with_any_name_is_not_an_input(workdir, tmp_path, capfd):
+    clip = _good_clip(tmp_path)
+    out = tmp_path / "out.txt"
+    for _ in range(2):
+        assert predict.main([str(tmp_path), "--model", str(workdir), "--output", str(out), "--log-level",
+                             "WARNING"]) == 0, capfd.readouterr().err
+        assert [r["file"] for r in _read_csv(out)] == [str(clip)]
+
+
+def test_windows_output_equal_to_an_input_is_refused(workdir, tmp_path, capfd):
+    clip = _good_clip(tmp_path)
+    before = clip.read_bytes()
+    assert predict.main([str(clip), "--model", str(workdir), "--output", str(tmp_path / "p.csv"), "--windows-output",
+                         str(clip), "--log-level", "WARNING"]) == 2
+    assert f"--windows-output {clip} is one of the inputs" in capfd.readouterr().err
+    assert clip.read_bytes() == before
+
+
+def test_the_package_named_directly_and_an_interrupted_retrain_are_checked_too(workdir, tmp_path, capfd):
+    copy = _copy_workdir(workdir, tmp_path)
+    clip = _good_clip(tmp_path)
+    marker = json.loads((copy / "train" / "_SUCCESS.json").read_text())
+    (copy / "train" / "_SUCCESS.json").write_text(json.dumps(dict(marker, output="1" * 64)))
+    assert _run([clip], tmp_path, copy / "compress" / "package")[0] == 2  # the package folder itself
+    assert "was made from another training run" in capfd.readouterr().err
+    (copy / "train" / "_SUCCESS.json").unlink()  # a retrain started (the runner clears the marker) ...
+    (copy / "train" / "_RUNNING.json").write_text(json.dumps({"key": "k", "run_id": "r"}))  # ... and stopped
+    assert _run([clip], tmp_path, copy)[0] == 2
+    assert "is being retrained, or its retraining was interrupted" in capfd.readouterr().err
+    assert _run([clip], tmp_path, copy, "--engine", "int8")[0] == 0
+
+
+def test_opposite_channels_beyond_full_scale_do_not_cancel(workdir, tmp_path, capfd):
+    x = np.full((44100, 2), 1e30, np.float32)
+    x[:, 1] = -1e30  # the mean of the channels is 0
+    loud = _float_wav(tmp_path / "stereo.wav", x, 44100)
+    code, rows = _run([loud, _good_clip(tmp_path)], tmp_path, workdir)
+    assert code == 1 and len(rows) == 1
+    assert f"{loud}: window 0 (from 0.00 s): samples far beyond full scale (peak 1e+30" in capfd.readouterr().err

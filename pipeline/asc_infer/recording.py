@@ -9,7 +9,8 @@ The rules (the package, ``python -m pipeline.predict`` and the served model shar
   recording's end (it overlaps its neighbour), so no window or part of a window lies past the
   end: ``1 + ceil((samples - window) / hop)`` windows, or one window holding the whole recording
   when it is shorter than a window (that window is then shorter than ``window_samples``).
-  Window and hop lie between one sample and :data:`MAX_WINDOW_SECONDS`.
+  The window lies between the model's clip and :data:`MAX_WINDOW_SECONDS` (a shorter window would
+  have to be padded), the hop between :data:`MIN_HOP_SECONDS` and :data:`MAX_WINDOW_SECONDS`.
 * **Pieces**: the model scores clips of ``clip_samples``; a window is cut into clip-length pieces
   by the same rule (:func:`clip_pieces`). Only a recording shorter than one clip is zero-padded,
   and :attr:`Recording.padding_seconds` says by how much.
@@ -19,8 +20,9 @@ The rules (the package, ``python -m pipeline.predict`` and the served model shar
   weighted mean of its windows' probabilities. With the default windowing (hop = window) the
   windows weigh the same, except that the moved-back last window and its neighbour share the
   samples they both cover (2.5 s in 1-s windows: weights 1, 0.75, 0.75, over 2.5).
-* **Samples**: every sample read must be finite and within :data:`MAX_ABS_SAMPLE` of zero; a
-  float recording beyond that (e.g. 1e30) is refused, naming the window and the peak.
+* **Samples**: every sample read must be finite and within :data:`MAX_ABS_SAMPLE` of zero, in
+  every channel before the downmix (+1e30 and -1e30 do not cancel); a float recording beyond that
+  (e.g. 1e30) is refused, naming the window and the peak.
 """
 
 from __future__ import annotations
@@ -37,14 +39,32 @@ from typing import Any, Union
 import numpy as np
 
 from .resample import Resampler
-from .wavfile import WavError, read_info, read_mono
+from .wavfile import WavError, read_frames, read_info, read_mono
 
 MIN_SAMPLE_RATE = 1_000  # Hz: the lowest input rate accepted
 MAX_SAMPLE_RATE = 384_000  # Hz: the highest input rate accepted (the fastest common audio interfaces)
 MAX_WINDOW_SECONDS = 600.0  # the longest window or hop: a window is held in memory whole (26.5 M samples at 44.1 kHz)
 MAX_ABS_SAMPLE = 2.0  # |sample| above this (+6 dB over full scale) is not audio scaled to [-1, 1]: refused
+MIN_HOP_SECONDS = 0.01  # the shortest hop: bounds the number of windows (360,000 per hour)
 
 Item = Union[str, os.PathLike, bytes, bytearray, memoryview]  # noqa: UP007 - a runtime alias
+
+
+class LoudSamples(ValueError):
+    """Samples in a source's range that are not finite or beyond :data:`MAX_ABS_SAMPLE` (before any downmix)."""
+
+    def __init__(self, peak: float, non_finite: int):
+        super().__init__(f"peak {peak:.3g}, {non_finite} non-finite")
+        self.peak, self.non_finite = peak, non_finite
+
+
+def check_samples(frames: np.ndarray) -> None:
+    """Raise :class:`LoudSamples` when ``frames`` (any shape, all channels) hold NaN, inf or a peak over the limit."""
+    finite = np.isfinite(frames)
+    bad = int(frames.size - finite.sum())
+    peak = float(np.abs(np.where(finite, frames, 0)).max()) if frames.size else 0.0
+    if bad or peak > MAX_ABS_SAMPLE:
+        raise LoudSamples(peak, bad)
 
 
 class InputError(ValueError):
@@ -153,8 +173,18 @@ class WavSource:
         self.channels = int(self.info.channels)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Mono float32 samples ``[start, stop)`` (mean of the channels)."""
-        return read_mono(self.source, self.info, start, max(0, stop - start))
+        """Mono float32 samples ``[start, stop)`` (mean of the channels), each channel checked first.
+
+        Raises:
+          LoudSamples: a channel holds NaN, inf or a peak over :data:`MAX_ABS_SAMPLE`.
+        """
+        if self.channels == 1:
+            mono = read_mono(self.source, self.info, start, max(0, stop - start))
+            check_samples(mono)
+            return mono
+        frames = read_frames(self.source, self.info, start, max(0, stop - start))  # [n, channels]
+        check_samples(frames)
+        return frames.mean(axis=1, dtype=np.float32)
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -267,32 +297,38 @@ class Recording:
         return coverage_weights(self._starts, self.window_length, self.samples)
 
     def window(self, i: int) -> np.ndarray:
-        """Window ``i``: float32 ``[window_length]``, all of it recorded audio (checked: finite, not over full scale)."""
+        """Window ``i``: float32 ``[window_length]``, all of it recorded audio (finite, not over full scale)."""
         start, count = self.start(i), self.window_length
+        where = f"window {i} (from {start / self.sample_rate:.2f} s)"
         try:
             if self._resampler is None:
                 got = self.source.read(start, start + count)
             else:
                 got = self._resampler.window(self.source.read, self.source.frames, start, count)
+        except LoudSamples as exc:
+            raise InputError(self.name, _loud(where, exc)) from exc
         except (WavError, OSError, ValueError) as exc:
             raise InputError(self.name, _reason(exc)) from exc
         got = np.asarray(got, np.float32).reshape(-1)
         if len(got) != count:
             raise InputError(self.name, f"window {i}: read {len(got)} samples, expected {count}")
-        where = f"window {i} (from {start / self.sample_rate:.2f} s)"
-        finite = np.isfinite(got)
-        if not finite.all():
-            raise InputError(self.name, f"{where}: {int(got.size - finite.sum())} non-finite samples (NaN or inf)")
-        peak = float(np.abs(got).max())
-        if peak > MAX_ABS_SAMPLE:
-            raise InputError(self.name, f"{where}: samples far beyond full scale (peak {peak:.3g}; at most "
-                                        f"{MAX_ABS_SAMPLE:g} is accepted, audio is scaled to [-1, 1])")
+        try:  # any source (soundfile's too); after resampling
+            check_samples(got)
+        except LoudSamples as exc:
+            raise InputError(self.name, _loud(where, exc)) from exc
         return got
 
     def windows(self) -> Iterator[tuple[float, np.ndarray]]:
         """``(start_seconds, window)`` for every window, in order."""
         for i in range(len(self)):
             yield self.start(i) / self.sample_rate, self.window(i)
+
+
+def _loud(where: str, exc: LoudSamples) -> str:
+    if exc.non_finite:
+        return f"{where}: {exc.non_finite} non-finite samples (NaN or inf)"
+    return (f"{where}: samples far beyond full scale (peak {exc.peak:.3g}; at most {MAX_ABS_SAMPLE:g} is accepted, "
+            "audio is scaled to [-1, 1])")
 
 
 def seconds_to_samples(seconds: float | None, default: float, rate: int, what: str) -> int:
@@ -328,15 +364,21 @@ def make_recording(name: str, source: Any, model: Any, *, window_seconds: float 
       window_seconds, hop_seconds: the windowing (default: the model's; the hop defaults to the window).
 
     Raises:
-      ValueError: a bad ``window_seconds`` or ``hop_seconds`` (see :func:`seconds_to_samples`).
+      ValueError: a bad ``window_seconds`` or ``hop_seconds`` (see :func:`seconds_to_samples`), a
+        window shorter than the model's clip or a hop shorter than :data:`MIN_HOP_SECONDS`.
       InputError: the source holds no frames or has a sample rate outside the supported range.
     """
     window = seconds_to_samples(window_seconds, model.window_seconds, model.sample_rate, "window_seconds")
     hop_default = window / model.sample_rate if hop_seconds is None and window_seconds is not None \
         else model.hop_seconds
     hop = seconds_to_samples(hop_seconds, hop_default, model.sample_rate, "hop_seconds")
-    clip = getattr(model, "window_samples", None) or window
-    return Recording(name, source, model.sample_rate, window, hop, clip_samples=int(clip))
+    clip = int(getattr(model, "window_samples", None) or window)
+    if window < clip:
+        raise ValueError(f"window_seconds={window / model.sample_rate:g} is shorter than the model's clip "
+                         f"({clip / model.sample_rate:g} s): every window would be zero-padded")
+    if hop_seconds is not None and hop < round(MIN_HOP_SECONDS * model.sample_rate):
+        raise ValueError(f"hop_seconds={hop_seconds!r} is shorter than {MIN_HOP_SECONDS:g} seconds (the shortest hop)")
+    return Recording(name, source, model.sample_rate, window, hop, clip_samples=clip)
 
 
 def open_wav(item: Item, name: str | None = None) -> WavSource:

@@ -36,7 +36,9 @@ Limit: ``up`` (the reduced target rate) at most ``MAX_UP`` = 4096 (the matrix ha
 ``frame_len * up`` floats). Every pair of the common rates 8, 11.025, 16, 22.05, 24, 32, 44.1,
 48, 88.2, 96 and 192 kHz to 16, 32, 44.1 or 48 kHz is within it (the largest: 11.025 kHz ->
 32 kHz, up=1280). Two rates with a small common divisor (e.g. 44.1 kHz -> 44.056 kHz, up=11014)
-are refused with a ValueError naming both rates.
+are refused with a ValueError naming both rates, and so is a ratio whose matrix would hold more than
+``MAX_TAPS`` = 4 M taps (an input rate with a large reduced ``down``, e.g. 383,988 Hz -> 44.1 kHz:
+3,675/31,999, 122 M taps; the largest common pair, 11.025 kHz -> 32 kHz, needs 0.74 M).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ROLLOFF = 0.95  # cut-off (-6 dB) as a fraction of the lower Nyquist frequency
 ZERO_CROSSINGS = 64  # zero crossings of the windowed sinc on each side of its centre
 KAISER_BETA = 10.0  # Kaiser window shape (about 100 dB stop-band for this length)
 MAX_UP = 4096  # largest reduced target rate accepted
+MAX_TAPS = 4_000_000  # largest polyphase matrix accepted (16 MB of float32): bounds memory and design time
 MIN_BLOCK = 64  # a block holds at least this many output samples (a wider, cheaper matrix product)
 CHUNK_OUTPUT = 32768  # output samples computed per matrix product (bounds memory on long inputs)
 
@@ -107,6 +110,12 @@ class Resampler:
         self.identity = up == down
         group = 1 if self.identity else -(-MIN_BLOCK // up)  # blocks of >= MIN_BLOCK outputs
         self.up, self.down = up * group, down * group
+        if not self.identity:
+            fc = ROLLOFF * min(self.up, self.down) / (2.0 * self.down)
+            taps = (self.down + 2 * math.ceil(ZERO_CROSSINGS / (2.0 * fc))) * self.up  # the matrix, before building it
+            if taps > MAX_TAPS:
+                raise ValueError(f"cannot resample {self.orig_rate} Hz -> {self.target_rate} Hz: the reduced ratio "
+                                 f"{up}/{down} needs a filter of {taps:,} taps (at most {MAX_TAPS:,})")
         if self.identity:
             self.matrix, self.pad_left = np.ones((1, 1), np.float32), 0
         else:

@@ -7,7 +7,10 @@ transitively and digests every source file of the project it reaches:
 - every ``import``/``from ... import`` statement counts, wherever it is (module level, inside a
   function, under ``if TYPE_CHECKING``); ``from pkg import name`` also takes ``pkg.name`` when
   that is a submodule; relative imports are resolved; importing ``a.b.c`` takes the
-  ``__init__.py`` of ``a`` and ``a.b`` (they run on import too);
+  ``__init__.py`` of ``a`` and ``a.b`` (they run on import too), but follows their own imports only
+  when the package itself is imported (``import a.b``, ``from a import b``): a stage module inside
+  ``pipeline.stages`` does not depend on its sibling stages because the registry's ``__init__.py``
+  imports them all;
 - ``importlib.import_module("a.b")`` with a literal name takes ``a.b``; with an f-string such as
   ``f"a.b.{name}"`` it takes every module of the package ``a.b`` (the one the name is formed in);
 - only the project's own modules are followed: those of the packages :data:`PROJECT_PACKAGES`
@@ -66,19 +69,23 @@ def code_digest(module_name: str) -> CodeDigest:
         raise ValueError(f"code_digest: no Python source file found for module {module_name!r}")
     project = {*PROJECT_PACKAGES, module_name.split(".")[0]}
     found: dict[str, Path] = {}
-    seen: set[str] = set()
-    todo = [module_name]
+    followed: set[str] = set()
+    shallow: set[str] = set()
+    todo = [(module_name, True)]
     while todo:
-        name = todo.pop()
-        if name in seen or name.split(".")[0] not in project:
+        name, follow = todo.pop()
+        if name.split(".")[0] not in project or name in followed or (not follow and name in shallow):
             continue
-        seen.add(name)
         path = resolver.file(name)
         if path is None:
             continue  # not a module: a name imported from a package, or a module without a source file
         found[name] = path
-        todo.extend(_parents(name))
-        todo.extend(_imports(name, path, resolver))
+        todo.extend((parent, False) for parent in _parents(name))
+        if follow:
+            followed.add(name)
+            todo.extend((imported, True) for imported in _imports(name, path, resolver))
+        else:
+            shallow.add(name)
     sources = {_relative(name, path): file_digest(path) for name, path in found.items()}
     sources = dict(sorted(sources.items()))
     logger.debug("code of %s: %d source files, digest %s", module_name, len(sources), digest(sources))
