@@ -75,25 +75,34 @@ def check_workdir(workdir: Path) -> None:
     _writable_folder("--workdir", Path(workdir))
 
 
+def _sqlite_path(option: str, uri: str) -> Path:
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        raise EnvironmentProblem(f"{option}: {uri!r}: use sqlite:///<path to a database file>")
+    return Path(path)
+
+
+def _check_sqlite(option: str, db: Path, *, allow_empty: bool) -> None:
+    """Refuse a file that cannot be read or is not an SQLite database (an empty one: only if not ``allow_empty``)."""
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise EnvironmentProblem(f"{option}: cannot read {db}: {exc.strerror or exc}") from None
+    if (head or not allow_empty) and head != SQLITE_MAGIC:
+        raise EnvironmentProblem(f"{option}: {db} is not an SQLite database (an MLflow store)")
+
+
 def check_tracking(uri: str, artifact_root: str, *, timeout: float = 5.0) -> None:
     """Raise :class:`EnvironmentProblem` if the MLflow store or the artifact folder cannot be used."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:":
-            raise EnvironmentProblem(f"tracking.uri: {uri!r}: use sqlite:///<path to a database file>")
-        db = Path(path)
+        db = _sqlite_path("tracking.uri", uri)
         _writable_folder("tracking.uri", db.parent if str(db.parent) else Path("."))
         if db.exists():
             if db.is_dir():
                 raise EnvironmentProblem(f"tracking.uri: {db} is a folder, not an SQLite database file")
-            try:
-                with open(db, "rb") as fh:
-                    head = fh.read(len(SQLITE_MAGIC))
-            except OSError as exc:
-                raise EnvironmentProblem(f"tracking.uri: cannot read {db}: {exc.strerror or exc}") from None
-            if head and head != SQLITE_MAGIC:
-                raise EnvironmentProblem(f"tracking.uri: {db} is not an SQLite database (an MLflow store)")
+            _check_sqlite("tracking.uri", db, allow_empty=True)
             if not os.access(db, os.W_OK):
                 raise EnvironmentProblem(f"tracking.uri: {db} is read-only")
     elif parsed.scheme in ("http", "https"):
@@ -129,20 +138,11 @@ def check_tracking_readable(uri: str, *, option: str = "tracking.uri", timeout: 
     """
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:":
-            raise EnvironmentProblem(f"{option}: {uri!r}: use sqlite:///<path to a database file>")
-        db = Path(path)
+        db = _sqlite_path(option, uri)
         if not db.is_file():
             raise EnvironmentProblem(f"{option}: no MLflow store at {db.resolve()} ({uri}; relative paths start in "
                                      f"{Path.cwd()}): give the store that holds the model")
-        try:
-            with open(db, "rb") as fh:
-                head = fh.read(len(SQLITE_MAGIC))
-        except OSError as exc:
-            raise EnvironmentProblem(f"{option}: cannot read {db}: {exc.strerror or exc}") from None
-        if head != SQLITE_MAGIC:
-            raise EnvironmentProblem(f"{option}: {db} is not an SQLite database (an MLflow store)")
+        _check_sqlite(option, db, allow_empty=False)
     elif parsed.scheme in ("http", "https"):
         _probe_server(option, uri, parsed, timeout)
     elif parsed.scheme in ("", "file"):
