@@ -25,9 +25,7 @@ the training / ``augment`` / ``always_on`` switch are described in :mod:`augment
 from __future__ import annotations
 
 import logging
-import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,8 @@ import tensorflow as tf
 import tf_keras
 
 from augment._base import RandomAugmentation
+from pipeline.asc_infer import wavfile
+from pipeline.asc_infer.resample import Resampler
 from pipeline.core.checks import check_bool, check_int, check_real
 from pipeline.core.errors import ProblemsError
 
@@ -67,44 +67,30 @@ def _fade_out(ir: np.ndarray) -> np.ndarray:
 def read_impulse_response(path, sample_rate: int) -> np.ndarray:
     """One impulse response from a WAV file, float64 ``[n]`` at ``sample_rate``.
 
-    A RIFF/WAVE file (8/16/24/32-bit PCM, 32/64-bit float) that ``scipy.io.wavfile`` reads
-    completely (``augment`` may import only ``pipeline.core``, so not ``pipeline.data``'s reader);
-    empty, non-WAV, truncated and unreadable files are rejected. Samples are scaled to [-1, 1] and
-    resampled (``scipy.signal.resample_poly``: zero-phase, the onset stays in place) to
-    ``sample_rate``. Several channels only when identical: different channels are different
-    responses, and which one to use is the user's choice.
+    Read with the project's one WAV reader (:mod:`pipeline.asc_infer.wavfile`: PCM 16/24/32-bit,
+    float 32/64-bit, scaled to [-1, 1]); empty, non-WAV, truncated and unreadable files (and the
+    encodings it refuses, such as 8-bit PCM) are rejected. Resampled to ``sample_rate`` with the
+    project's one resampler (:class:`pipeline.asc_infer.resample.Resampler`: output sample 0 on
+    input sample 0, so the onset stays in place). Several channels only when identical: different
+    channels are different responses, and which one to use is the user's choice.
+
+    Args:
+      path: the WAV file.
+      sample_rate: the rate of the returned response (Hz).
+
+    Returns:
+      float64 ``[n]``.
 
     Raises:
       ValueError: saying what is wrong (the caller adds the file name).
+      OSError: the file cannot be opened.
     """
-    from scipy import signal
-    from scipy.io import wavfile
-
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        head = fh.read(12)
-    if not head:
-        raise ValueError("empty file")
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file (corrupt or wrong format)")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", wavfile.WavFileWarning)
-            rate, data = wavfile.read(path)
-    except Exception as exc:  # noqa: BLE001 - scipy raises several kinds; report them all the same way
-        raise ValueError(f"unreadable WAV file ({type(exc).__name__}: {exc})") from None
-    for warning in caught:  # unknown chunks are skipped silently; a short data chunk is an error
-        if "EOF" in str(warning.message) or "prematurely" in str(warning.message):
-            raise ValueError(f"truncated: {warning.message}")
-    # int32 holds 32-bit PCM and 24-bit PCM left-aligned by scipy
-    offset, scale = {"uint8": (128.0, 128.0), "int16": (0.0, 32768.0), "int32": (0.0, 2.0**31),
-                     "float32": (0.0, 1.0), "float64": (0.0, 1.0)}.get(data.dtype.name, (None, None))
-    if scale is None:
-        raise ValueError(f"unsupported sample type {data.dtype}")
-    samples = (data.astype(np.float64) - offset) / scale
-    samples = samples.reshape(len(samples), -1)  # [frames, channels]
-    if samples.shape[0] == 0:
-        raise ValueError("no audio samples")
+        info = wavfile.read_info(path)
+        samples = wavfile.read_frames(path, info).astype(np.float64)  # [frames, channels]
+    except wavfile.WavError as exc:
+        raise ValueError("empty file" if str(exc) == "empty file" else f"unreadable WAV file ({exc})") from None
     if not np.all(np.isfinite(samples)):
         raise ValueError("non-finite samples (NaN or inf)")
     channels = samples.shape[1]
@@ -118,10 +104,8 @@ def read_impulse_response(path, sample_rate: int) -> np.ndarray:
     ir = samples[:, 0]
     if not np.any(ir):
         raise ValueError("silent: every sample is 0")
-    rate = int(rate)
-    if rate != sample_rate:
-        g = math.gcd(rate, sample_rate)
-        ir = signal.resample_poly(ir, sample_rate // g, rate // g)
+    if info.sample_rate != sample_rate:
+        ir = Resampler(info.sample_rate, sample_rate)(ir).astype(np.float64)
     return ir
 
 

@@ -42,6 +42,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("benchmarks")
@@ -311,8 +312,6 @@ def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
         if tracking_uri.startswith("sqlite:///"):  # a store of its own: artifacts next to its database
-            from pathlib import Path
-
             overrides.append(f"tracking.artifact_root={Path(tracking_uri[len('sqlite:///'):]).parent}")
     params = config.load("default", overrides)
     tracking.setup(params)
@@ -342,3 +341,155 @@ def emit(name: str, figures: dict, args: argparse.Namespace, *, load_before: lis
     print(json.dumps(result))
     sys.stdout.flush()
     return result
+
+
+# --------------------------------------------------------------------------- seeds x variants of the project's stages
+
+GRID_METRICS = ("macro_accuracy", "log_loss")
+GRID_GROUPS = ("overall", "seen", "unseen")
+
+
+def grid_parser(doc: str | None, *, epochs: int) -> argparse.ArgumentParser:
+    """:func:`parser` plus the flags of a seeds x variants benchmark (synthetic set, epochs, seeds, config)."""
+    p = parser(doc)
+    p.add_argument("--clips", type=int, default=1500, help="clips in the synthetic set (70%% train, 30%% evaluate)")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs of every run (the same budget)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--config", default="default")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--root", type=Path, default=None, help="generate (or reuse) the synthetic set here and keep it")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the runs' work directories here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run (repeatable)")
+    p.add_argument("--verbose", action="store_true", help="stage logs on stderr")
+    return p
+
+
+def stages_child(config_name: str, overrides: list[str], workdir: str, verbose: bool, stages: list[str],
+                 force: bool) -> dict:
+    """Child of :func:`seeds_by_variants`: run ``stages`` with the project's runner; the headline figures.
+
+    Returns:
+      Per group (``overall``, ``seen``, ``unseen``; None when the evaluate split has no such
+      devices) ``macro_accuracy`` and ``log_loss`` of the plain predictions on the evaluate split,
+      the complexity, the epochs and training seconds (``train/history.json``), the final train
+      and validation accuracy, the wall time and, when a teacher ran, its macro accuracy.
+    """
+    import logging
+
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from pipeline import runner
+    from pipeline.core import config
+
+    memory_mark("imports")
+    params = config.load(config_name, overrides)
+    work = Path(workdir)
+    start = time.perf_counter()
+    results = runner.run_stages(params, work, stages, force=force)
+    seconds = time.perf_counter() - start
+    memory_mark("run")
+    metrics = json.loads((work / "evaluate" / "metrics.json").read_text())
+    history = json.loads((work / "train" / "history.json").read_text())["history"]
+    plain = metrics["splits"]["evaluate"]["plain"]
+    groups = {"overall": plain["overall"], **plain["per_device_group"]}
+    out = {g: {k: groups[g][k] for k in GRID_METRICS} if g in groups else None for g in GRID_GROUPS}
+    out.update({"n_evaluate": plain["overall"]["n"], "unseen_devices": groups.get("unseen", {}).get("devices"),
+                "complexity": metrics["complexity"], "epochs": len(history.get("epoch_seconds", [])),
+                "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
+                "final_train_accuracy": history.get("accuracy", [None])[-1],
+                "final_val_accuracy": history.get("val_accuracy", [None])[-1], "wall_seconds": round(seconds, 1)})
+    if "teacher" in results and not results["teacher"].get("reused"):
+        out["teacher_macro_accuracy"] = results["teacher"].get("teacher_macro_accuracy")
+    return out
+
+
+
+def seeds_by_variants(name: str, args: argparse.Namespace, variants: dict[str, list[str]], *,
+                      stages: list[str], force: bool = False, extra: list[str] = ()) -> list[dict]:
+    """Generate one synthetic set, then run ``stages`` for every seed x variant, each in a fresh child process.
+
+    Runs are ordered seed by seed, so every variant sees the same machine load. Every run gets the
+    same data (``--clips``, ``--data-seed``), ``--epochs``, TTA off, an MLflow store in the work
+    folder (experiment ``bench-<name>``, run ``<variant>-seed<seed>``), then ``extra``, the
+    variant's overrides and ``--set``.
+
+    Args:
+      name: the benchmark's name.
+      args: from :func:`grid_parser`.
+      variants: variant name -> its config overrides.
+      stages: the stages each run runs (inactive ones, e.g. ``teacher`` without distillation, are skipped).
+      force: rerun complete stages of a kept ``--workdir``.
+      extra: overrides for every run, before the variant's.
+
+    Returns:
+      One dict per run: ``variant``, ``seed``, the :func:`stages_child` figures and ``peak_rss_mb``.
+    """
+    import tempfile
+
+    from pipeline import synthetic
+
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        root = args.root or Path(tmp) / "data"
+        synthetic.generate(root, n_clips=args.clips, seed=args.data_seed, workers=2, progress=False)
+        base = args.workdir or Path(tmp) / "work"
+        base.mkdir(parents=True, exist_ok=True)
+        store = base / "mlruns"
+        for seed in seeds:
+            for variant, settings in variants.items():
+                overrides = [f"data.source={root.resolve()}", f"seed={seed}", f"train.epochs={args.epochs}",
+                             "augment.tta.enabled=false", "train.progress_bar=false", *extra,
+                             f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
+                             f"tracking.artifact_root={store.resolve()}", f"tracking.experiment=bench-{name}",
+                             f"tracking.run_name={variant}-seed{seed}", *settings, *args.set]
+                logger.info("%s, seed %d (%d epochs on %d clips)", variant, seed, args.epochs, args.clips)
+                out = run_child(stages_child, args.config, overrides, os.fspath(base / f"{variant}-seed{seed}"),
+                                args.verbose, stages, force)
+                run = {"variant": variant, "seed": seed, **out["result"], "peak_rss_mb": out["memory"]["peak_rss_mb"]}
+                logger.info("%s seed %d: %s", variant, seed,
+                            json.dumps({g: run[g] for g in GRID_GROUPS} | {"s": run["wall_seconds"]}))
+                runs.append(run)
+    return runs
+
+
+def seed_stats(values: list[float]) -> dict:
+    """Mean, sample std (``ddof=1``, 0 for one seed), min, max, n and the values, rounded to 4 decimals."""
+    from pipeline.core.stats import summary
+
+    return summary(values, digits=4, single=0.0)
+
+
+def by_variant(runs: list[dict], variants: list[str]) -> dict[str, dict]:
+    """Per variant: group -> metric -> :func:`seed_stats` over seeds (groups every run of the variant has)."""
+    out = {}
+    for v in variants:
+        rs = sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"])
+        out[v] = {g: {k: seed_stats([r[g][k] for r in rs]) for k in GRID_METRICS}
+                  for g in GRID_GROUPS if rs and all(r[g] is not None for r in rs)}
+    return out
+
+
+def paired_difference(runs: list[dict], a: str, b: str) -> dict:
+    """Per group and metric, the per-seed difference ``a - b`` over their common seeds.
+
+    Returns:
+      group -> metric -> :func:`seed_stats` of the differences plus ``better_on_seeds`` (``"k/n"``:
+      seeds where ``a`` has the higher accuracy, or the lower log loss); groups some run lacks are left out.
+    """
+    seeds_a = {r["seed"]: r for r in runs if r["variant"] == a}
+    seeds_b = {r["seed"]: r for r in runs if r["variant"] == b}
+    common = sorted(set(seeds_a) & set(seeds_b))
+    out: dict = {}
+    for g in GRID_GROUPS:
+        if not common or not all(seeds_a[s][g] is not None and seeds_b[s][g] is not None for s in common):
+            continue
+        out[g] = {}
+        for k in GRID_METRICS:
+            d = [seeds_a[s][g][k] - seeds_b[s][g][k] for s in common]
+            better = sum(1 for x in d if (x > 0 if k == "macro_accuracy" else x < 0))
+            out[g][k] = {**seed_stats(d), "better_on_seeds": f"{better}/{len(d)}"}
+    return out

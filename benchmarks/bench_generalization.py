@@ -22,23 +22,18 @@ The generator of device responses is the augmentation's own (random EQ cascades,
 mild nonlinearity), not the synthetic set's device models, so the comparison measures
 generalization to devices neither of them was built from. TTA is off (plain predictions).
 
-Prints one JSON object: per run the overall and unseen-device macro accuracy and log loss; per
-variant mean and sample standard deviation over seeds; per variant the paired per-seed
-difference to ``report`` (mean, std, on how many seeds it is better).
+The seeds x variants loop, the child process and the statistics are the harness shared with
+``bench_models.py`` (``_common.seeds_by_variants``; mean and sample standard deviation, ``ddof=1``,
+from ``pipeline.core.stats``). Prints one JSON object: per run the overall, seen- and
+unseen-device macro accuracy and log loss; per variant mean and sample standard deviation over
+seeds; per variant the paired per-seed difference to ``report`` per group and metric (mean, std,
+on how many seeds it is better: ``better_on_seeds``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import tempfile
-from pathlib import Path
-
 import _common
 
-METRICS = ("macro_accuracy", "log_loss")
-GROUPS = ("overall", "unseen")
 VARIANTS = {
     "report": [],
     "dir": ["augment.device_response.enabled=true"],
@@ -48,113 +43,35 @@ VARIANTS = {
 }
 
 
-def run_variant(config_name: str, overrides: list[str], workdir: str, verbose: bool) -> dict:
-    """Child: prepare, (teacher,) train, evaluate with the project's stages; the headline figures."""
-    import logging
-    import time
-
-    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from pipeline import runner
-    from pipeline.core import config
-
-    params = config.load(config_name, overrides)
-    work = Path(workdir)
-    start = time.perf_counter()
-    results = runner.run_stages(params, work, ["prepare", "teacher", "train", "evaluate"])
-    seconds = time.perf_counter() - start
-    metrics = json.loads((work / "evaluate" / "metrics.json").read_text())
-    plain = metrics["splits"]["evaluate"]["plain"]
-    out = {"overall": {k: plain["overall"][k] for k in METRICS},
-           "unseen": {k: plain["per_device_group"]["unseen"][k] for k in METRICS},
-           "seen": {k: plain["per_device_group"]["seen"][k] for k in METRICS},
-           "params": metrics["complexity"]["params"], "macs": metrics["complexity"]["macs"],
-           "wall_seconds": round(seconds, 1)}
-    if "teacher" in results and not results["teacher"].get("reused"):
-        out["teacher_macro_accuracy"] = results["teacher"].get("teacher_macro_accuracy")
-    return out
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-            "values": [round(v, 4) for v in values]}
-
-
 def aggregate(runs: list[dict], variants: list[str]) -> dict:
     """Mean and std per variant; paired differences to the report's recipe."""
-    by = {v: {r["seed"]: r for r in runs if r["variant"] == v} for v in variants}
-    out: dict = {"variants": {}, "difference_to_report": {}}
-    for v, rs in by.items():
-        out["variants"][v] = {g: {k: _stats([r[g][k] for r in rs.values()]) for k in METRICS} for g in GROUPS}
-    if "report" in by:
+    out: dict = {"variants": _common.by_variant(runs, variants), "difference_to_report": {}}
+    if "report" in variants:
         for v in variants:
-            if v == "report":
-                continue
-            common = sorted(set(by[v]) & set(by["report"]))
-            block = {}
-            for g in GROUPS:
-                d = [by[v][s][g]["macro_accuracy"] - by["report"][s][g]["macro_accuracy"] for s in common]
-                block[g] = {**_stats(d), "better_on_seeds": f"{sum(x > 0 for x in d)}/{len(d)}"}
-            out["difference_to_report"][v] = block
+            if v != "report":
+                out["difference_to_report"][v] = _common.paired_difference(runs, v, "report")
     return out
 
 
 def main() -> None:
-    p = _common.parser(__doc__)
-    p.add_argument("--clips", type=int, default=1500, help="clips in the synthetic set (70%% train, 30%% evaluate)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (and of the teacher)")
-    p.add_argument("--seeds", default="0,1,2")
+    p = _common.grid_parser(__doc__, epochs=10)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--config", default="default")
     p.add_argument("--teacher-channels", default="96,192,192,192")
     p.add_argument("--teacher-members", type=int, default=1)
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--root", type=Path, default=None, help="generate (or reuse) the synthetic set here")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the runs' work directories here")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--verbose", action="store_true", help="stage logs on stderr")
     args = p.parse_args()
     _common.setup_logging()
     if args.quick:
         args.clips, args.epochs, args.seeds = 300, 1, "0"
-    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     load_before = _common.load_average()
-
-    from pipeline import synthetic
-
-    with tempfile.TemporaryDirectory(prefix="bench-generalization-") as tmp:
-        root = args.root or Path(tmp) / "data"
-        synthetic.generate(root, n_clips=args.clips, seed=args.data_seed, workers=2, progress=False)
-        base = args.workdir or Path(tmp) / "work"
-        base.mkdir(parents=True, exist_ok=True)
-        store = base / "mlruns"
-        runs = []
-        for seed in seeds:
-            for variant in variants:
-                overrides = [f"data.source={root.resolve()}", f"seed={seed}", f"train.epochs={args.epochs}",
-                             "augment.tta.enabled=false", "train.progress_bar=false",
-                             f"distill.teacher.channels=[{args.teacher_channels}]",
-                             f"distill.teacher.members={args.teacher_members}",
-                             f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
-                             f"tracking.artifact_root={store.resolve()}", "tracking.experiment=bench-generalization",
-                             f"tracking.run_name={variant}-seed{seed}", *VARIANTS[variant], *args.set]
-                _common.logger.info("%s, seed %d (%d epochs on %d clips)", variant, seed, args.epochs, args.clips)
-                out = _common.run_child(run_variant, args.config, overrides,
-                                        os.fspath(base / f"{variant}-seed{seed}"), args.verbose)
-                run = {"variant": variant, "seed": seed, **out["result"], "peak_rss_mb": out["memory"]["peak_rss_mb"]}
-                _common.logger.info("%s seed %d: %s", variant, seed,
-                                    json.dumps({g: run[g] for g in GROUPS} | {"s": run["wall_seconds"]}))
-                runs.append(run)
-
-    settings = {"clips": args.clips, "epochs": args.epochs, "seeds": seeds, "variants": variants,
-                "config": args.config, "teacher_channels": args.teacher_channels,
+    teacher = [f"distill.teacher.channels=[{args.teacher_channels}]", f"distill.teacher.members={args.teacher_members}"]
+    runs = _common.seeds_by_variants("generalization", args, {v: VARIANTS[v] for v in variants},
+                                     stages=["prepare", "teacher", "train", "evaluate"], extra=teacher)
+    settings = {"clips": args.clips, "epochs": args.epochs, "seeds": sorted({r["seed"] for r in runs}),
+                "variants": variants, "config": args.config, "teacher_channels": args.teacher_channels,
                 "teacher_members": args.teacher_members, "data_seed": args.data_seed, "overrides": args.set,
                 "tta": False, "quick": args.quick}
     _common.emit("generalization", {"settings": settings, **aggregate(runs, variants), "runs": runs}, args,

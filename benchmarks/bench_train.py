@@ -9,12 +9,13 @@ Usage::
 Generates a synthetic set (``--clips`` clips: 70 % train, 30 % evaluate) and, in one child
 process, measures three cases per repeat, one after the other (so that all see the same load):
 
-* ``stage``: the train stage's own function, ``pipeline.stages.train.fit_network``, for
+* ``stage``: the train stage's own function, ``pipeline.task.fit``, for
   ``--epochs`` epochs into a fresh folder: the stage's model build and compile, its datasets
   (``inputs.train_dataset`` / ``eval_dataset`` over the WAV files), its ``EpochEnd`` callback
   (metrics, best.keras, history.json, checkpoint) and its ``model.fit`` call, with validation
-  every epoch. The per-epoch split comes from ``EpochEnd.timings``: ``train_seconds`` (the
-  training steps), ``validation_seconds``, ``callback_seconds``. Epoch 1 (tracing) is left
+  every epoch. The per-epoch split comes from the epoch logs and the callback's files, read by
+  the recorder passed in (``_train_timing.EpochClock``; no library code patched): ``train_seconds``
+  (the training steps), ``validation_seconds``, ``callback_seconds``. Epoch 1 (tracing) is left
   out of the rates and reported as ``first_epoch_extra_seconds``.
 * ``file`` (the bare figure): ``model.fit`` on ``inputs.train_dataset`` (same files, batch and
   data order), the model built and compiled as the stage does (``training.seed_everything``,
@@ -41,11 +42,12 @@ import tempfile
 from pathlib import Path
 
 import _common
+import _train_timing
 
 
 def train_case(root: str, config_name: str, overrides: list[str], steps: int, warmup: int, repeats: int,
                epochs: int, workdir: str) -> dict:
-    """Child: per repeat, the bare fit on files and on memory, then the stage's fit_network."""
+    """Child: per repeat, the bare fit on files and on memory, then the training task's fit."""
     import importlib
     import time
 
@@ -57,9 +59,9 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
     from models import asc
     from pipeline import data, inputs, training
     from pipeline.core import config
-    from pipeline.stages.base import MemoryRecorder, clips
+    from pipeline.stages.base import clips
 
-    train_stage = importlib.import_module("pipeline.stages.train")  # the package exports a function "train"
+    train_stage = importlib.import_module("pipeline.task")  # the training task: build_model, fit, load
     _common.memory_mark("imports")
     stage_params = config.load(config_name, [f"train.epochs={epochs}", "train.progress_bar=false"] + overrides)
     params = stage_params
@@ -98,28 +100,15 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
         t = stamps.times[warmup - 1:]
         return (len(t) - 1) / (t[-1] - t[0])
 
-    # the stage's EpochEnd, captured for its per-epoch timings
-    captured = []
-    original = training.EpochEnd
-
-    class Capturing(original):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            captured.append(self)
-
     def stage(r: int) -> dict:
         out = Path(workdir) / f"train-{r}"
-        training.EpochEnd = Capturing
-        try:
-            start = time.perf_counter()
-            _, history = train_stage.fit_network(stage_params, out, tr, ev, Path(root), MemoryRecorder(),
-                                                 resuming=False, log_model=False)
-            wall = time.perf_counter() - start
-        finally:
-            training.EpochEnd = original
+        clock = _train_timing.EpochClock(out)  # the stage's recorder: times each epoch's callback from outside
+        start = time.perf_counter()
+        train_stage.fit(stage_params, out, tr, ev, Path(root), clock, resuming=False, log_model=False)
+        wall = time.perf_counter() - start
         rows = []
-        for t, epoch_seconds in zip(captured[-1].timings, history["epoch_seconds"]):
-            total = epoch_seconds + t["callback_seconds"]
+        for t in clock.finish():
+            total = t["epoch_seconds"] + t["callback_seconds"]
             rows.append({"train_seconds": t["train_seconds"], "validation_seconds": t["validation_seconds"],
                          "callback_seconds": t["callback_seconds"], "epoch_seconds": total,
                          "train_steps_per_s": steps_per_epoch / t["train_seconds"],

@@ -2,13 +2,15 @@
 
 The report stage collects the finished evaluate runs of its MLflow experiment (each with its
 flattened parameters and metrics), names each run's recipe by the switches it had on, and
-groups runs of the same recipe (different seeds) into mean and standard deviation.
+groups runs of the same recipe (different seeds) into mean and sample standard deviation
+(:func:`pipeline.core.stats.mean_std`; 0 for a single run).
 """
 
 from __future__ import annotations
 
-import statistics
 from typing import Iterable, Mapping
+
+from pipeline.core.stats import mean_std
 
 # (flattened parameter, short name) of the recipe switches, in the order they appear in a name.
 SWITCHES = (
@@ -31,8 +33,8 @@ def recipe_name(params: Mapping[str, str]) -> str:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    mean, std = mean_std(values, single=0.0)
+    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def ablation(runs: Iterable[Mapping]) -> list[dict]:

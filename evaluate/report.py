@@ -1,7 +1,7 @@
 """A report a person can read on its own: ``report.md`` and ``report.html``.
 
-Built from the stage outputs in the workdir (prepare summary, evaluate metrics and plots,
-compress metrics when present); no model is loaded here.
+Built from the stage outputs it is given (:class:`ReportInputs`: prepare summary, evaluate metrics
+and plots, compress metrics when present); it opens no stage folder itself and loads no model.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -91,22 +92,44 @@ def _ablation_section(rows: list[dict]) -> list[str]:
     return md
 
 
-def build_report(workdir: Path, params_yaml: str, out_dir: Path, ablation: list[dict] | None = None) -> dict:
+PLOTS = ("confusion_matrix", "device_accuracy", "training_curves", "size_vs_accuracy")  # evaluate's, by name
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """The files a report is made of (the ``report`` stage resolves them by name: ``ctx.input``).
+
+    Attributes:
+      summary: the prepare stage's ``summary.json``.
+      metrics: the evaluate stage's ``metrics.json``.
+      plots: the evaluate stage's plots to copy (``confusion_matrix.png``, ...), those that exist.
+      compress_metrics: the compress stage's ``metrics.json`` when that stage is complete, else None
+        (a half-written compress stage is never reported).
+    """
+
+    summary: Path
+    metrics: Path
+    plots: tuple[Path, ...] = ()
+    compress_metrics: Path | None = None
+
+
+def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation: list[dict] | None = None) -> dict:
     """Write ``report.md``, ``report.html`` and copies of the plots into ``out_dir``.
 
-    ``ablation``: rows of :func:`evaluate.ablation.ablation` over the experiment's runs; the report
-    gets an ablation table and plot when they hold more than one recipe or more than one run.
+    Args:
+      inputs: the stage outputs to report (:class:`ReportInputs`).
+      params_yaml: the run's configuration, shown in the report.
+      out_dir: where the report goes.
+      ablation: rows of :func:`evaluate.ablation.ablation` over the experiment's runs; the report
+        gets an ablation table and plot when they hold more than one recipe or more than one run.
 
     Returns:
       ``{"markdown": path, "html": path, "plots": [paths]}``.
     """
-    workdir = Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((workdir / "prepare" / "summary.json").read_text())
-    ev = json.loads((workdir / "evaluate" / "metrics.json").read_text())
-    comp_path = workdir / "compress" / "metrics.json"
-    complete = (workdir / "compress" / "_SUCCESS.json").is_file()  # never report a half-written compress stage
-    comp = json.loads(comp_path.read_text()) if complete and comp_path.is_file() else None
+    summary = json.loads(Path(inputs.summary).read_text())
+    ev = json.loads(Path(inputs.metrics).read_text())
+    comp = json.loads(Path(inputs.compress_metrics).read_text()) if inputs.compress_metrics is not None else None
     synthetic = ev.get("data") == "synthetic"
 
     split = "evaluate" if "evaluate" in ev["splits"] else next(iter(ev["splits"]))
@@ -115,11 +138,10 @@ def build_report(workdir: Path, params_yaml: str, out_dir: Path, ablation: list[
     cx = ev["complexity"]
 
     plots = []
-    for name in ("confusion_matrix.png", "device_accuracy.png", "training_curves.png", "size_vs_accuracy.png"):
-        src = workdir / "evaluate" / name
-        if src.is_file():
-            shutil.copyfile(src, out_dir / name)
-            plots.append(out_dir / name)
+    for src in inputs.plots:
+        if Path(src).is_file():
+            shutil.copyfile(src, out_dir / Path(src).name)
+            plots.append(out_dir / Path(src).name)
 
     md: list[str] = []
     md.append(f"# Acoustic scene classification report: {ev['model']} / {ev['config']} / {ev['data']}\n")

@@ -39,6 +39,7 @@ from models.layers import CoordAttention, SeparableBlock
 from pipeline.core.checks import check_choice
 from pipeline.core.config import Params
 from pipeline.core.labels import CLASSES
+from pipeline.core.seeds import stream_seed
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +96,15 @@ def frontend(params: Params) -> LogMel:
 
 
 def _time_shift(params: Params, name: str) -> TimeShift:
-    """The time shift configured by ``params`` (seed ``params.seed + 7``)."""
-    return TimeShift(std_frames=params.augment.time_shift.std_frames, seed=params.seed + 7, name=name)
+    """The time shift configured by ``params`` (random stream ``time_shift``)."""
+    return TimeShift(std_frames=params.augment.time_shift.std_frames, seed=stream_seed(params.seed, "time_shift"),
+                     name=name)
 
 
 def _specaugment_layer(params: Params, position: str, frames: int, bins: int, name: str) -> SpecAugmentPP:
-    """SpecAugment++ at ``position`` for ``[B, frames, bins, C]`` maps (seed ``params.seed + 11 * (k + 1)``,
-    ``k`` the position's index in :data:`SPECAUGMENT_POSITIONS`); its widths are logged."""
-    seed = params.seed + 11 * (1 + SPECAUGMENT_POSITIONS.index(position))
+    """SpecAugment++ at ``position`` for ``[B, frames, bins, C]`` maps (random stream ``specaugment``,
+    ``k = 1 +`` the position's index in :data:`SPECAUGMENT_POSITIONS`); its widths are logged."""
+    seed = stream_seed(params.seed, "specaugment", 1 + SPECAUGMENT_POSITIONS.index(position))
     layer = SpecAugmentPP.from_params(params.augment.specaugment, frames, bins, seed=seed, name=name)
     _specaugment_log(params, position, frames, bins, layer.max_time_width, layer.max_freq_width)
     return layer
@@ -190,9 +192,9 @@ def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = Fa
         if aug is not None:
             x = aug(x)
     x = TimeFreqPooling(name="head_pool")(x)  # [B, C]
-    x = tf_keras.layers.Dropout(m.dropout, seed=params.seed + 1, name="head_dropout1")(x)
+    x = tf_keras.layers.Dropout(m.dropout, seed=stream_seed(params.seed, "head_dropout1"), name="head_dropout1")(x)
     x = tf_keras.layers.Dense(m.hidden_units, activation="relu", name="head_dense1")(x)  # [B, 128]
-    x = tf_keras.layers.Dropout(m.dropout, seed=params.seed + 2, name="head_dropout2")(x)
+    x = tf_keras.layers.Dropout(m.dropout, seed=stream_seed(params.seed, "head_dropout2"), name="head_dropout2")(x)
     logits = tf_keras.layers.Dense(len(CLASSES), name="logits")(x)  # [B, 10]
     return tf_keras.Model(inputs, logits, name=name)
 
@@ -210,9 +212,10 @@ def build_model(params: Params) -> tf_keras.Model:
     if d.enabled:
         # On the waveform, before the front end: a device filters the sound pressure, and its
         # impulse response (up to max_ir_samples, longer than an STFT hop) and soft clipping do not
-        # reduce to a per-frame operation on the log-mel. Seed params.seed + 17 (+ offset).
+        # reduce to a per-frame operation on the log-mel. Random stream device_response (+ offset).
         x = DeviceResponse.from_params(d, sample_rate=params.audio.sample_rate_hz,
-                                       seed=params.seed + 17 + d.seed_offset, name="device_response")(x)
+                                       seed=stream_seed(params.seed, "device_response") + d.seed_offset,
+                                       name="device_response")(x)
     x = frontend(params)(x)  # [B, T, M, 1]
     t = params.augment.time_shift
     if t.enabled and t.std_frames > 0:
@@ -223,7 +226,7 @@ def build_model(params: Params) -> tf_keras.Model:
         # the per-bin mean and std that Freq-MixStyle normalises by (a frequency stripe leaves a
         # bin with no spread at all), and the masks then cut the restyled clip as they would a
         # real one. On the log-mel before the classifier's input BatchNorm, as in CP-JKU's code.
-        x = FreqMixStyle.from_params(params.augment.freq_mixstyle, seed=params.seed + 13,
+        x = FreqMixStyle.from_params(params.augment.freq_mixstyle, seed=stream_seed(params.seed, "freq_mixstyle"),
                                      name="freq_mixstyle")(x)  # [B, T, M, 1]
     aug = _specaugment(params, "input", params.audio.frames, params.audio.n_mels)
     if aug is not None:

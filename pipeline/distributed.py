@@ -24,9 +24,10 @@ Collectives run with ``train.collective_timeout_seconds``, so a peer that dies m
 fails the others' next step instead of hanging them.
 
 Roles. Only the chief writes under the workdir (stage outputs, checkpoints, markers, MLflow);
-the other workers run only the distributed stages (``teacher`` when enabled, ``train``) in a
-private scratch folder without tracking (:func:`run_as_worker`), read the chief's upstream
-outputs and checkpoints from the shared workdir, and exit 0 when done.
+the other workers run only the stages whose record says ``distributed=True`` (``teacher`` when
+enabled, ``train``) in a private scratch folder without tracking, read the chief's upstream
+outputs and checkpoints from the shared workdir, and exit 0 when done. The runner gives a
+process its role (:func:`pipeline.runner.run_stages`); this module only knows the cluster.
 
 Signals. Creating the strategy lets TensorFlow install a C++ SIGTERM handler (its preemption
 notifier) that swallows the signal; :func:`take_back_sigterm` restores Python's, so SIGTERM stops
@@ -39,23 +40,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.core.config import ConfigError, Params, TrainParams
-from pipeline.core.hashing import digest
-from pipeline.stages.base import StageError
+from pipeline.core.errors import StageError
 
 logger = logging.getLogger(__name__)
-
-DISTRIBUTED_STAGES = ("teacher", "train")  # the stages whose work is spread over the workers
-
 
 class TFConfigError(ConfigError):
     """TF_CONFIG is missing or malformed (exit status 2 from ``pipeline.run``)."""
@@ -358,93 +352,3 @@ def check_batch(batch_size: int, n_clips: int, workers: int) -> None:
     if 0 < last < workers:
         raise ValueError(f"train.batch_size={batch_size}: the last batch of each epoch holds {last} of {n_clips} "
                          f"clips, fewer than the {workers} workers; choose another batch size or data.max_train_clips")
-
-
-# --------------------------------------------------------------------------- non-chief workers
-
-
-def _wait_for(condition, what: str, timeout: float, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    logged = False
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise StageError(f"multi-worker (non-chief): {what} did not appear within "
-                             f"train.worker_wait_seconds={timeout:g} s; is the chief running?")
-        if not logged:
-            logger.info("waiting for the chief: %s", what)
-            logged = True
-        time.sleep(poll)
-
-
-def run_as_worker(params: Params, workdir: Path, names: list[str], *, force: bool = False,
-                  cluster: Cluster, rerun_changed_code: bool = False) -> dict[str, dict]:
-    """Run a non-chief worker's share of ``names``: the distributed stages, writing nothing under ``workdir``.
-
-    Each distributed stage waits for the chief's complete upstream outputs in the shared
-    ``workdir`` (at most ``train.worker_wait_seconds``), then runs its function with a private
-    scratch folder as ``ctx.out`` and an in-memory recorder (no MLflow, no marker); it resumes
-    when the chief resumes (the same interrupted run with the same key in the shared folder)
-    and restores the chief's checkpoints. A stage the chief will reuse (complete, same key) is
-    skipped. The scratch folder (``<temp>/asc-worker<rank>-<digest of the workdir path>``) is
-    cleared at the start and deleted at the end. ``rerun_changed_code`` is the chief's (the same
-    ``pipeline.run`` arguments): a worker reruns, resumes or skips as the chief does, and waits
-    for upstream outputs made by this code.
-
-    Returns:
-      Per stage: its result plus ``seconds``, ``{"reused": True}`` or ``{"skipped": True}``.
-    """
-    from pipeline import runner
-    from pipeline import stages as registry
-    from pipeline.stages.base import Context, MemoryRecorder
-
-    workdir = Path(workdir)
-    # One folder per (workdir, rank): a restarted worker clears what a killed one left behind.
-    scratch = Path(tempfile.gettempdir()) / f"asc-worker{cluster.rank}-{digest(str(workdir.resolve()))[:12]}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    logger.info("non-chief worker %d of %d: running %s in the scratch folder %s (nothing is written under %s)",
-                cluster.rank, cluster.num_workers, "/".join(DISTRIBUTED_STAGES), scratch, workdir)
-    results: dict[str, dict] = {}
-    try:
-        for name in names:
-            stage = registry.get(name)
-            if not stage.active(params):
-                continue
-            if name not in DISTRIBUTED_STAGES:
-                results[name] = {"skipped": True}
-                logger.info("stage %s: runs on the chief only", name)
-                continue
-            ups = runner.active_upstream(stage, params)
-
-            def upstream_ready(ups=ups):
-                for up in ups:
-                    marker = runner.complete_marker(registry.get(up), workdir / up)
-                    key = runner.stage_key(registry.get(up), params, workdir)
-                    if marker is None or (key is not None and marker.get("key") != key) or (
-                            rerun_changed_code and runner.code_changed(registry.get(up), marker)):
-                        return False
-                return True
-
-            _wait_for(upstream_ready, f"complete outputs of {', '.join(ups)} under {workdir}",
-                      params.train.worker_wait_seconds)
-            key = runner.stage_key(stage, params, workdir)
-            marker = runner.complete_marker(stage, workdir / name)
-            if runner.reusable(stage, marker, key, force=force, rerun_changed_code=rerun_changed_code):
-                logger.info("stage %s: the chief reuses its complete outputs; nothing to do", name)
-                results[name] = {"reused": True}
-                continue
-            state = runner.running_state(stage, workdir / name, key, force, rerun_changed_code)
-            out = scratch / name
-            out.mkdir(parents=True)
-            ctx = Context(params=params, workdir=workdir, out=out,
-                          inputs={up: workdir / up for up in ups}, record=MemoryRecorder(f"worker{cluster.rank}"),
-                          data_name=registry.data_name(params), resuming=state is not None)
-            start = time.perf_counter()
-            logger.info("stage %s (non-chief worker %d)", name, cluster.rank)
-            results[name] = {**stage.function(ctx), "seconds": time.perf_counter() - start}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return results

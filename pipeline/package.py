@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline.core import files
 from pipeline.core.labels import CLASSES
-from pipeline.core.params import Params
+from pipeline.core.config import Params
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,13 @@ For each stage of a run, in order:
    ``code_sources``: :mod:`pipeline.core.source`). A stage that raises ends its run FAILED
    (KILLED on Ctrl-C) with ``error.txt``, and leaves no marker.
 
+Roles. Under ``train.strategy=multi_worker`` (TF_CONFIG: :mod:`pipeline.distributed`) the chief
+runs as above; every other worker runs only the stages whose record says ``distributed=True``:
+each waits for the chief's complete upstream outputs in the shared workdir (at most
+``train.worker_wait_seconds``), is skipped when the chief reuses it, and otherwise runs its
+function with a private scratch folder as ``ctx.out`` and an in-memory recorder: no MLflow run,
+no marker, no lock, nothing written under the workdir.
+
 The code is not part of the key (a comment edit does not retrain): a stage reused although its
 marker was made by other code says so in one warning line naming the stage and the changed
 files, and its reused run is tagged ``code_changed=true``; ``rerun_changed_code`` (the CLI's
@@ -28,18 +35,21 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline import distributed, tracking
 from pipeline import stages as registry
-from pipeline import tracking
 from pipeline.core import files, lock, source
 from pipeline.core.config import Params
 from pipeline.core.hashing import digest, file_digest
-from pipeline.stages import Context, Stage, StageError
+from pipeline.stages import Context, MemoryRecorder, Stage, StageError
 
 logger = logging.getLogger(__name__)
+worker_log = logging.getLogger(__name__ + ".worker")  # a non-chief worker's lines: not the chief's stage lines
 
 RUNNING = "_RUNNING.json"  # in the folder of a resumable stage while it runs: its key and MLflow run
 PARTIAL = ".partial"  # <stage>.partial/: where a non-resumable stage writes until it is complete
@@ -52,14 +62,31 @@ def active_upstream(stage: Stage, params: Params, stages: tuple[Stage, ...] = re
     return tuple(up for up in stage.upstream if registry.get(up, stages).active(params))
 
 
+def available_optional(stage: Stage, params: Params, workdir: Path,
+                       stages: tuple[Stage, ...] = registry.STAGES) -> tuple[str, ...]:
+    """The optional upstream stages a run reads: active, complete and made with this run's settings."""
+    found = []
+    for name in stage.optional:
+        up = registry.get(name, stages)
+        marker = complete_marker(up, workdir / name) if up.active(params) else None
+        key = stage_key(up, params, workdir, stages) if marker is not None else None
+        if marker is not None and (key is None or marker.get("key") == key):
+            found.append(name)
+    return tuple(found)
+
+
 def stage_key(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...] = registry.STAGES) -> str | None:
     """What a stage's outputs depend on; equal keys mean the outputs can be reused (None: always run)."""
     if stage.settings is None:
         return None
     upstream = {up: (files.read_marker(workdir / up) or {}).get("output")
                 for up in active_upstream(stage, params, stages)}
-    return digest({"stage": stage.name, "settings": stage.settings_of(params),
-                   "external": stage.external(params) if stage.external else None, "upstream": upstream})
+    facts = {"stage": stage.name, "settings": stage.settings_of(params),
+             "external": stage.external(params) if stage.external else None, "upstream": upstream}
+    if stage.optional:  # only then: the keys of stages without optional inputs stay as they were
+        facts["optional"] = {up: (files.read_marker(workdir / up) or {}).get("output")
+                             for up in available_optional(stage, params, workdir, stages)}
+    return digest(facts)
 
 
 def complete_marker(stage: Stage, folder: Path) -> dict | None:
@@ -197,13 +224,11 @@ def run_stages(params: Params, workdir: Path, names: list[str], *, force: bool =
         if not stage.active(params):
             logger.info("stage %s: skipped (not enabled by this configuration)", stage.name)
     chosen = [stage for stage in chosen if stage.active(params)]
-    from pipeline import distributed  # here: it imports this module
-
+    workdir = Path(workdir)
     cluster = distributed.cluster_of(params)  # TF_CONFIG validated before any work (multi_worker only)
     if cluster is not None and not cluster.is_chief:  # only the chief writes under the workdir and to MLflow
-        return distributed.run_as_worker(params, Path(workdir), [s.name for s in chosen], force=force,
-                                         cluster=cluster, rerun_changed_code=rerun_changed_code)
-    workdir = Path(workdir)
+        return _run_as_worker(chosen, params, workdir, stages, cluster, force=force,
+                              rerun_changed_code=rerun_changed_code)
     data = registry.data_name(params)
     tracker = tracking.MlflowTracker(params, data) if track else tracking.MemoryTracker()
     results: dict[str, dict] = {}
@@ -306,10 +331,7 @@ def _run_in(stage: Stage, params: Params, workdir: Path, data: str, tracker, sta
         if stage.resumable:
             files.write_json(folder / RUNNING, {"key": key, "run_id": rec.run_id, "code": code_facts["code"],
                                                 "code_sources": code_facts["code_sources"]})
-        ctx = Context(params=params, workdir=workdir, out=work,
-                      inputs={up: workdir / up for up in active_upstream(stage, params, stages)}, record=rec,
-                      data_name=data,
-                      resuming=state is not None)
+        ctx = _context(stage, params, workdir, stages, work, rec, data, resuming=state is not None)
         result = stage.function(ctx)
         seconds = time.perf_counter() - start
         rec.metrics({"stage_seconds": seconds})
@@ -339,8 +361,6 @@ def _swap_in(new: Path, folder: Path) -> None:
     SIGINT and SIGTERM are held back between the two renames (delivered right after), so an
     interruption never leaves the stage without its folder.
     """
-    import signal
-
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     held = {signal.SIGINT, signal.SIGTERM}
@@ -354,47 +374,115 @@ def _swap_in(new: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def summary(params: Params, workdir: Path, results: dict[str, dict] | None = None) -> str:
-    """A short closing summary: per-stage wall time, report, headline metrics, int8 size and MACs, the UI."""
+def _context(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...], out: Path, record,
+             data: str, *, resuming: bool) -> Context:
+    """The :class:`Context` of a stage writing into ``out`` (chief: its folder; worker: its scratch folder)."""
+    inputs = {up: workdir / up for up in active_upstream(stage, params, stages)}
+    inputs.update({up: workdir / up for up in available_optional(stage, params, workdir, stages)})
+    return Context(params=params, workdir=workdir, out=out, inputs=inputs, record=record, data_name=data,
+                   resuming=resuming, outputs={up: dict(registry.get(up, stages).outputs) for up in inputs})
+
+
+# --------------------------------------------------------------------------- non-chief workers
+
+
+def scratch_folder(workdir: Path, rank: int) -> Path:
+    """A non-chief worker's private folder: ``<temp>/asc-worker<rank>-<digest of the workdir path>``.
+
+    One folder per (workdir, rank): a restarted worker clears what a killed one left behind.
+    """
+    return Path(tempfile.gettempdir()) / f"asc-worker{rank}-{digest(str(Path(workdir).resolve()))[:12]}"
+
+
+def _upstream_ready(stage: Stage, params: Params, workdir: Path, stages: tuple[Stage, ...],
+                    rerun_changed_code: bool) -> bool:
+    """Whether the chief's upstream outputs are complete and made with this run's settings (and code)."""
+    try:
+        check_upstream(stage, params, workdir, stages, rerun_changed_code=rerun_changed_code,
+                       reported=frozenset(stage.upstream))  # the chief warns of code changes, not each poll
+    except StageError:
+        return False
+    return True
+
+
+def _wait_for_chief(condition: Callable[[], bool], what: str, timeout: float, poll: float = 1.0) -> None:
+    """Poll ``condition`` until true; a :class:`StageError` naming ``train.worker_wait_seconds`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while not condition():
+        if time.monotonic() > deadline:
+            raise StageError(f"multi-worker (non-chief): {what} did not appear within "
+                             f"train.worker_wait_seconds={timeout:g} s; is the chief running?")
+        if not logged:
+            worker_log.info("waiting for the chief: %s", what)
+            logged = True
+        time.sleep(poll)
+
+
+def _run_as_worker(chosen: list[Stage], params: Params, workdir: Path, stages: tuple[Stage, ...],
+                   cluster: distributed.Cluster, *, force: bool, rerun_changed_code: bool) -> dict[str, dict]:
+    """A non-chief worker's share of ``chosen``: the ``distributed`` stages, writing nothing under ``workdir``.
+
+    Each distributed stage waits for the chief's complete upstream outputs, then runs with a
+    scratch ``ctx.out`` and a :class:`~pipeline.stages.MemoryRecorder`; it resumes when the chief
+    resumes (the same interrupted run with the same key in the shared folder; the stage restores
+    the chief's checkpoints) and is skipped when the chief reuses it. ``force`` and
+    ``rerun_changed_code`` are the chief's (the same ``pipeline.run`` arguments), so a worker
+    reruns, resumes or skips as the chief does. The scratch folder (:func:`scratch_folder`) is
+    cleared at the start and deleted at the end.
+
+    Returns:
+      Per stage: its result plus ``seconds``, ``{"reused": True}`` or ``{"skipped": True}``.
+    """
+    scratch = scratch_folder(workdir, cluster.rank)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    shared = [stage.name for stage in chosen if stage.distributed]
+    worker_log.info("non-chief worker %d of %d: running %s in the scratch folder %s (nothing is written under %s)",
+                cluster.rank, cluster.num_workers, "/".join(shared) or "no stage", scratch, workdir)
+    data = registry.data_name(params)
+    results: dict[str, dict] = {}
+    try:
+        for stage in chosen:
+            if not stage.distributed:
+                results[stage.name] = {"skipped": True}
+                worker_log.info("stage %s: runs on the chief only", stage.name)
+                continue
+            ups = active_upstream(stage, params, stages)
+            _wait_for_chief(lambda stage=stage: _upstream_ready(stage, params, workdir, stages, rerun_changed_code),
+                            f"complete outputs of {', '.join(ups)} under {workdir}", params.train.worker_wait_seconds)
+            key = stage_key(stage, params, workdir, stages)
+            marker = complete_marker(stage, workdir / stage.name)
+            if reusable(stage, marker, key, force=force, rerun_changed_code=rerun_changed_code):
+                worker_log.info("stage %s: the chief reuses its complete outputs; nothing to do", stage.name)
+                results[stage.name] = {"reused": True}
+                continue
+            state = running_state(stage, workdir / stage.name, key, force, rerun_changed_code)
+            out = scratch / stage.name
+            out.mkdir(parents=True)
+            ctx = _context(stage, params, workdir, stages, out, MemoryRecorder(f"worker{cluster.rank}"), data,
+                           resuming=state is not None)
+            start = time.perf_counter()
+            worker_log.info("stage %s (non-chief worker %d)", stage.name, cluster.rank)
+            results[stage.name] = {**stage.function(ctx), "seconds": time.perf_counter() - start}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def summary(params: Params, workdir: Path, results: dict[str, dict] | None = None,
+            stages: tuple[Stage, ...] = registry.STAGES) -> str:
+    """A short closing summary: per-stage wall time, each complete stage's own lines (its record's
+    ``summary``: report, headline metrics, int8 size and MACs, package, registry), the MLflow UI."""
     workdir = Path(workdir)
     lines = [f"Outputs in {workdir.resolve()}"]
     if results:
         times = ", ".join(f"{name} {'reused' if r.get('reused') else _duration(r.get('seconds', 0.0))}"
                           for name, r in results.items())
         lines.append(f"  time:     {times}")
-    report_md = workdir / "report" / "report.md"
-    if report_md.is_file():
-        lines.append(f"  report:   {report_md.resolve()} (and report.html)")
-    ev_path = workdir / "evaluate" / "metrics.json"
-    if ev_path.is_file() and files.read_marker(workdir / "evaluate") is not None:
-        ev = json.loads(ev_path.read_text())
-        split = ev["splits"].get("evaluate") or next(iter(ev["splits"].values()))
-        plain = split["plain"]["overall"]
-        line = f"  evaluate: macro accuracy {plain['macro_accuracy']:.1%}, log loss {plain['log_loss']:.3f}"
-        if "tta" in split:
-            line += (f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
-                     f"{split['tta']['overall']['log_loss']:.3f}")
-        lines.append(line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else ""))
-    cz_path = workdir / "compress" / "metrics.json"
-    if cz_path.is_file() and files.read_marker(workdir / "compress") is not None:
-        cz = json.loads(cz_path.read_text())
-        t = cz["tflite"]
-        lines.append(f"  int8:     {workdir.resolve() / 'compress' / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
-                     f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
-                     f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
-                     f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})")
-    package = workdir / "compress" / "package"
-    if package.is_dir() and files.read_marker(workdir / "compress") is not None:
-        lines.append(f"  package:  {package.resolve()} (classify recordings: python -m pipeline.predict FILES "
-                     f"--model {workdir})")
-    registered = workdir / "register" / "registered.json"
-    if registered.is_file() and files.read_marker(workdir / "register") is not None:
-        reg = json.loads(registered.read_text())
-        if reg.get("version") is not None:
-            lines.append(f"  registry: {reg['model_uri']} (python -m pipeline.predict FILES --model {reg['model_uri']} "
-                         f"--tracking-uri {params.tracking.uri})")
-        elif reg.get("model_uri"):
-            lines.append(f"  registry: not registered (tracking.registered_model is ''); logged as {reg['model_uri']}")
+    for stage in stages:
+        if stage.summary is not None and complete_marker(stage, workdir / stage.name) is not None:
+            lines += stage.summary(workdir / stage.name, params)
     lines.append(f"  MLflow:   mlflow ui --backend-store-uri {params.tracking.uri} --default-artifact-root "
                  f"{params.tracking.artifact_root} (experiment '{params.tracking.experiment}')")
     return "\n".join(lines)

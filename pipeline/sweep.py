@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import itertools
 import logging
 import re
@@ -38,9 +37,10 @@ from pathlib import Path
 
 from pipeline import runner, sweep_summary
 from pipeline import stages as registry
-from pipeline.core import config, files
+from pipeline.core import config, dotted, files
 from pipeline.core.config import ConfigError, Params
 from pipeline.core.hashing import digest
+from pipeline.core.lock import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def plan(config_path, overrides: list[str], sweeps: list[str], seeds: str | None
             logger.warning("--sweep %s overrides the --set value of the same key", key)
     tree = base.to_dict()
     for dropped in ("seed", "tracking", *keys):
-        _drop(tree, dropped)
+        tree = dotted.without(tree, dropped)
     sweep_id = digest({"base": tree, "grid": [[d.key, d.values] for d in dims], "seeds": list(seed_list)})[:12]
     cells, params = [], {}
     for combo, values in enumerate(itertools.product(*(d.texts for d in dims))):
@@ -238,14 +238,6 @@ def plan(config_path, overrides: list[str], sweeps: list[str], seeds: str | None
                 raise ConfigError(f"--sweep combination {label} (seed {seed}): {exc}") from None
             cells.append(cell)
     return Sweep(sweep_id, dims, seed_list, base, tuple(cells), params)
-
-
-def _drop(tree: dict, dotted: str) -> None:
-    *head, last = dotted.split(".")
-    for part in head:
-        tree = tree.get(part, {})
-    if isinstance(tree, dict):
-        tree.pop(last, None)
 
 
 def with_upstream(stage: str, stages: tuple = registry.STAGES) -> list[str]:
@@ -283,12 +275,12 @@ class _SharedFolders:
 def _exclusive(root: Path) -> Iterator[None]:
     """One process per sweep folder (two would write the same shared stage folders)."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise registry.StageError(f"another process is running this sweep in {root}; give each "
-                                      "concurrent shard its own --workdir") from None
+
+    def busy(holder: dict, waited: float) -> Exception:
+        return registry.StageError(f"another process is running this sweep in {root}; give each concurrent "
+                                   "shard its own --workdir")
+
+    with file_lock(root / ".lock", wait_seconds=0, busy=busy):
         yield
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.core import files
 from pipeline.core.config import Params
+from pipeline.core.stats import mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,7 @@ def summary_table(sweep, runs: pd.DataFrame) -> pd.DataFrame:
                "seeds": ",".join(map(str, done.seed))}
         row["status"] = "finished" if len(done) == len(group) else ("failed" if len(failed) else "incomplete")
         for metric in present:
-            values = done[metric].dropna().to_numpy(dtype=float)
-            row[f"{metric}_mean"] = float(values.mean()) if len(values) else np.nan
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(done[metric].dropna())
         row["error"] = "; ".join(f"{c}: {e}" for c, e in zip(failed.cell, failed.error))
         rows.append(row)
     return pd.DataFrame(rows)

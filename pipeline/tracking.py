@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.core.config import Params
+from pipeline.core.lock import file_lock
 from pipeline.stages.base import MemoryRecorder, Recorder
 
 logger = logging.getLogger(__name__)
@@ -66,16 +67,10 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(db.parent / f".{db.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(db.parent / f".{db.name}.lock"):  # blocks until the other run has created the store
         yield
-    finally:
-        os.close(fd)
 
 
 def setup(params: Params) -> str:

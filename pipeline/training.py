@@ -1,4 +1,4 @@
-"""Training machinery: seeding, optimizer and schedule, resumable checkpoints, per-epoch metrics and timings.
+"""Training machinery: seeding, optimizer and schedule, resumable checkpoints, per-epoch metrics.
 
 Checkpoints hold the model's weights, the optimizer's state, the epoch and the state of every
 random generator of the model (dropout, time shift, SpecAugment++), so a run killed at any
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from pipeline import distributed
 from pipeline.core import files
 from pipeline.core.config import Params, TrainParams
 
@@ -45,8 +46,6 @@ def strategy_for(train: TrainParams) -> tf.distribute.Strategy:
     each of R replicas sees ``batch_size / R`` clips per step and the learning rate stays as set.
     """
     if train.strategy == "multi_worker":
-        from pipeline import distributed
-
         return distributed.strategy(train)
     if train.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
@@ -155,9 +154,8 @@ class EpochEnd(tf_keras.callbacks.Callback):
 
     ``log_metrics(metrics: dict, step: int)`` receives the epoch's Keras logs plus
     ``learning_rate``, ``epoch_seconds`` (training steps + validation), ``train_seconds`` and
-    ``validation_seconds``; the stage passes its recorder's ``metrics``. ``timings`` keeps, per
-    epoch, those seconds and the cost of this callback's own work (``log_seconds``,
-    ``best_save_seconds``, ``history_seconds``, ``checkpoint_seconds``, ``callback_seconds``).
+    ``validation_seconds``; the stage passes its recorder's ``metrics``. (The benchmarks time this
+    callback's own work from outside: ``benchmarks/_train_timing.py``.)
     """
 
     def __init__(self, manager: CheckpointManager, best_path: Path, history_path: Path,
@@ -172,9 +170,6 @@ class EpochEnd(tf_keras.callbacks.Callback):
         self.total_epochs = total_epochs
         self.best_val = best_val
         self.best_epoch: int | None = None
-        # Per epoch, seconds of: the training steps, validation, and the work of this callback
-        # (metrics, best.keras, history.json, checkpoint); read by benchmarks/bench_train.py.
-        self.timings: list[dict[str, float]] = []
         self._start = self._test_start = self._test_end = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -195,14 +190,10 @@ class EpochEnd(tf_keras.callbacks.Callback):
         # the training steps end where validation begins (Keras validates right after the last step)
         logs["train_seconds"] = (self._test_start or now) - self._start
         logs["validation_seconds"] = self._test_end - self._test_start if self._test_start else 0.0
-        timing = {"epoch": epoch + 1, "train_seconds": logs["train_seconds"],
-                  "validation_seconds": logs["validation_seconds"]}
-        t = time.perf_counter()
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
         if self.log_metrics is not None:
             self.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
-        timing["log_seconds"], t = time.perf_counter() - t, time.perf_counter()
         logger.info("epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e "
                     "(%.1f s: steps %.1f s, validation %.1f s)",
                     epoch + 1, self.total_epochs, logs.get("loss", float("nan")),
@@ -210,21 +201,14 @@ class EpochEnd(tf_keras.callbacks.Callback):
                     logs.get("val_accuracy", float("nan")), logs["learning_rate"], logs["epoch_seconds"],
                     logs["train_seconds"], logs["validation_seconds"])
         val = logs.get("val_loss")
-        timing["best_save_seconds"] = 0.0
         if val is not None and (self.best_val is None or val < self.best_val):
             self.best_val = float(val)
             self.best_epoch = epoch + 1
             with files.atomic_path(self.best_path) as tmp:
                 self.model.save(tmp)
-            timing["best_save_seconds"] = time.perf_counter() - t
-        t = time.perf_counter()
         files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val,
                                              "best_epoch": self.best_epoch})
-        timing["history_seconds"], t = time.perf_counter() - t, time.perf_counter()
         self.manager.save(epoch + 1)  # last: a checkpoint implies the history and best model above
-        timing["checkpoint_seconds"] = time.perf_counter() - t
-        timing["callback_seconds"] = time.perf_counter() - now
-        self.timings.append(timing)
 
 
 def weights_digest(model: tf_keras.Model) -> str:

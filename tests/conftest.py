@@ -57,3 +57,38 @@ def shipped_workdir(tmp_path_factory, tiny_dataset):
                                                                          "train.epochs": 2}))
     runner.run_stages(params, workdir, ["prepare", "train", "compress", "register"])
     return workdir, params
+
+
+SWEEP_GRID = ["--sweep", "evaluate.batch_size=16,8", "--seeds", "0,1"]
+
+
+def sweep_overrides(workdir, dataset, **extra) -> list[str]:
+    """The tiny overrides of the sweeps: one epoch, no test-time augmentation."""
+    return tiny_overrides(workdir, dataset, **{"train.epochs": 1, "augment.tta.enabled": "false", **extra})
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, tiny_dataset):
+    """The 2 x 2 grid ``SWEEP_GRID`` run once per session, as two shards (the last writes the grid's summary).
+
+    ``--stage evaluate`` (prepare, train, evaluate) on the tiny set, tracked in experiment ``tiny`` of
+    ``workdir/mlflow.db``. Shared by the sweep tests and the browser test, which reads the same store.
+
+    Returns:
+      a dict: ``workdir``, ``base`` (the CLI arguments), ``root`` (the sweep's folder), ``plan``,
+      ``codes`` (the two shards' exit codes) and ``after_first`` (the state after shard 1).
+    """
+    import pandas as pd
+
+    from pipeline import run, sweep
+
+    workdir = tmp_path_factory.mktemp("sweep")
+    sets = [arg for o in sweep_overrides(workdir, tiny_dataset) for arg in ("--set", o)]
+    base = ["--stage", "evaluate", "--workdir", str(workdir), *sets, *SWEEP_GRID]
+    plan = sweep.plan(None, sweep_overrides(workdir, tiny_dataset), [SWEEP_GRID[1]], SWEEP_GRID[3])
+    root = workdir / "sweeps" / plan.sweep_id
+    first = run.main([*base, "--shard", "1/2"])
+    after_first = {"grid": (root / "summary.csv").exists(), "shard": pd.read_csv(root / "shard-1-of-2" / "runs.csv")}
+    second = run.main([*base, "--shard", "2/2"])
+    return {"workdir": workdir, "base": base, "root": root, "plan": plan, "codes": (first, second),
+            "after_first": after_first}

@@ -126,6 +126,7 @@ def test_golden_outputs():
 
     Regenerate (after an intended change of the network) with:
       ASC_REGENERATE_GOLDEN=1 python -m pytest tests/test_asc.py -k golden
+    That run rewrites the file and fails on purpose; rerun without the variable to check the new outputs.
     """
     params = config.load()
     model = asc.build_model(params)
@@ -133,12 +134,25 @@ def test_golden_outputs():
     got = {k: model(v, training=False).numpy() for k, v in _golden_inputs().items()}
     if os.environ.get("ASC_REGENERATE_GOLDEN"):
         np.savez(GOLDEN, **got)
-        pytest.skip("golden outputs regenerated")
+        # fail, never skip: a run with the variable set must not pass as if the outputs had been checked
+        pytest.fail(f"golden outputs regenerated in {GOLDEN}: review the change, then rerun without "
+                    "ASC_REGENERATE_GOLDEN")
     ref = np.load(GOLDEN)
     for key in ("silence", "noise", "sine"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-4, err_msg=key)
     assert not np.allclose(ref["silence"], ref["sine"])
 
+
+def test_regenerating_the_golden_file_fails_instead_of_skipping(tmp_path, monkeypatch):
+    """With ASC_REGENERATE_GOLDEN set the test rewrites the file and fails, so no change passes unreviewed."""
+    monkeypatch.setenv("ASC_REGENERATE_GOLDEN", "1")
+    monkeypatch.setitem(globals(), "GOLDEN", str(tmp_path / "golden.npz"))
+    with pytest.raises(pytest.fail.Exception, match="golden outputs regenerated"):
+        test_golden_outputs()
+    written, shipped = np.load(tmp_path / "golden.npz"), np.load(os.path.join(os.path.dirname(__file__), "golden",
+                                                                             "asc_default.npz"))
+    for key in ("silence", "noise", "sine"):
+        np.testing.assert_allclose(written[key], shipped[key], rtol=1e-4, atol=1e-4, err_msg=key)
 
 def test_all_augmentations_on_trains_with_decreasing_loss(tiny_dataset):
     """The network with time shift and SpecAugment++ (mm) at all five positions learns the synthetic data."""

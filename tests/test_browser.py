@@ -1,4 +1,7 @@
-"""The MLflow UI over a store made by two tiny runs and a tiny sweep, driven in headless Chromium (Playwright).
+"""The MLflow UI over a store made by a tiny sweep and two tiny runs, driven in headless Chromium (Playwright).
+
+The sweep is the session fixture ``tiny_sweep`` (shared with ``test_sweep.py``, run once); the two
+runs are added to its store in their own experiment.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python package (no
 browser download: Playwright is pointed at the system Chromium). Skipped when either is
@@ -17,17 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import run as cli
 from pipeline import runner
 from pipeline.core import config
 from tests.conftest import tiny_overrides
 
 CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-SWEEP_EXPERIMENT = "tiny-sweep"
-SWEEP_GRID = ["--sweep", "evaluate.batch_size=16,8", "--seeds", "1,2"]
+SWEEP_EXPERIMENT = "tiny"  # tiny_sweep's experiment
+SWEEP_SEEDS = (0, 1)  # tiny_sweep's seeds (conftest.SWEEP_GRID)
+RUNS_EXPERIMENT = "tiny-runs"
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _free_port() -> int:
@@ -44,7 +47,7 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory, tiny_dataset):
+def mlflow_server(tmp_path_factory, tiny_dataset, request):
     missing = None
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         missing = "Chromium is not installed (apt-get install chromium)"
@@ -57,18 +60,15 @@ def mlflow_server(tmp_path_factory, tiny_dataset):
         if os.environ.get("ASC_REQUIRE_BROWSER"):
             pytest.fail(missing + "; ASC_REQUIRE_BROWSER is set (CI)")
         pytest.skip(missing)
-    workdir = tmp_path_factory.mktemp("ui")
+    tiny_sweep = request.getfixturevalue("tiny_sweep")  # only when the browser test runs
+    workdir = tiny_sweep["workdir"]  # the sweep's store; the runs go to their own experiment there
+    assert tiny_sweep["codes"] == (0, 0)
+    runs = tmp_path_factory.mktemp("ui")
     for seed in (1, 2):
-        params = config.load(None, tiny_overrides(workdir / f"run{seed}", tiny_dataset, **{
-            "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false",
+        params = config.load(None, tiny_overrides(runs / f"run{seed}", tiny_dataset, **{
+            "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false", "tracking.experiment": RUNS_EXPERIMENT,
             "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"}))
-        runner.run_stages(params, workdir / f"run{seed}", ["prepare", "train", "evaluate"])
-    # A sweep (2 settings x 2 seeds) into another experiment of the same store: test_sweep_compared.
-    sweep_sets = tiny_overrides(workdir / "sweep", tiny_dataset, **{
-        "train.epochs": 1, "augment.tta.enabled": "false", "tracking.experiment": SWEEP_EXPERIMENT,
-        "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"})
-    assert cli.main(["--stage", "evaluate", "--workdir", str(workdir / "sweep"),
-                     *[arg for o in sweep_sets for arg in ("--set", o)], *SWEEP_GRID]) == 0
+        runner.run_stages(params, runs / f"run{seed}", ["prepare", "train", "evaluate"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -109,7 +109,7 @@ def test_runs_listed_and_compared(mlflow_server, page):
     base = mlflow_server
     ARTIFACTS.mkdir(exist_ok=True)
     (exp,) = [e for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
-              if e["name"] == "tiny"]
+              if e["name"] == RUNS_EXPERIMENT]
     eid = exp["experiment_id"]
     found = _api(base, "/api/2.0/mlflow/runs/search", {
         "experiment_ids": [eid], "filter": "tags.stages = 'prepare,train,evaluate'", "max_results": 10})
@@ -163,7 +163,7 @@ def test_sweep_runs_compared(mlflow_server, page):
     assert len(sweep_ids) == 1
     (sweep_id,) = sweep_ids
     names = sorted(r["info"]["run_name"] for r in cells)
-    assert names == [f"sweep-{sweep_id[:6]}-c{c}-seed{s}" for c in (0, 1) for s in (1, 2)]
+    assert names == [f"sweep-{sweep_id[:6]}-c{c}-seed{s}" for c in (0, 1) for s in SWEEP_SEEDS]
 
     ids = json.dumps([r["info"]["run_id"] for r in cells])
     page.goto(f'{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}')

@@ -12,6 +12,8 @@ from pipeline import data, inputs, training
 from tests.conftest import tiny_overrides
 from tests.test_asc import _deterministic_weights
 
+pytestmark = pytest.mark.slow  # prunes and quantises (QAT) a network: minutes on 2 cores
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_dataset):
@@ -21,15 +23,12 @@ def setup(tmp_path_factory, tiny_dataset):
     index = data.read_index(tiny_dataset)
     train = index[index.split == "train"].reset_index(drop=True)
     model = asc.build_model(params)
-    ds, steps = inputs.train_dataset(train, tiny_dataset, params.audio, params.data, batch_size=8, seed=1,
-                                     start_epoch=0, epochs=4)
-    training.compile_model(model, training.make_optimizer(params.train, steps))
-    model.fit(ds, epochs=4, steps_per_epoch=steps, verbose=0)  # spread the logits: argmax must mean something
     frontend = asc.frontend_model(model)
     waves = np.concatenate([w for w, _ in inputs.eval_dataset(train, tiny_dataset, params.audio, params.data, 16)])
     logmel = frontend(waves, training=False).numpy()
-    # A few steps leave BatchNorm's moving statistics behind the weights and the tiny net is near-uniform
-    # at inference; seeded weights spread the logits, so argmax agreement of TFLite and Keras means something.
+    # No fit (its weights were overwritten here anyway): seeded weights and a scaled head make every clip
+    # decided, but a random network's pooled features hardly depend on the clip, so every clip gets the same
+    # class; the agreement checks below compare decided clips and the probabilities themselves.
     _deterministic_weights(model, seed=11)
     head = asc.get_classifier(model).get_layer("logits")
     kernel, bias = head.get_weights()
@@ -44,11 +43,15 @@ def _data(params, train, root, epochs=1):
 
 
 def _agree(got, ref, margin=0.1, minimum=5):
-    """Argmax agreement on clips where the Keras model is not undecided (top-2 gap > margin)."""
+    """Argmax agreement on clips where the reference is not undecided (top-2 gap > margin).
+
+    At least ``minimum`` (>= 1) clips must be decided, so the agreement always compares something.
+    """
+    assert minimum >= 1, "an agreement over no clip would pass whatever the model does"
     top2 = np.sort(ref, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > margin
-    assert decided.sum() >= minimum, "the tiny model is undecided on almost every clip"
-    return float(np.mean(got[decided].argmax(1) == ref[decided].argmax(1))) if decided.any() else 1.0
+    assert decided.sum() >= minimum, f"the model is decided on {decided.sum()} of {len(ref)} clips, need {minimum}"
+    return float(np.mean(got[decided].argmax(1) == ref[decided].argmax(1)))
 
 
 def _softmax(z):
@@ -109,8 +112,9 @@ def test_qat_pruning_preserving_then_int8(setup, tiny_dataset):
     content = cz.to_tflite(qat, logmel[:8])
     got = cz.TFLiteClassifier(content).probabilities(logmel)
     ref = _softmax(qat.predict(logmel, verbose=0).astype(np.float64))
-    # six QAT steps move BatchNorm's statistics, so the tiny model may be undecided: compare where it is not
-    assert _agree(got, ref, margin=0.02, minimum=0) >= 0.9
+    # Six QAT steps leave this seeded model undecided (its top classes tie on every clip: measured 0 of 42
+    # clips with a top-2 gap over 0.02), so an argmax agreement would compare nothing and is not asserted;
+    # the int8 and float probabilities are compared on every clip instead.
     assert np.mean(np.abs(got - ref)) < 0.05  # (int8 output steps can split near-ties)
 
 

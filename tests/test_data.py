@@ -3,7 +3,6 @@
 import struct
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 
@@ -181,7 +180,11 @@ def test_parse_filename():
     assert tau.parse_filename("audio/airport-barcelona-203-6129-0-a.wav") == ("barcelona", "A")
     with pytest.raises(ValueError, match="does not follow"):
         tau.parse_filename("audio/whatever.wav")
-    assert isinstance(pd.DataFrame, type)
+    # the city is the second dash-separated field and the device the last one, upper-cased, whatever the folder
+    assert tau.parse_filename("street_traffic-lyon-1162-44650-3-s4.wav") == ("lyon", "S4")
+    assert tau.parse_filename("x/y/metro_station-helsinki-7-80-1-b.wav") == ("helsinki", "B")
+    with pytest.raises(ValueError, match="does not follow"):
+        tau.parse_filename("audio/park-paris-1.wav")  # three fields
 
 
 def test_line_numbers_are_exact_after_blank_and_bad_lines(dataset):

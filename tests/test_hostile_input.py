@@ -77,9 +77,14 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 def test_waiting_for_the_holder_succeeds_when_it_ends(tmp_path):
     holder = _hold(tmp_path)
     try:
-        subprocess.Popen(["sh", "-c", f"sleep 1; kill {holder.pid}"])
-        with lock.workdir_lock(tmp_path, wait_seconds=30, poll_seconds=0.1):
-            pass
+        killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill {holder.pid}"])
+        start = time.monotonic()
+        with lock.workdir_lock(tmp_path, wait_seconds=30, poll_seconds=0.1) as path:
+            waited = time.monotonic() - start
+            assert holder.wait(timeout=5) == -signal.SIGTERM  # the lock came only when the holder ended
+            assert f'"pid": {os.getpid()}' in path.read_text()  # and it is ours now
+        assert 0.5 <= waited < 20, waited  # it waited for the holder (killed after 1 s) instead of refusing
+        assert killer.wait(timeout=5) == 0
     finally:
         holder.kill()
         holder.wait()

@@ -1,7 +1,6 @@
 """tf.data input: decoding values, fallbacks, shapes, dtypes and seeded order."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 import tensorflow as tf
@@ -124,6 +123,18 @@ def test_memory_cache_gives_the_same_batches(index):
         np.testing.assert_array_equal(wa, wb)
 
 
+def _decoded(index, root) -> dict[str, np.ndarray]:
+    """Each clip read by soundfile (float64, independent of the tf.data decoder), by file name."""
+    return {f: sf.read(root / f, dtype="float64")[0] for f in index.filename}
+
+
+def _which(wave, reference: dict[str, np.ndarray]) -> str:
+    """The one clip of ``reference`` that ``wave`` decodes (24-bit PCM: within one step of 2**-23)."""
+    found = [f for f, ref in reference.items() if np.allclose(wave, ref, rtol=0, atol=2 ** -23)]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_pipelines_run_without_tf_data_autotuning(index):
     # Deleting an autotuned iterator stalled for up to its lifetime, once per epoch for Keras'
     # validation iterator (inputs._no_autotune): every pipeline here turns the autotuner off.
@@ -139,10 +150,32 @@ def test_pipelines_run_without_tf_data_autotuning(index):
     it = iter(pipelines[1])
     next(it)
     del it
+    # without the autotuner every pipeline still gives the clips themselves: each element is one clip as
+    # soundfile decodes it, with that clip's label, and each epoch holds every clip once
+    reference, label = _decoded(tr, root), dict(zip(tr.filename, tr.label))
+    for ds in pipelines:
+        seen = [(_which(w, reference), int(y)) for waves, labels in ds.as_numpy_iterator()
+                for w, y in zip(waves, labels)]
+        assert all(label[f] == y for f, y in seen)
+        epochs = len(seen) // len(tr)
+        assert len(seen) == epochs * len(tr) and epochs in (1, 2)
+        for e in range(epochs):
+            assert sorted(f for f, _ in seen[e * len(tr):(e + 1) * len(tr)]) == sorted(tr.filename)
 
 
 def test_representative_waveforms(index):
     idx, root = index
-    reps = inputs.representative_waveforms(idx[idx.split == "train"], root, AUDIO, n=5, seed=0)
+    train = idx[idx.split == "train"]
+    reps = inputs.representative_waveforms(train, root, AUDIO, n=5, seed=0)
     assert reps.shape == (5, 44100) and reps.dtype == np.float32
-    assert isinstance(idx, pd.DataFrame)
+    # five different training clips, each exactly as soundfile decodes it, in index order
+    reference = _decoded(train, root)
+    picked = [_which(w, reference) for w in reps]
+    assert len(set(picked)) == 5
+    order = list(train.filename)
+    assert [order.index(f) for f in picked] == sorted(order.index(f) for f in picked)
+    np.testing.assert_array_equal(inputs.representative_waveforms(train, root, AUDIO, n=5, seed=0), reps)
+    others = {_which(w, reference) for w in inputs.representative_waveforms(train, root, AUDIO, n=5, seed=1)}
+    assert others != set(picked)  # another seed, other clips
+    everything = inputs.representative_waveforms(train, root, AUDIO, n=100, seed=0)  # more than there are
+    assert sorted(_which(w, reference) for w in everything) == sorted(order)

@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORCHESTRATION = ("pipeline.stages", "pipeline.runner", "pipeline.tracking", "pipeline.training", "pipeline.run")
+ORCHESTRATION = ("pipeline.stages", "pipeline.runner", "pipeline.tracking", "pipeline.training", "pipeline.task",
+                 "pipeline.run")
 # What each lower layer may import from the pipeline package.
 LOWER = {
     "pipeline/core": ("pipeline.core",),
     "models": ("pipeline.core",),
-    "augment": ("pipeline.core",),
+    "augment": ("pipeline.core", "pipeline.asc_infer"),  # the one WAV reader and resampler
     "evaluate": ("pipeline.core",),
     "pipeline/asc_infer": ("pipeline.asc_infer",),
     "pipeline/audit.py": ("pipeline.core", "pipeline.asc_infer"),

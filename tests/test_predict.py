@@ -22,6 +22,7 @@ import soundfile as sf
 from pipeline import asc_infer, package, predict
 from pipeline.asc_infer.resample import Resampler
 from pipeline.core.labels import CLASSES
+from tests.tflite_reference import reference_probabilities
 
 N = len(CLASSES)
 
@@ -125,6 +126,10 @@ def test_package_api_returns_the_cli_probabilities(cli_run, shipped_workdir, rec
     # bytes of a whole file give the same as its path
     one = asc_infer.predict(model, [(recordings / "short.wav").read_bytes()])
     np.testing.assert_allclose(one[0], want[paths.index(str(recordings / "short.wav"))], rtol=0, atol=1e-12)
+    # and both equal an independent reference (TFLite interpreters called directly, soundfile, numpy softmax)
+    # on the 180-s 44.1 kHz file: 180 whole windows, no resampling
+    ref = reference_probabilities(model.folder, recordings / "sub" / "long.wav")
+    np.testing.assert_allclose(want[paths.index(str(recordings / "sub" / "long.wav"))], ref, rtol=0, atol=1e-6)
 
 
 def test_built_package_contents(shipped_workdir):
@@ -340,6 +345,7 @@ def decisive(shipped_workdir, tmp_path_factory):
     return out, index[index.split == "evaluate"], root
 
 
+@pytest.mark.slow
 def test_int8_and_float_engines_agree_on_argmax(decisive):
     """Measured on the 18 synthetic evaluate clips: 16/18 agree (0.89; tiny fine-tuned model); the bound is 0.75."""
     out, ev, root = decisive
@@ -357,15 +363,21 @@ def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run
     params = shipped_workdir[1]
     out = tmp_path / "p.csv"
     uri = f"models:/{params.tracking.registered_model}/latest"
-    assert predict.main([str(recordings / "short.wav"), "--model", uri, "--tracking-uri", params.tracking.uri,
-                         "--output", str(out), "--log-level", "WARNING"]) == 0
-    got = _read_csv(out)[0]
+    long = recordings / "sub" / "long.wav"
+    assert predict.main([str(recordings / "short.wav"), str(long), "--model", uri, "--tracking-uri",
+                         params.tracking.uri, "--output", str(out), "--log-level", "WARNING"]) == 0
+    rows = {r["file"]: r for r in _read_csv(out)}
+    got = rows[str(recordings / "short.wav")]
     want = next(r for r in cli_run[1] if r["file"] == str(recordings / "short.wav"))
     np.testing.assert_allclose([float(got[c]) for c in CLASSES], [float(want[c]) for c in CLASSES], rtol=0, atol=1e-12)
+    # the registered model's answer equals an independent reference: the shipped TFLite files run directly
+    ref = reference_probabilities(shipped_workdir[0] / "compress" / "package" / "asc_infer" / "model", long)
+    np.testing.assert_allclose([float(rows[str(long)][c]) for c in CLASSES], ref, rtol=0, atol=1e-6)
     assert predict.main([str(recordings / "short.wav"), "--model", uri, "--engine", "float", "--tracking-uri",
                          params.tracking.uri, "--output", str(out), "--log-level", "WARNING"]) == 2
 
 
+@pytest.mark.slow
 def test_a_clip_and_its_48k_stereo_copy_give_the_same_answer(decisive, tmp_path):
     """Issue #21's demonstration: each built-in evaluate clip, its 48 kHz stereo copy as a phone would deliver it
     (soxr-resampled, 24-bit, 48,001 samples: one more than 1 s) and the original give the same probabilities

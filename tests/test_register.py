@@ -95,7 +95,8 @@ def test_empty_name_logs_the_pyfunc_without_registering(copy, tmp_path):
 def _context(params, workdir, out, recorder):
     out.mkdir(parents=True, exist_ok=True)
     return Context(params=params, workdir=workdir, out=out, inputs={"compress": workdir / "compress"},
-                   record=recorder, data_name=registry.data_name(params))
+                   record=recorder, data_name=registry.data_name(params),
+                   outputs={"compress": registry.get("compress").outputs})
 
 
 def test_register_reads_the_tags_from_the_package(shipped_workdir, tmp_path):

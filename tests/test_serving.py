@@ -1,10 +1,9 @@
 """The package as an MLflow pyfunc model: registry versions, round trips and a real ``mlflow models serve``.
 
-Uses the session fixture ``shipped_workdir`` (prepare, train, compress once on the tiny set, tracked
-in ``workdir/mlflow.db``): its compress run logged the package and registered a version of
-``asc-scene-classifier`` (version 1 in a fresh store). One ``mlflow models serve`` process (the
-module fixture ``served``) answers every served test. Bad files (issue #21, items 4, 8 and 12) fail
-their own row only, in process and served.
+Uses the session fixture ``shipped_workdir`` (prepare, train, compress once on the tiny set, tracked in
+``workdir/mlflow.db``): its compress run logged the package and registered a version of ``asc-scene-classifier``
+(version 1 in a fresh store). One ``mlflow models serve`` process (the module fixture ``served``) answers every
+served test. Bad files (issue #21, items 4, 8 and 12) fail their own row only, in process and served.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from pipeline import asc_infer, serving
 from pipeline import stages as registry
 from pipeline.launch import free_ports
 from pipeline.stages.base import MemoryRecorder, PrefixedRecorder
+from tests.tflite_reference import reference_probabilities
 
 SERVE_DEADLINE_S = 180.0
 # In-process pyfunc vs the runtime API: the same code on the same TFLite files -> the same numbers.
@@ -63,16 +63,13 @@ def _float_wav(samples: np.ndarray, sample_rate: int) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-def _ten_mhz() -> bytes:
-    """A 12 KB WAV whose header claims 10 MHz (issue #21 item 8: it drove memory to gigabytes)."""
-    return serving.wav_bytes(0.1 * np.ones(6000), 10_000_000)
-
-
 BAD_FILES = {  # name: (the bytes, words of the reader's reason)
     "garbage": (b"RIFX this is not a wav file at all", "not a RIFF/WAVE file (corrupt or wrong format)"),
     "truncated": (_clips()[1][:3000], "truncated: header announces"),
     "float 1e30": (_float_wav(np.full(8000, 1e30), 16000), "samples far beyond full scale"),
-    "10 MHz": (_ten_mhz(), "sample rate 10000000 Hz is outside the supported 1000..384000 Hz"),
+    # a 12 KB WAV whose header claims 10 MHz (issue #21 item 8: it drove memory to gigabytes)
+    "10 MHz": (serving.wav_bytes(0.1 * np.ones(6000), 10_000_000),
+               "sample rate 10000000 Hz is outside the supported 1000..384000 Hz"),
 }
 
 
@@ -188,6 +185,9 @@ def test_pyfunc_in_process_equals_runtime_api(pyfunc, runtime_model):
     # 1.6 s -> 1 + ceil(0.6) = 2; 0.3 s (shorter than a window) -> 1, the only padded one; 2.5 s -> 1 + ceil(1.5) = 3
     assert [r.samples for r in recordings] == [70560, 13230, 110250]
     assert got["windows"].tolist() == [len(r) for r in recordings] == [2, 1, 3]
+    one = serving.wav_bytes(0.4 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100), 44100)  # 1 s, 44.1 kHz
+    np.testing.assert_allclose(pyfunc.predict(pd.DataFrame({"audio": [one]}))[model.labels].to_numpy()[0],
+                               reference_probabilities(model.folder, one), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_FILES))
@@ -221,8 +221,8 @@ def test_a_header_claiming_10_mhz_is_answered_at_once(pyfunc, runtime_model):
     (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
      "MemoryError: Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
     (MemoryError(), "MemoryError"),
-    (RuntimeError("tensorflow/lite/kernels/conv.cc:92 failed; model at /srv/models/asc/model_int8.tflite"),
-     "RuntimeError: tensorflow/lite/kernels/conv.cc:92 failed; model at <path>"),
+    (RuntimeError("tensorflow/lite/kernels/conv.cc:92 failed; model at /srv/my models/asc/model_int8.tflite"),
+     "RuntimeError: <path> failed; model at <path> <path>"),  # every word holding a path separator goes
 ])
 def test_any_failure_of_one_file_keeps_the_others(pyfunc, runtime_model, monkeypatch, error, words):
     """Issue #21 item 8: a MemoryError (or anything else) on one file: that row's error, the other rows predicted."""

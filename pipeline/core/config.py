@@ -20,6 +20,27 @@ from typing import Any
 
 import yaml
 
+from pipeline.core import dotted
+from pipeline.core.hashing import digest
+from pipeline.core.params import (  # noqa: F401  (the section classes, re-exported: config.TrainParams etc.)
+    AudioParams,
+    AugmentParams,
+    CompressParams,
+    DataParams,
+    DeviceResponseParams,
+    DistillParams,
+    EvaluateParams,
+    FreqMixStyleParams,
+    ModelParams,
+    SpecAugmentParams,
+    SyntheticParams,
+    TeacherParams,
+    TimeShiftParams,
+    TrackingParams,
+    TrainParams,
+    TTAParams,
+    _f,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -28,34 +49,63 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-from pipeline.core.params import (  # noqa: F401  (the classes, re-exported: config.Params etc.)
-    SyntheticParams,
-    AudioParams,
-    DataParams,
-    ModelParams,
-    SpecAugmentParams,
-    TimeShiftParams,
-    TTAParams,
-    FreqMixStyleParams,
-    DeviceResponseParams,
-    AugmentParams,
-    TrainParams,
-    TeacherParams,
-    DistillParams,
-    EvaluateParams,
-    CompressParams,
-    TrackingParams,
-    Params,
-    _f,
-)
-
-
 def _to_plain(obj):
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):
         return list(obj)
     return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """The whole parameter tree; ``name`` is the config's name (for run names and tags)."""
+
+    name: str = _f("default", help="config name (run names, tags); defaults to the YAML file name")
+    seed: int = _f(42, min=0, max=2**31 - 1,
+                   help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data")
+    audio: AudioParams = dataclasses.field(default_factory=AudioParams)
+    data: DataParams = dataclasses.field(default_factory=DataParams)
+    model: ModelParams = dataclasses.field(default_factory=ModelParams)
+    augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    distill: DistillParams = dataclasses.field(default_factory=DistillParams)
+    evaluate: EvaluateParams = dataclasses.field(default_factory=EvaluateParams)
+    compress: CompressParams = dataclasses.field(default_factory=CompressParams)
+    tracking: TrackingParams = dataclasses.field(default_factory=TrackingParams)
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (tuples joined by commas), for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix, obj):
+            for key, value in obj.items():
+                name = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    walk(name + ".", value)
+                elif isinstance(value, (list, tuple)):
+                    out[name] = ",".join(str(v) for v in value)
+                else:
+                    out[name] = value
+        walk("", self.to_dict())
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, *sections: str) -> str:
+        """SHA-256 (16 hex) of the named sections (all when none), for reuse decisions."""
+        data = self.to_dict()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return digest(data)
+
+    def replace(self, **overrides: str) -> "Params":
+        """A new Params with dotted-key overrides given as strings (``{"train.epochs": "3"}``)."""
+        return apply_overrides(self, [f"{k}={v}" for k, v in overrides.items()])
 
 
 # --------------------------------------------------------------------------- building
@@ -281,16 +331,6 @@ def parse_value(text: str):
         return text
 
 
-def _set_dotted(tree: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
 def apply_overrides(params: Params | dict, overrides: list[str]) -> Params:
     """Apply ``key=value`` overrides (dotted keys) and validate the result."""
     tree = params.to_dict() if isinstance(params, Params) else dict(params)
@@ -301,7 +341,7 @@ def apply_overrides(params: Params | dict, overrides: list[str]) -> Params:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: malformed key {key!r}")
-        _set_dotted(tree, key, parse_value(text.strip()))
+        dotted.put(tree, key, parse_value(text.strip()))
     return from_dict(tree)
 
 

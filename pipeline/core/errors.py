@@ -19,3 +19,7 @@ class ProblemsError(ValueError):
         rest = len(self.problems) - MAX_LISTED
         more = f"\n  ... and {rest} more problem(s)" if rest > 0 else ""
         super().__init__(f"{subject}: {len(self.problems)} problem(s):\n{shown}{more}")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing inputs from an earlier stage, inputs made with other settings, ...)."""

@@ -15,6 +15,9 @@ releasing truncates it.
 
 Re-entrant within a process: nested ``workdir_lock`` calls on the same folder (a sweep running
 many runs in one process) share the one lock.
+
+:func:`file_lock` is the one ``flock`` primitive under it; the MLflow store's creation lock
+(:mod:`pipeline.tracking`) and the one-process-per-sweep-folder lock (:mod:`pipeline.sweep`) use it too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,70 @@ def _me() -> dict:
             "command": command[:300]}
 
 
+class LockBusy(RuntimeError):
+    """:func:`file_lock` gave up: another process holds the lock file (``holder``: its content)."""
+
+    def __init__(self, path: Path, holder: dict, waited: float):
+        self.path, self.holder, self.waited = path, holder, waited
+        super().__init__(f"{path} is locked by {describe(holder)} (waited {waited:.0f} s)")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait_seconds: float | None = None, poll_seconds: float = 0.5,
+              busy: Callable[[dict, float], BaseException] | None = None) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing, never truncated here) for the block.
+
+    Args:
+      path: the lock file; its folder must exist.
+      wait_seconds: None: block until the lock is free; else give up after this many seconds
+        (0: at once), logging whom it waits for every 30 s.
+      poll_seconds: how often to retry while waiting with a limit.
+      busy: ``busy(holder, waited)`` builds the exception raised on giving up (``holder``: the lock
+        file's JSON content, ``{}`` when empty); default :class:`LockBusy`.
+
+    Returns:
+      (yields) the open file descriptor (closed, and the lock released, when the block ends).
+
+    Raises:
+      LockBusy: or what ``busy`` builds, when the lock stays held for ``wait_seconds``.
+      OSError: the lock file cannot be opened.
+    """
+    import fcntl
+
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if wait_seconds is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            _acquire(fd, path, wait_seconds, poll_seconds, busy)
+        yield fd
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _acquire(fd: int, path: Path, wait_seconds: float, poll_seconds: float, busy) -> None:
+    import fcntl
+
+    start = time.monotonic()
+    next_note = 0.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            waited = time.monotonic() - start
+            if waited >= wait_seconds:
+                raise (busy or (lambda holder, w: LockBusy(path, holder, w)))(_read(fd), waited) from None
+            if waited >= next_note:
+                logger.info("waiting up to %.0f s for the lock on %s, held by %s", wait_seconds, path.parent,
+                            describe(_read(fd)))
+                next_note += 30.0
+            time.sleep(poll_seconds)
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | os.PathLike, *, wait_seconds: float = 0.0, poll_seconds: float = 0.5) -> Iterator[Path]:
     """Hold ``<workdir>/.lock`` for the block; raise :class:`WorkdirLocked` if a live process holds it.
@@ -92,13 +159,14 @@ def workdir_lock(workdir: str | os.PathLike, *, wait_seconds: float = 0.0, poll_
       wait_seconds: how long to wait for the holder to finish (0: refuse at once).
       poll_seconds: how often to retry while waiting.
 
+    Returns:
+      (yields) the lock file's path.
+
     Raises:
       WorkdirLocked: naming the holder's PID, host, start time and command.
       OSError: the folder cannot be created or the lock file cannot be opened (for example a
         read-only workdir); the caller reports it as an environment error.
     """
-    import fcntl
-
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     key = os.fspath(folder.resolve())
@@ -110,39 +178,16 @@ def workdir_lock(workdir: str | os.PathLike, *, wait_seconds: float = 0.0, poll_
             _held[key][1] -= 1
         return
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    start = time.monotonic()
-    next_note = 0.0
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                waited = time.monotonic() - start
-                if waited >= wait_seconds:
-                    raise WorkdirLocked(folder, _read(fd), waited) from None
-                if waited >= next_note:
-                    logger.info("waiting up to %.0f s for the lock on %s, held by %s", wait_seconds, folder,
-                                describe(_read(fd)))
-                    next_note += 30.0
-                time.sleep(poll_seconds)
+    with file_lock(path, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
+                   busy=lambda holder, waited: WorkdirLocked(folder, holder, waited)) as fd:
         previous = _read(fd)
         if previous:
             logger.warning("workdir %s: taking over a stale lock left by %s (that process is gone)",
                            folder, describe(previous))
         _write(fd, _me())
-    except BaseException:
-        os.close(fd)
-        raise
-    _held[key] = [fd, 1]
-    try:
-        yield path
-    finally:
-        del _held[key]
+        _held[key] = [fd, 1]
         try:
-            os.ftruncate(fd, 0)
+            yield path
         finally:
-            os.close(fd)  # closing the last descriptor releases the flock
+            del _held[key]
+            os.ftruncate(fd, 0)

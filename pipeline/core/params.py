@@ -2,8 +2,9 @@
 
 A field's ``metadata`` may hold ``choices`` (allowed values), ``item`` (the type of a tuple's
 items), ``min``/``max`` (inclusive bounds), ``min_exclusive``, ``check`` (a function naming what
-is wrong with a value) and ``help``; :mod:`pipeline.core.config`
-loads YAML and ``--set`` overrides into these classes and validates every value against it.
+is wrong with a value) and ``help``; :mod:`pipeline.core.config` holds the root
+:class:`~pipeline.core.config.Params`, loads YAML and ``--set`` overrides into these classes and
+validates every value against it. This module imports nothing of the configuration's loading.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
 
-import yaml
-
-from pipeline.core.hashing import digest
 
 
 def _f(default, **meta):
@@ -177,7 +175,7 @@ class DeviceResponseParams:
     n_generated: int = _f(64, min=1, help="devices in the generated bank (when folder is null)")
     max_ir_samples: int = _f(4096, min=1, help="impulse responses are cut to this many samples")
     rms_normalize: bool = _f(True, help="scale each augmented clip back to its own RMS level")
-    seed_offset: int = _f(0, min=0, help="added to the layer's seed (seed + 17 + offset): another "
+    seed_offset: int = _f(0, min=0, help="added to the layer's seed (random stream `device_response`: seed + 17, + offset): another "
                                          "generated bank and draw sequence")
 
 
@@ -224,7 +222,7 @@ class TeacherParams:
     Teacher size is limited by training time only, not by the DCASE limits.
     """
 
-    members: int = _f(1, min=1, max=10, help="teachers in the ensemble (seeds seed+1000*k); their logits are averaged")
+    members: int = _f(1, min=1, max=10, help="teachers in the ensemble (random stream `teacher`: seed + 1000*k); their logits are averaged")
     channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
     hidden_units: int = _f(256, min=1)
     epochs: Optional[int] = _f(None, min=1, help="teacher epochs; null = train.epochs")
@@ -316,65 +314,3 @@ class TrackingParams:
                                help="Model Registry name for the register stage (one new version per package "
                                     "it registers; no '/' or ':', at most 256 characters); empty = log the pyfunc "
                                     "model without registering it")
-
-
-@dataclass(frozen=True)
-class Params:
-    """The whole parameter tree; ``name`` is the config's name (for run names and tags)."""
-
-    name: str = _f("default", help="config name (run names, tags); defaults to the YAML file name")
-    seed: int = _f(42, min=0, max=2**31 - 1, help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data")
-    audio: AudioParams = field(default_factory=AudioParams)
-    data: DataParams = field(default_factory=DataParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    distill: DistillParams = field(default_factory=DistillParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    compress: CompressParams = field(default_factory=CompressParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
-
-    def to_dict(self) -> dict:
-        return _to_plain(self)
-
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys -> values (tuples joined by commas), for MLflow params."""
-        out: dict[str, Any] = {}
-
-        def walk(prefix, obj):
-            for key, value in obj.items():
-                name = f"{prefix}{key}"
-                if isinstance(value, dict):
-                    walk(name + ".", value)
-                elif isinstance(value, (list, tuple)):
-                    out[name] = ",".join(str(v) for v in value)
-                else:
-                    out[name] = value
-        walk("", self.to_dict())
-        return out
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def fingerprint(self, *sections: str) -> str:
-        """SHA-256 (16 hex) of the named sections (all when none), for reuse decisions."""
-        data = self.to_dict()
-        if sections:
-            data = {s: data[s] for s in sections}
-        return digest(data)
-
-    def replace(self, **overrides: str) -> "Params":
-        """A new Params with dotted-key overrides given as strings (``{"train.epochs": "3"}``)."""
-        return apply_overrides(self, [f"{k}={v}" for k, v in overrides.items()])
-
-
-def _to_plain(obj):
-    from pipeline.core.config import _to_plain as to_plain
-
-    return to_plain(obj)
-
-
-def apply_overrides(params, overrides):
-    from pipeline.core.config import apply_overrides as apply
-
-    return apply(params, overrides)

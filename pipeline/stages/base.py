@@ -1,9 +1,9 @@
 """What a stage is: a record (:class:`Stage`) and the context its function receives.
 
-A stage function is a plain function ``f(ctx: Context) -> dict``. It reads its inputs from
-``ctx.inputs`` (the folders of its upstream stages), writes files under ``ctx.out`` and
-records metrics, tags, artifacts and models through ``ctx.record`` (a :class:`Recorder`).
-It never imports MLflow, never writes its completion marker and never decides whether it
+A stage function is a plain function ``f(ctx: Context) -> dict``. It asks for its upstream
+outputs by name (``ctx.input("prepare", "index")``: the upstream record's ``outputs`` catalog),
+writes files under ``ctx.out`` and records metrics, tags, artifacts and models through
+``ctx.record`` (a :class:`Recorder`). It never imports MLflow, never writes its completion marker and never decides whether it
 should run: the runner (:mod:`pipeline.runner`) does reuse, markers, MLflow runs and the
 failure record. A stage can therefore run in a test with a :class:`MemoryRecorder`.
 """
@@ -18,12 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.core import files
+from pipeline.core import dotted, files
 from pipeline.core.config import Params
-
-
-class StageError(RuntimeError):
-    """A stage cannot run (missing inputs from an earlier stage, inputs made with other settings, ...)."""
+from pipeline.core.errors import StageError
 
 
 class Recorder:
@@ -151,7 +148,10 @@ class Context:
       params: the validated parameter tree of this run.
       workdir: the run's working directory (each stage has a folder in it).
       out: this stage's output folder (exists; empty unless the stage resumes).
-      inputs: the output folder of each upstream stage, by stage name (complete, checked).
+      inputs: the output folder of each upstream stage, by stage name (complete, checked; an
+        optional upstream only when it is complete and made with this run's settings).
+      outputs: the output catalog of each upstream stage (its record's ``outputs``), by stage name:
+        what :meth:`input` resolves.
       record: where metrics, tags, artifacts and models go.
       data_name: ``synthetic`` or the dataset folder's name (titles, run names).
       resuming: True when ``out`` holds an interrupted run of this stage with the same key.
@@ -166,6 +166,38 @@ class Context:
     data_name: str = "synthetic"
     resuming: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def input(self, stage: str, name: str, *, missing_ok: bool = False) -> Path | None:
+        """The path of output ``name`` of upstream stage ``stage`` (its record's ``outputs`` catalog).
+
+        Args:
+          stage: an upstream stage of this one (declared in its record's ``upstream`` or ``optional``).
+          name: a name in that stage's ``outputs``, e.g. ``ctx.input("prepare", "index")``.
+          missing_ok: return None when the output (or an optional upstream stage) is absent.
+
+        Returns:
+          The path (checked to exist), or None with ``missing_ok``.
+
+        Raises:
+          StageError: ``stage`` is not an input of this stage, ``name`` is not in its catalog, or the
+            output is missing (naming the file and the command that makes it).
+        """
+        if stage not in self.inputs:
+            if missing_ok:
+                return None
+            raise StageError(f"stage {stage!r} is not a (complete) input of this stage; inputs: "
+                             f"{', '.join(sorted(self.inputs)) or 'none'}")
+        catalog = self.outputs.get(stage, {})
+        if name not in catalog:
+            raise StageError(f"stage {stage!r} declares no output {name!r}; its outputs: "
+                             f"{', '.join(sorted(catalog)) or 'none'}")
+        path = self.inputs[stage] / catalog[name]
+        if not path.exists():
+            if missing_ok:
+                return None
+            raise StageError(f"{path} is missing: run --stage {stage} first")
+        return path
 
     def marker(self, stage: str) -> dict:
         """The completion marker of an upstream stage (its facts, key and run id)."""
@@ -183,6 +215,10 @@ class Stage:
       name: the stage's name (``--stage NAME``, its folder under the workdir).
       function: ``f(ctx) -> dict``.
       upstream: stages whose complete outputs it reads (checked before it runs).
+      optional: stages whose outputs it reads when they are complete and made with this run's
+        settings (``ctx.input(..., missing_ok=True)``); not waited for, not checked.
+      outputs: its output catalog, name -> file or folder in its folder (``{"index": "index.csv"}``):
+        what downstream stages ask for by name (:meth:`Context.input`).
       main_output: the file (in its folder) whose presence and content stand for its outputs;
         its SHA-256 keys the stages downstream.
       settings: the Params sections (dotted paths) its outputs depend on; with the upstream
@@ -193,6 +229,11 @@ class Stage:
       resumable: an interrupted run with the same key resumes in place (checkpoints).
       when: the stage takes part only when this is true of the params (``--stage all`` skips it
         otherwise, and stages downstream do not wait for it).
+      distributed: under ``train.strategy=multi_worker`` every worker runs it (the chief as usual,
+        the others in a private scratch folder, untracked: :mod:`pipeline.runner`); other stages
+        run on the chief only.
+      summary: ``summary(folder, params) -> lines`` for the closing summary of ``pipeline.run``,
+        called only when the stage's folder is complete.
       reads, writes: one-line descriptions for the README's stage table.
     """
 
@@ -200,12 +241,16 @@ class Stage:
     function: Callable[[Context], dict]
     upstream: tuple[str, ...] = ()
     main_output: str = ""
+    optional: tuple[str, ...] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict, hash=False)
     settings: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     external: Callable[[Params], Any] | None = None
     headline: tuple[str, ...] = ()
     resumable: bool = False
     when: Callable[[Params], bool] | None = None
+    distributed: bool = False
+    summary: Callable[[Path, Params], list[str]] | None = None
     reads: str = ""
     writes: str = ""
 
@@ -218,29 +263,12 @@ class Stage:
         if self.settings is None:
             return None
         tree = params.to_dict()
-        picked = {path: _pick(tree, path) for path in self.settings}
+        picked = {path: dotted.get(tree, path) for path in self.settings}
         for path in self.exclude:
             head, _, rest = path.partition(".")
             if head in picked and rest:
-                picked[head] = _drop(picked[head], rest)
+                picked[head] = dotted.without(picked[head], rest)
         return picked
-
-
-def _pick(tree: dict, dotted: str):
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def _drop(tree: dict, dotted: str) -> dict:
-    head, _, rest = dotted.partition(".")
-    copy = dict(tree)
-    if rest:
-        copy[head] = _drop(copy[head], rest)
-    else:
-        copy.pop(head, None)
-    return copy
 
 
 def replace(stage: Stage, **changes) -> Stage:
@@ -254,7 +282,7 @@ def replace(stage: Stage, **changes) -> Stage:
 def load_index(ctx: Context) -> tuple[pd.DataFrame, Path, str]:
     """The index written by ``prepare``, its dataset root and its fingerprint."""
     marker = ctx.marker("prepare")
-    index = pd.read_csv(ctx.inputs["prepare"] / "index.csv", dtype={"filename": str, "device": str})
+    index = pd.read_csv(ctx.input("prepare", "index"), dtype={"filename": str, "device": str})
     return index, Path(marker["root"]), marker["fingerprint"]
 
 

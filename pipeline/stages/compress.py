@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,12 +15,11 @@ from evaluate import compress as cz
 from evaluate import metrics as dm
 from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
 from models import asc
-from pipeline import inputs, training
-from pipeline.core import files
+from pipeline import inputs, task, training
+from pipeline.core import files, seeds
 from pipeline.core.config import Params
 from pipeline.package import build_package
 from pipeline.stages.base import Context, clips, load_index
-from pipeline.stages.train import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def compress(ctx: Context) -> dict:
     params, out = ctx.params, ctx.out
     c = params.compress
     index, root, data_fp = load_index(ctx)
-    model = load_model(ctx)
-    training.seed_everything(params.seed + 1000, params.train.deterministic)
+    model = task.load(ctx.input("train", "model"))
+    training.seed_everything(seeds.stream_seed(params.seed, "compress"), params.train.deterministic)
     tr = clips(index, "train", params)
     ev = clips(index, "evaluate", params, labelled=True)
     frontend_layer = asc.frontend_layer(model)
@@ -44,9 +44,9 @@ def compress(ctx: Context) -> dict:
     clip = params.audio.clip_samples
     steps = int(np.ceil(len(tr) / params.train.batch_size))
 
-    def data(epochs: int, offset: int):
+    def data(epochs: int, stream: str):
         ds, _ = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
-                                     seed=params.seed + offset, start_epoch=0, epochs=epochs)
+                                     seed=seeds.stream_seed(params.seed, stream), start_epoch=0, epochs=epochs)
         return ds
 
     result: dict = {"steps": [], "model": params.model.name, "data_fingerprint": data_fp}
@@ -64,9 +64,10 @@ def compress(ctx: Context) -> dict:
     result["float"] = score(float_probs)
     pruned = False
     if c.prune:
-        classifier, sparsity = cz.prune(cz.copy_model(classifier), frontend_layer, data(c.prune_epochs, 101), steps,
-                                        epochs=c.prune_epochs, target_sparsity=c.target_sparsity,
-                                        learning_rate=c.fine_tune_learning_rate, clip_samples=clip)
+        classifier, sparsity = cz.prune(cz.copy_model(classifier), frontend_layer,
+                                        data(c.prune_epochs, "compress.prune_data"), steps, epochs=c.prune_epochs,
+                                        target_sparsity=c.target_sparsity, learning_rate=c.fine_tune_learning_rate,
+                                        clip_samples=clip)
         pruned = True
         result["steps"].append("prune")
         result["sparsity_per_kernel"] = sparsity
@@ -85,8 +86,9 @@ def compress(ctx: Context) -> dict:
         ptq_bytes = cz.to_tflite(classifier, representative, c.input_type, c.output_type)
         result["steps"].append("ptq")
     if c.qat:
-        qat = cz.quantize_aware(classifier, frontend_layer, data(c.qat_epochs, 202), steps, epochs=c.qat_epochs,
-                                learning_rate=c.fine_tune_learning_rate, clip_samples=clip, pruned=pruned)
+        qat = cz.quantize_aware(classifier, frontend_layer, data(c.qat_epochs, "compress.qat_data"), steps,
+                                epochs=c.qat_epochs, learning_rate=c.fine_tune_learning_rate, clip_samples=clip,
+                                pruned=pruned)
         shipped = cz.to_tflite(qat, representative, c.input_type, c.output_type)
         result["steps"].append("qat")
         if pruned:
@@ -141,3 +143,25 @@ def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: b
     ctx.record.artifact(out / "package.tar.gz")
     # The MLflow model and its registry version are the register stage's (its own settings and run).
     return package
+
+
+def summary_lines(folder: Path, params: Params) -> list[str]:
+    """The closing summary's lines of a complete ``compress`` folder: the int8 model and the package.
+
+    Args:
+      folder: the stage's complete folder (``workdir/compress``).
+      params: the run's parameter tree.
+
+    Returns:
+      The ``int8`` line, and the ``package`` line when the package was built.
+    """
+    cz = json.loads((folder / "metrics.json").read_text())
+    t = cz["tflite"]
+    lines = [f"  int8:     {folder.parent.resolve() / folder.name / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
+             f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
+             f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
+             f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})"]
+    if (folder / "package").is_dir():
+        lines.append(f"  package:  {(folder / 'package').resolve()} (classify recordings: python -m pipeline.predict "
+                     f"FILES --model {folder.parent})")
+    return lines

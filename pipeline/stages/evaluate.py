@@ -23,11 +23,10 @@ from tqdm.auto import tqdm
 from evaluate import complexity, plots
 from evaluate import metrics as dm
 from models import asc
-from pipeline import inputs
+from pipeline import inputs, task
 from pipeline.core import files
 from pipeline.core.config import Params
 from pipeline.stages.base import Context, StageError, clips, load_index
-from pipeline.stages.train import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def evaluate(ctx: Context) -> dict:
     """Metrics, tables, predictions and plots of the trained model on the labelled splits."""
     params, out = ctx.params, ctx.out
     index, root, data_fp = load_index(ctx)
-    model = load_model(ctx)
+    model = task.load(ctx.input("train", "model"))
     cost = complexity.keras_complexity(asc.get_classifier(model))
     result: dict = {"model": params.model.name, "config": params.name, "data": ctx.data_name,
                     "data_fingerprint": data_fp,
@@ -168,8 +167,8 @@ def evaluate(ctx: Context) -> dict:
         plots.plot_device_accuracy(plain["per_device"], out / "device_accuracy.png",
                                    title=f"Accuracy per device {title}"),
     ]
-    history_file = ctx.inputs["train"] / "history.json"
-    if history_file.is_file():
+    history_file = ctx.input("train", "history", missing_ok=True)
+    if history_file is not None and history_file.is_file():
         pngs.append(plots.plot_training_curves(json.loads(history_file.read_text())["history"],
                                                out / "training_curves.png"))
     points = _experiment_points(ctx)
@@ -181,3 +180,23 @@ def evaluate(ctx: Context) -> dict:
     files.write_json(out / "metrics.json", result)
     ctx.record.artifact(out / "metrics.json")
     return {"metrics": out / "metrics.json", "headline": headline}
+
+
+def summary_lines(folder: Path, params: Params) -> list[str]:
+    """The closing summary's line of a complete ``evaluate`` folder: macro accuracy and log loss (and with TTA).
+
+    Args:
+      folder: the stage's complete folder.
+      params: the run's parameter tree.
+
+    Returns:
+      One line.
+    """
+    ev = json.loads((folder / "metrics.json").read_text())
+    split = ev["splits"].get("evaluate") or next(iter(ev["splits"].values()))
+    plain = split["plain"]["overall"]
+    line = f"  evaluate: macro accuracy {plain['macro_accuracy']:.1%}, log loss {plain['log_loss']:.3f}"
+    if "tta" in split:
+        line += (f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
+                 f"{split['tta']['overall']['log_loss']:.3f}")
+    return [line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else "")]

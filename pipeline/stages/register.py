@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from pipeline.core import files
+from pipeline.core.config import Params
 from pipeline.core.hashing import digest, file_digest
 from pipeline.stages.base import Context, StageError
 
@@ -106,8 +107,9 @@ def register(ctx: Context) -> dict:
     with an in-memory recorder), ``logged_model_uri``, ``run_id``, ``package``, ``package_digest``,
     ``compress_run_id`` and ``tags``.
     """
-    package_dir = ctx.inputs["compress"] / "package"
-    if not (package_dir / "asc_infer" / "__init__.py").is_file():
+    package_dir = ctx.input("compress", "package", missing_ok=True)
+    if package_dir is None or not (package_dir / "asc_infer" / "__init__.py").is_file():
+        package_dir = package_dir or ctx.inputs["compress"] / "package"
         raise StageError(f"{package_dir} holds no package (no asc_infer/__init__.py); rerun --stage compress --force")
     tags = version_tags(package_dir, ctx.data_name)
     compress_marker = ctx.marker("compress")
@@ -132,3 +134,22 @@ def register(ctx: Context) -> dict:
     else:
         logger.info("register: package kept in memory (no MLflow store)")
     return {"registered": ctx.out / "registered.json", "model_uri": result["model_uri"]}
+
+
+def summary_lines(folder: Path, params: Params) -> list[str]:
+    """The closing summary's line of a complete ``register`` folder: the registered model's URI.
+
+    Args:
+      folder: the stage's complete folder.
+      params: the run's parameter tree (``tracking.uri``).
+
+    Returns:
+      One line, or none when nothing was logged.
+    """
+    reg = json.loads((folder / "registered.json").read_text())
+    if reg.get("version") is not None:
+        return [f"  registry: {reg['model_uri']} (python -m pipeline.predict FILES --model {reg['model_uri']} "
+                f"--tracking-uri {params.tracking.uri})"]
+    if reg.get("model_uri"):
+        return [f"  registry: not registered (tracking.registered_model is ''); logged as {reg['model_uri']}"]
+    return []

@@ -1,7 +1,7 @@
 """``teacher``: train the distillation teachers and store their logits for the training clips.
 
 A teacher is the report's network made wider (``distill.teacher.channels``, ``hidden_units``),
-trained by the same recipe and code as the student (:func:`pipeline.stages.train.fit_network`:
+trained by the same recipe and code as the student (:func:`pipeline.task.fit`:
 same data, augmentations, optimizer and checkpoints). ``distill.teacher.members`` teachers with
 seeds ``seed + 1000 * k`` form an ensemble whose logits are averaged (CP-JKU, DCASE2022-23).
 
@@ -23,11 +23,10 @@ import pandas as pd
 import tensorflow as tf
 
 from evaluate import metrics as dm
-from pipeline import inputs
-from pipeline.core import files
+from pipeline import inputs, task
+from pipeline.core import files, seeds
 from pipeline.core.config import Params
 from pipeline.stages.base import Context, PrefixedRecorder, StageError, clips, load_index
-from pipeline.stages.train import _shared, fit_network
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def teacher_params(params: Params, member: int) -> Params:
     return params.replace(**{
         "model.channels": str(list(t.channels)),
         "model.hidden_units": str(t.hidden_units),
-        "seed": str(params.seed + 1000 * (member + 1)),
+        "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
         "train.epochs": str(t.epochs or params.train.epochs),
         "distill.enabled": "false",
     })
@@ -66,8 +65,9 @@ def teacher(ctx: Context) -> dict:
         name = f"teacher{k + 1}"
         logger.info("teacher %d of %d: channels %s, seed %d, %d epochs", k + 1, params.distill.teacher.members,
                     list(member.model.channels), member.seed, member.train.epochs)
-        model, _ = fit_network(member, ctx.out / name, tr, ev, root, PrefixedRecorder(ctx.record, f"{name}_"),
-                               resuming=ctx.resuming, log_model=False, resume_from=_shared(ctx, "teacher", name))
+        model, _ = task.fit(member, ctx.out / name, tr, ev, root, PrefixedRecorder(ctx.record, f"{name}_"),
+                            resuming=ctx.resuming, log_model=False,
+                            resume_from=task.resume_folder(params, ctx.workdir, "teacher", name))
         train_logits.append(logits_of(model, tr, root, member))
         eval_logits.append(logits_of(model, ev, root, member))
         member_m = dm.compute_metrics(ev.label.to_numpy(), tf.nn.softmax(eval_logits[-1]).numpy().astype(np.float64),
