@@ -192,13 +192,17 @@ def test_built_package_imports_in_isolation(shipped_workdir, recordings):
 def test_reads_only_window_sized_ranges(shipped_workdir, recordings, monkeypatch):
     """Memory stays bounded: each read asks for about one window of input, never the whole file."""
     calls = []
-    real = asc_infer.recording.read_mono
+    def spy_on(name):  # mono files are read with read_mono, others with read_frames (checked before the downmix)
+        real = getattr(asc_infer.recording, name)
 
-    def spy(source, info=None, start=0, count=None):
-        calls.append((info.sample_rate, start, count))
-        return real(source, info, start, count)
+        def spy(source, info=None, start=0, count=None):
+            calls.append((info.sample_rate, start, count))
+            return real(source, info, start, count)
 
-    monkeypatch.setattr(asc_infer.recording, "read_mono", spy)
+        monkeypatch.setattr(asc_infer.recording, name, spy)
+
+    spy_on("read_mono")
+    spy_on("read_frames")
     engine = predict.Int8Engine(shipped_workdir[0] / "compress" / "package")
     for name, rate in (("stereo48.wav", 48000), ("sub/long.wav", 44100)):
         calls.clear()
