@@ -17,7 +17,7 @@ Per clip ``b`` of a ``[B, samples]`` batch, in the graph::
 The bank (``[N, L]``) comes from a folder of WAV files (:func:`load_impulse_responses`; MicIRP
 or the user's measurements) or from the built-in generator of random device responses
 (:func:`generate_device_responses`). The generator was designed for this layer alone: it shares
-no model or parameter with the synthetic dataset's devices (``pipeline.synthetic``), which it
+no model or parameter with the synthetic dataset's devices (``pipeline.data.synthetic``), which it
 must not imitate, or the unseen-device benchmark would measure their resemblance. Randomness and
 the training / ``augment`` / ``always_on`` switch are described in :mod:`augment._base`.
 """
@@ -33,8 +33,8 @@ import tensorflow as tf
 import tf_keras
 
 from augment._base import RandomAugmentation
-from pipeline.asc_infer import wavfile
-from pipeline.asc_infer.resample import Resampler
+from pipeline.inference.asc_infer import wavfile
+from pipeline.inference.asc_infer.resample import Resampler
 from pipeline.core.checks import check_bool, check_int, check_real
 from pipeline.core.errors import ProblemsError
 
@@ -67,10 +67,10 @@ def _fade_out(ir: np.ndarray) -> np.ndarray:
 def read_impulse_response(path, sample_rate: int) -> np.ndarray:
     """One impulse response from a WAV file, float64 ``[n]`` at ``sample_rate``.
 
-    Read with the project's one WAV reader (:mod:`pipeline.asc_infer.wavfile`: PCM 16/24/32-bit,
+    Read with the project's one WAV reader (:mod:`pipeline.inference.asc_infer.wavfile`: PCM 16/24/32-bit,
     float 32/64-bit, scaled to [-1, 1]); empty, non-WAV, truncated and unreadable files (and the
     encodings it refuses, such as 8-bit PCM) are rejected. Resampled to ``sample_rate`` with the
-    project's one resampler (:class:`pipeline.asc_infer.resample.Resampler`: output sample 0 on
+    project's one resampler (:class:`pipeline.inference.asc_infer.resample.Resampler`: output sample 0 on
     input sample 0, so the onset stays in place). Several channels only when identical: different
     channels are different responses, and which one to use is the user's choice.
 

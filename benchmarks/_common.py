@@ -302,11 +302,11 @@ def numeric_metrics(result: dict) -> dict[str, float]:
 def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
     """Log ``result`` to MLflow: numeric leaves as metrics, the whole JSON as an artifact; returns the run id.
 
-    The store is the project's (``pipeline.tracking.setup`` with the default config, or
+    The store is the project's (``pipeline.running.tracking.setup`` with the default config, or
     ``tracking_uri``), the experiment ``benchmarks``, the run named after the benchmark.
     """
     from pipeline.core import config
-    from pipeline import tracking
+    from pipeline.running import tracking
 
     overrides = ["tracking.experiment=benchmarks"]
     if tracking_uri:
@@ -381,7 +381,7 @@ def stages_child(config_name: str, overrides: list[str], workdir: str, verbose: 
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from pipeline import runner
+    from pipeline.running import runner
     from pipeline.core import config
 
     memory_mark("imports")
@@ -429,7 +429,7 @@ def seeds_by_variants(name: str, args: argparse.Namespace, variants: dict[str, l
     """
     import tempfile
 
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     runs = []

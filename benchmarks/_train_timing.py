@@ -1,8 +1,8 @@
 """Per-epoch timings of the training task's ``fit``, measured from outside: no patched library code.
 
-``pipeline.task.fit(params, out, ..., record)`` (the train and teacher stages' fit) takes the recorder its epochs log to. :class:`EpochClock`
+``pipeline.running.task.fit(params, out, ..., record)`` (the train and teacher stages' fit) takes the recorder its epochs log to. :class:`EpochClock`
 is such a recorder (wrapping the real one, so MLflow's cost stays in the figures): the epoch-end
-callback (``pipeline.training.EpochEnd``) calls ``record.metrics(logs, step=epoch)`` first thing
+callback (``pipeline.running.training.EpochEnd``) calls ``record.metrics(logs, step=epoch)`` first thing
 after the epoch's steps and validation, with ``epoch_seconds``, ``train_seconds`` and
 ``validation_seconds`` in ``logs``; then it saves ``best.keras`` (when validation improved),
 writes ``history.json`` and the checkpoint (``checkpoints/latest.json`` last). So, per epoch:
@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.stages.base import MemoryRecorder, Recorder
+from pipeline.running.stages.base import MemoryRecorder, Recorder
 
 
 def _mtime(path: Path) -> float | None:
@@ -35,7 +35,7 @@ def _mtime(path: Path) -> float | None:
 
 
 class EpochClock(Recorder):
-    """A recorder for ``pipeline.task.fit`` that times each epoch's callback; everything is passed on to ``inner``.
+    """A recorder for ``pipeline.running.task.fit`` that times each epoch's callback; everything is passed on to ``inner``.
 
     Args:
       out: the folder ``fit`` writes (its ``out`` argument).

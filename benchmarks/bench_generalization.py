@@ -9,7 +9,7 @@ Usage::
 
 Generates one synthetic set (``--clips`` clips, ``--data-seed``; devices S4-S6 only in the
 evaluate split) and, for every seed and variant, runs the project's own stages (``prepare``,
-``teacher`` when distilling, ``train``, ``evaluate``; ``pipeline.runner.run_stages``) in a fresh
+``teacher`` when distilling, ``train``, ``evaluate``; ``pipeline.running.runner.run_stages``) in a fresh
 child process with the same epochs and the same data. Variants:
 
 * ``report``: the report's recipe (``configs/<config>.yaml``: SpecAugment++, time shift);

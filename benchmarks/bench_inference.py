@@ -72,7 +72,8 @@ def prepare_case(workdir: str, model_path: str | None, config_name: str, overrid
     from evaluate import compress
     from models import asc
     from pipeline.core import config
-    from pipeline import data, inputs
+    from pipeline.data import tau as data
+    from pipeline.data import inputs
 
     params = config.load(config_name, overrides)
     model = _load_model(model_path) if model_path else asc.build_model(params)
@@ -206,7 +207,7 @@ def main() -> None:
         p.error(f"--cases: choose from {CASES}")
     load_before = _common.load_average()
 
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     runs: dict[str, list] = {c: [] for c in cases}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_input.py [--quick] [--clips 256] [--passes 3] [--rounds 2] [--batch 32]
                                      [--config default] [--root DIR] [--mlflow]
 
-Writes two synthetic sets (``pipeline.synthetic.generate``: 1-second, 24-bit mono WAV files), one
+Writes two synthetic sets (``pipeline.data.synthetic.generate``: 1-second, 24-bit mono WAV files), one
 at 44.1 kHz and one at 48 kHz, into a temporary directory (or ``--root``, kept and reused), and
 reads every file of each set to a log-mel spectrogram in two ways, with the same parameters
 (``configs/<config>.yaml``'s audio section: 44.1 kHz, n_fft 2048, hop 1024, centred reflect-padded
@@ -14,8 +14,8 @@ frames, Slaney mel filter bank, power 2, natural log with offset 1e-10; 128 mels
 * ``librosa``: the common way in DCASE code, one file after the other in one process:
   ``librosa.load(path, sr=44100)`` (soundfile + soxr "soxr_hq" resampling when the file is at
   48 kHz), ``librosa.util.fix_length`` to 1 s, ``librosa.feature.melspectrogram``, ``np.log``.
-* ``tfdata``: the project's pipeline, ``pipeline.inputs.eval_dataset`` (tensorflow-io decode,
-  downmix, the project's polyphase resampler (``pipeline.asc_infer.resample``: a Kaiser-windowed
+* ``tfdata``: the project's pipeline, ``pipeline.data.inputs.eval_dataset`` (tensorflow-io decode,
+  downmix, the project's polyphase resampler (``pipeline.inference.asc_infer.resample``: a Kaiser-windowed
   sinc matrix applied with ``tf.signal.frame`` + ``tf.matmul``), crop/pad;
   ``data.num_parallel_calls`` AUTOTUNE, batches of ``--batch``) with the project's ``LogMel``
   layer (``models.asc.frontend``) called once per batch in a ``tf.function``. TensorFlow uses its
@@ -58,7 +58,7 @@ RESAMPLING_ONLY = ("tfdata_tfio_resample",)  # cases that differ only where the 
 
 
 def _files(root: str) -> list[str]:
-    from pipeline import data
+    from pipeline.data import tau as data
 
     index = data.read_index(root)
     names = index.filename.drop_duplicates().tolist()
@@ -119,7 +119,7 @@ def librosa_case(root: str, config_name: str, n_mels: int, passes: int) -> dict:
 
 
 def tfio_resample(x, sample_rate, *, target_rate, source_rates, max_out=None, name=None):
-    """``pipeline.inputs.resample``'s signature, computed by ``tfio.audio.resample`` (the previous code)."""
+    """``pipeline.data.inputs.resample``'s signature, computed by ``tfio.audio.resample`` (the previous code)."""
     import tensorflow as tf
     import tensorflow_io as tfio
 
@@ -132,11 +132,11 @@ def tfio_resample(x, sample_rate, *, target_rate, source_rates, max_out=None, na
 
 
 def resampler_speed(passes: int, seconds: float = 10.0) -> dict:
-    """ms per second of audio: ``pipeline.asc_infer.resample.Resampler`` vs ``soxr.resample`` HQ."""
+    """ms per second of audio: ``pipeline.inference.asc_infer.resample.Resampler`` vs ``soxr.resample`` HQ."""
     import numpy as np
     import soxr
 
-    from pipeline.asc_infer.resample import Resampler
+    from pipeline.inference.asc_infer.resample import Resampler
 
     out = {}
     for orig in (48000, 22050, 16000):
@@ -155,7 +155,7 @@ def resampler_speed(passes: int, seconds: float = 10.0) -> dict:
 
 def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: int, one_thread: bool,
                 tfio_resampler: bool = False) -> dict:
-    """pipeline.inputs.eval_dataset -> LogMel per batch (tf.function); optionally on one thread."""
+    """pipeline.data.inputs.eval_dataset -> LogMel per batch (tf.function); optionally on one thread."""
     import time  # noqa: I001  (pipeline.core.env must come before TensorFlow)
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
@@ -165,7 +165,8 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from models import asc
-    from pipeline import data, inputs
+    from pipeline.data import tau as data
+    from pipeline.data import inputs
 
     if tfio_resampler:  # the previous code: the pipeline with tensorflow-io's resampler (this child only)
         inputs.resample = tfio_resample
@@ -224,7 +225,7 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
 
 
 def _make_sets(base: Path, clips: int, seed: int) -> dict[int, str]:
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     roots = {}
     for rate in RATES:

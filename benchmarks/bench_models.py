@@ -6,9 +6,9 @@ Usage::
                                       [--config default] [--models asc,baseline] [--data-seed 0]
                                       [--root DIR] [--workdir DIR] [--mlflow]
 
-Generates one synthetic set (``pipeline.synthetic.generate``, ``--clips`` clips, ``--data-seed``)
+Generates one synthetic set (``pipeline.data.synthetic.generate``, ``--clips`` clips, ``--data-seed``)
 and, for every seed and network, runs the project's real stages ``prepare``, ``train`` and
-``evaluate`` (``pipeline.runner.run_stages``) in a fresh child process, with the overrides
+``evaluate`` (``pipeline.running.runner.run_stages``) in a fresh child process, with the overrides
 ``data.source=<set>``, ``model.name=<asc|baseline>``, ``seed=<seed>``, ``train.epochs=<epochs>``,
 ``augment.tta.enabled=false`` and an MLflow store in the temporary work directory. Everything
 else comes from ``configs/<config>.yaml`` (``default``: the report's network at 128 mel bins,

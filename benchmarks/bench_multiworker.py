@@ -77,7 +77,7 @@ def main() -> None:
     import pandas as pd
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mw-"))
     try:

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_predict.py [--quick] [--model WORKDIR] [--seconds 600] [--rounds 1] [--mlflow]
 
-What runs: ``pipeline.predict.predict_file`` (the CLI's per-file path: streamed WAV reading, mono
+What runs: ``pipeline.inference.predict.predict_file`` (the CLI's per-file path: streamed WAV reading, mono
 downmix, resampling to the model's rate, 1-s windows, engine) on two long recordings written once
 into a temporary folder: ``stereo48k`` (``--seconds`` of 48 kHz stereo 16-bit noise + tone: the
 resampling path) and ``mono44k`` (the same length at 44.1 kHz mono: no resampling). Engines:
@@ -58,7 +58,7 @@ def prepare_case(out: str, config_name: str) -> dict:
     from evaluate.complexity import tflite_complexity
     from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
     from models import asc
-    from pipeline import package
+    from pipeline.inference import package
     from pipeline.core import config, files
 
     params = config.load(config_name)
@@ -85,7 +85,7 @@ def predict_case(engine: str, model_path: str, wav: str) -> dict:
     import time
 
     import pipeline.core.env  # noqa: F401
-    from pipeline import predict
+    from pipeline.inference import predict
 
     _common.memory_mark("imports")
     eng = predict.Int8Engine(Path(model_path)) if engine == "int8" else predict.FloatEngine(Path(model_path))

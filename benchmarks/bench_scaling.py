@@ -8,7 +8,7 @@ Usage::
 
 Generates one synthetic set large enough for the largest size (its train split is 70 % of the
 clips), then for each size runs the project's real ``prepare`` and ``train`` stages
-(``pipeline.runner.run_stages``) in a fresh child process with ``data.max_train_clips=<size>``
+(``pipeline.running.runner.run_stages``) in a fresh child process with ``data.max_train_clips=<size>``
 (a seeded sample of the train split), ``data.max_eval_clips=--eval-clips`` (a fixed, small
 validation cost per epoch), ``data.cache=--cache`` (``none``: clips are read from the files every
 step, the case of a dataset that does not fit in memory), ``train.epochs=--epochs`` and an MLflow
@@ -42,7 +42,7 @@ def scaling_case(config_name: str, overrides: list[str], workdir: str) -> dict:
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     logging.basicConfig(level=logging.WARNING, force=True)
     from pipeline.core import config
-    from pipeline import runner
+    from pipeline.running import runner
 
     _common.memory_mark("imports")
     params = config.load(config_name, overrides)
@@ -77,7 +77,8 @@ def main() -> None:
         p.error("--sizes needs at least two sizes")
     load_before = _common.load_average()
 
-    from pipeline import data, synthetic
+    from pipeline.data import tau as data
+    from pipeline.data import synthetic
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import synthetic
+from pipeline.data import synthetic
 
 
 def run(root: Path, clips: int, workers: int, sample_rate_hz: int, clip_seconds: float,

@@ -9,7 +9,7 @@ Usage::
 Generates a synthetic set (``--clips`` clips: 70 % train, 30 % evaluate) and, in one child
 process, measures three cases per repeat, one after the other (so that all see the same load):
 
-* ``stage``: the train stage's own function, ``pipeline.task.fit``, for
+* ``stage``: the train stage's own function, ``pipeline.running.task.fit``, for
   ``--epochs`` epochs into a fresh folder: the stage's model build and compile, its datasets
   (``inputs.train_dataset`` / ``eval_dataset`` over the WAV files), its ``EpochEnd`` callback
   (metrics, best.keras, history.json, checkpoint) and its ``model.fit`` call, with validation
@@ -57,11 +57,13 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
     import tf_keras
 
     from models import asc
-    from pipeline import data, inputs, training
+    from pipeline.data import tau as data
+    from pipeline.data import inputs
+    from pipeline.running import training
     from pipeline.core import config
-    from pipeline.stages.base import clips
+    from pipeline.running.stages.base import clips
 
-    train_stage = importlib.import_module("pipeline.task")  # the training task: build_model, fit, load
+    train_stage = importlib.import_module("pipeline.running.task")  # the training task: build_model, fit, load
     _common.memory_mark("imports")
     stage_params = config.load(config_name, [f"train.epochs={epochs}", "train.progress_bar=false"] + overrides)
     params = stage_params
@@ -170,7 +172,7 @@ def main() -> None:
         p.error("--epochs must be at least 2 (the first epoch holds the tracing)")
     load_before = _common.load_average()
 
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = args.root or Path(tmp) / "data"

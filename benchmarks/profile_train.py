@@ -9,10 +9,10 @@ Runs, in this process, on the train split of a synthetic set (``--clips`` clips,
 ``--root``):
 
 1. ``bare``: ``model.fit`` of one epoch on the stage's training input
-   (``pipeline.inputs.train_dataset``), model built and compiled as the stage does
+   (``pipeline.data.inputs.train_dataset``), model built and compiled as the stage does
    (``asc.build_model``, ``training.compile_model``), no validation, no callbacks: the steps/s figure of
    ``bench_train.py``;
-2. ``stage``: the train stage's own function, ``pipeline.task.fit``, for
+2. ``stage``: the train stage's own function, ``pipeline.running.task.fit``, for
    ``--epochs`` epochs into a temporary folder: the same model, compile, datasets, ``EpochEnd``
    callback (best.keras, history.json, checkpoint) and metrics logging (into a memory recorder,
    or with ``--mlflow-store`` into an MLflow run of a temporary SQLite store, as under the runner);
@@ -127,11 +127,14 @@ def main() -> None:
     import tensorflow as tf
     import tf_keras
 
-    from pipeline import data, inputs, synthetic, training
+    from pipeline.data import tau as data
+    from pipeline.data import inputs
+    from pipeline.data import synthetic
+    from pipeline.running import training
     from pipeline.core import config
-    from pipeline.stages.base import MemoryRecorder, clips
+    from pipeline.running.stages.base import MemoryRecorder, clips
 
-    train_stage = importlib.import_module("pipeline.task")  # the training task: build_model, fit, load
+    train_stage = importlib.import_module("pipeline.running.task")  # the training task: build_model, fit, load
 
     tmp = Path(tempfile.mkdtemp(prefix="profile-train-"))
     root = args.root or tmp / "data"
@@ -165,7 +168,7 @@ def main() -> None:
     if args.mlflow_store:
         import mlflow
 
-        from pipeline.tracking import MlflowRecorder
+        from pipeline.running.tracking import MlflowRecorder
 
         mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
         mlflow.set_experiment("profile-train")

@@ -9,7 +9,7 @@ def tiny_dataset(tmp_path_factory):
 
     Tests read it through ``data.source=<path>``: the same code path as the real dataset.
     """
-    from pipeline import synthetic
+    from pipeline.data import synthetic
 
     root = tmp_path_factory.mktemp("tiny") / "tau"
     synthetic.generate(root, n_clips=60, seed=5, workers=1, progress=False)
@@ -49,7 +49,7 @@ def shipped_workdir(tmp_path_factory, tiny_dataset):
     ``frontend.tflite`` and the deployable package ``workdir/compress/package/``; MLflow records in
     ``workdir/mlflow.db``. Shared by the prediction, packaging and serving tests.
     """
-    from pipeline import runner
+    from pipeline.running import runner
     from pipeline.core import config
 
     workdir = tmp_path_factory.mktemp("shipped")
@@ -80,7 +80,8 @@ def tiny_sweep(tmp_path_factory, tiny_dataset):
     """
     import pandas as pd
 
-    from pipeline import run, sweep
+    from pipeline.running import cli as run
+    from pipeline.scaling import sweep
 
     workdir = tmp_path_factory.mktemp("sweep")
     sets = [arg for o in sweep_overrides(workdir, tiny_dataset) for arg in ("--set", o)]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import runner
+from pipeline.running import runner
 from pipeline.core import config
-from pipeline.stages import Context, MemoryRecorder, Stage
-from pipeline.stages.base import replace
+from pipeline.running.stages import Context, MemoryRecorder, Stage
+from pipeline.running.stages.base import replace
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "models", "augment", "evaluate")
@@ -98,8 +98,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert len(graph) > 50 and "pipeline.task" in graph["pipeline.stages.train"]
-    assert "pipeline.distributed" in graph["pipeline.training"]  # lazy imports count too (none left here)
+    assert len(graph) > 50 and "pipeline.running.task" in graph["pipeline.running.stages.train"]
+    assert "pipeline.scaling.distributed" in graph["pipeline.running.training"]  # lazy imports count too (none left here)
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
@@ -111,10 +111,10 @@ def test_the_cycle_finder_finds_a_lazy_circle():
 
 def test_no_stage_module_imports_another_stage_module():
     graph = import_graph()
-    stage_modules = {m for m in graph if m.startswith("pipeline.stages.") and m != "pipeline.stages.base"}
-    assert {"pipeline.stages.train", "pipeline.stages.evaluate", "pipeline.stages.report"} <= stage_modules
+    stage_modules = {m for m in graph if m.startswith("pipeline.running.stages.") and m != "pipeline.running.stages.base"}
+    assert {"pipeline.running.stages.train", "pipeline.running.stages.evaluate", "pipeline.running.stages.report"} <= stage_modules
     bad = {m: sorted(graph[m] & stage_modules) for m in stage_modules if graph[m] & stage_modules
-           and m != "pipeline.stages.__main__"}
+           and m != "pipeline.running.stages.__main__"}
     assert not bad, f"stage modules importing other stage modules: {bad}"
 
 
@@ -250,7 +250,7 @@ def test_a_setting_read_outside_the_declared_settings_is_caught(tmp_path):
 
 
 def test_every_record_names_its_outputs_and_its_main_output_among_them():
-    from pipeline import stages
+    from pipeline.running import stages
 
     names = set(stages.NAMES)
     for stage in stages.STAGES:
@@ -312,7 +312,7 @@ def test_prepare_reads_only_its_declared_settings_and_its_dataset_facts(tmp_path
     """The real ``prepare`` stage: what it reads is in its ``settings`` or in its ``external`` facts (its key)."""
     from conftest import tiny_overrides
 
-    from pipeline import stages
+    from pipeline.running import stages
 
     prepare = stages.get("prepare")
     params = config.load(None, tiny_overrides(tmp_path, tiny_dataset))

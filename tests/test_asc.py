@@ -156,7 +156,9 @@ def test_regenerating_the_golden_file_fails_instead_of_skipping(tmp_path, monkey
 
 def test_all_augmentations_on_trains_with_decreasing_loss(tiny_dataset):
     """The network with time shift and SpecAugment++ (mm) at all five positions learns the synthetic data."""
-    from pipeline import data, inputs, training
+    from pipeline.data import tau as data
+    from pipeline.data import inputs
+    from pipeline.running import training
 
     params = _small_params(**{"augment.specaugment.positions": "[input, block1, block2, block3, block4]",
                               "augment.specaugment.mode": "mm", "train.learning_rate": "3e-3",

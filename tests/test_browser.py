@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import runner
+from pipeline.running import runner
 from pipeline.core import config
 from tests.conftest import tiny_overrides
 

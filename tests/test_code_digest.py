@@ -13,9 +13,11 @@ import uuid
 import mlflow
 import pytest
 
-from pipeline import run, runner, sweep
+from pipeline.running import cli as run
+from pipeline.running import runner
+from pipeline.scaling import sweep
 from pipeline.core import config, files, source
-from pipeline.stages import Stage, StageError
+from pipeline.running.stages import Stage, StageError
 
 STAGES_PY = '''
 from {pkg} import helper  # module level
@@ -140,8 +142,8 @@ def test_digest_is_cached_per_process(toy):
 
 
 def test_the_real_stages_digest_the_model_and_no_installed_package():
-    code = source.code_digest("pipeline.stages.train")
-    assert {"models/asc.py", "pipeline/distributed.py", "pipeline/stages/__init__.py", "pipeline/__init__.py"} <= set(
+    code = source.code_digest("pipeline.running.stages.train")
+    assert {"models/asc.py", "pipeline/scaling/distributed.py", "pipeline/running/stages/__init__.py", "pipeline/__init__.py"} <= set(
         code.files)  # imported, imported inside a function, the packages' __init__ files
     assert all(path.split("/")[0] in source.PROJECT_PACKAGES for path in code.files)
     with pytest.raises(ValueError, match="no Python source file found for module 'no_such_module_xyz'"):
@@ -149,12 +151,12 @@ def test_the_real_stages_digest_the_model_and_no_installed_package():
 
 
 def test_a_parent_package_is_digested_but_its_siblings_are_not_followed():
-    """``pipeline/stages/__init__.py`` imports every stage; a stage module does not depend on its siblings for that."""
-    prepare = source.code_digest("pipeline.stages.prepare").files
-    assert "pipeline/stages/__init__.py" in prepare and "pipeline/stages/prepare.py" in prepare
-    assert not {"pipeline/stages/report.py", "pipeline/stages/train.py", "models/asc.py"} & set(prepare)
-    register = source.code_digest("pipeline.stages.register").files
-    assert "pipeline/stages/compress.py" not in register and len(register) < len(prepare)
+    """``pipeline/running/stages/__init__.py`` imports every stage; a stage module does not depend on its siblings for that."""
+    prepare = source.code_digest("pipeline.running.stages.prepare").files
+    assert "pipeline/running/stages/__init__.py" in prepare and "pipeline/running/stages/prepare.py" in prepare
+    assert not {"pipeline/running/stages/report.py", "pipeline/running/stages/train.py", "models/asc.py"} & set(prepare)
+    register = source.code_digest("pipeline.running.stages.register").files
+    assert "pipeline/running/stages/compress.py" not in register and len(register) < len(prepare)
 
 
 # ------------------------------------------------------------------------------ (2) reuse warns, (4) marker

@@ -8,7 +8,9 @@ from evaluate import complexity
 from evaluate import compress as cz
 from models import asc
 from pipeline.core import config
-from pipeline import data, inputs, training
+from pipeline.data import tau as data
+from pipeline.data import inputs
+from pipeline.running import training
 from tests.conftest import tiny_overrides
 from tests.test_asc import _deterministic_weights
 

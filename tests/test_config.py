@@ -202,7 +202,8 @@ def test_empty_registered_model_still_means_no_registering():
 
 def test_bad_registered_model_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
     """``--set tracking.registered_model=a/b`` used to pass and fail in compress; now the CLI refuses it at once."""
-    from pipeline import run, runner
+    from pipeline.running import cli as run
+    from pipeline.running import runner
 
     def never(*args, **kwargs):
         raise AssertionError("a stage ran with an invalid tracking.registered_model")

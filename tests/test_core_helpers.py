@@ -43,8 +43,8 @@ def test_file_lock_refuses_or_waits_while_another_process_holds_it(tmp_path):
 
 
 def test_a_second_process_on_a_sweep_folder_is_refused(tmp_path):
-    from pipeline import sweep
-    from pipeline.stages import StageError
+    from pipeline.scaling import sweep
+    from pipeline.running.stages import StageError
 
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import data as tau
-from pipeline.data import DatasetError
+from pipeline.data import tau
+from pipeline.data.tau import DatasetError
 from tests.tau_fixture import tone, write_tau
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from models.distill import DistillationLoss, LabelAccuracy, pack_targets
-from pipeline import runner
+from pipeline.running import runner
 from pipeline.core import config, files
 from tests.conftest import tiny_overrides
 

@@ -21,7 +21,7 @@ TOP = ("pipeline", "models", "augment", "evaluate", "tests", "benchmarks", "conf
 CHECKED_SUFFIXES = (".py", ".yaml", ".md", ".cfg", ".toml")
 SECTIONS = tuple(key for key, value in Params().to_dict().items() if isinstance(value, dict))
 MAX_README_LINES = 300
-EXAMPLE_PATHS = {"pipeline/stages/my_stage.py"}  # the file a reader would create in "Adding a stage"
+EXAMPLE_PATHS = {"pipeline/running/stages/my_stage.py"}  # the file a reader would create in "Adding a stage"
 GENERATED_PATHS = {"tests/artifacts/"}  # written by the browser test (git-ignored)
 PYTHON_NAMES = {"model.labels", "model.metrics", "model.runtime",  # attributes of a loaded asc_infer.Model
                 "model.fit"}  # a Keras model's method, in prose about training

@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline import data as tau
+from pipeline.data import tau
 from pipeline.core import config, lock
-from pipeline.data import DatasetError
+from pipeline.data.tau import DatasetError
 from tests.tau_fixture import tone, write_tau
 
 # ----------------------------------------------------------------------------- config: finite floats, exit 2
@@ -27,7 +27,7 @@ def test_non_finite_config_values_are_refused_naming_the_key(key, value):
 
 
 def test_nan_clip_seconds_exits_2_from_the_cli(tmp_path, capsys):
-    from pipeline import run
+    from pipeline.running import cli as run
 
     code = run.main(["--stage", "prepare", "--workdir", str(tmp_path / "w"), "--set", "audio.clip_seconds=.nan"])
     assert code == 2
@@ -110,7 +110,7 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 # ----------------------------------------------------------------------------- environment errors: fast, named
 
 def test_preflight_names_the_option_and_the_path(tmp_path):
-    from pipeline import preflight
+    from pipeline.running import preflight
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -132,8 +132,8 @@ def test_preflight_names_the_option_and_the_path(tmp_path):
 
 
 def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path):
-    from pipeline import preflight
-    from pipeline.launch import free_ports
+    from pipeline.running import preflight
+    from pipeline.scaling.launch import free_ports
 
     (port,) = free_ports(1)  # a port nobody listens on
     start = time.monotonic()
@@ -143,7 +143,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path):
 
 
 def test_sigterm_unwinds_like_ctrl_c_and_removes_temporary_files(tmp_path):
-    from pipeline import preflight
+    from pipeline.running import preflight
     from pipeline.core import files
 
     target = tmp_path / "out.bin"
@@ -183,7 +183,7 @@ def _line_count(path) -> int:
 def test_paths_that_leave_the_root_are_refused_by_line_and_never_opened(tau_root, monkeypatch):
     import soundfile as sf
 
-    from pipeline.asc_infer import wavfile
+    from pipeline.inference.asc_infer import wavfile
 
     sibling = tau_root.parent / "secret.wav"  # a valid WAV beside the root: it would be read if followed
     sf.write(sibling, tone(), 44100, subtype="PCM_24")
@@ -206,7 +206,7 @@ def test_paths_that_leave_the_root_are_refused_by_line_and_never_opened(tau_root
 
 def test_a_dangling_symlink_nobody_lists_is_harmless(tau_root):
     from pipeline.core.config import load
-    from pipeline.stages.prepare import dataset_facts
+    from pipeline.running.stages.prepare import dataset_facts
 
     (tau_root / "audio" / "stray.wav").symlink_to(tau_root / "nowhere.wav")
     tau.inspect(tau_root)
@@ -217,7 +217,7 @@ def test_reuse_key_covers_every_named_file_wherever_it_is(tau_root):
     import soundfile as sf
 
     from pipeline.core.config import load
-    from pipeline.stages.prepare import dataset_facts
+    from pipeline.running.stages.prepare import dataset_facts
 
     params = load(None, [f"data.source={tau_root}"])
     (tau_root / "more").mkdir()
@@ -403,7 +403,7 @@ def test_concurrent_runs_one_refuses_naming_the_holder_the_other_completes(tmp_p
 def test_a_failed_prepare_keeps_the_previous_good_outputs(tmp_path, tiny_dataset):
     import shutil
 
-    from pipeline import runner
+    from pipeline.running import runner
     from pipeline.core import files
 
     data = tmp_path / "data"
@@ -455,7 +455,7 @@ def test_sigterm_during_train_ends_the_runs_killed_and_leaves_no_temporary_file(
 def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.running import tracking
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
     exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
@@ -474,7 +474,7 @@ def test_tf_data_refuses_a_clip_whose_decoded_length_is_not_the_indexed_one(tau_
     import soundfile as sf
     import tensorflow as tf
 
-    from pipeline import inputs
+    from pipeline.data import inputs
     from pipeline.core.params import AudioParams, DataParams
 
     index = tau.read_index(tau_root)
@@ -489,7 +489,7 @@ def test_tf_data_refuses_a_clip_whose_decoded_length_is_not_the_indexed_one(tau_
 def test_two_runs_creating_a_fresh_store_at_once_both_succeed(tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        from pipeline import tracking
+        from pipeline.running import tracking
         from pipeline.core import config
         params = config.load(None, ["tracking.uri=sqlite:///{tmp_path}/fresh.db",
                                     "tracking.artifact_root={tmp_path}/art", "tracking.experiment=e"])
@@ -504,7 +504,7 @@ def test_two_runs_creating_a_fresh_store_at_once_both_succeed(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "-1", "inf", "soon"])
 def test_wait_lock_must_be_finite_seconds(value, capsys):
-    from pipeline import run
+    from pipeline.running import cli as run
 
     with pytest.raises(SystemExit) as info:
         run.main(["--stage", "prepare", "--wait-lock", value])
@@ -512,7 +512,7 @@ def test_wait_lock_must_be_finite_seconds(value, capsys):
 
 
 def test_a_global_batch_that_does_not_split_over_the_workers_exits_2(tmp_path, monkeypatch, capsys):
-    from pipeline import run
+    from pipeline.running import cli as run
 
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
                                     '"task": {"type": "worker", "index": 0}}')
@@ -525,7 +525,7 @@ def test_a_global_batch_that_does_not_split_over_the_workers_exits_2(tmp_path, m
 def test_prediction_refuses_non_finite_samples_by_name(tmp_path):
     import numpy as np
 
-    from pipeline import asc_infer
+    from pipeline.inference import asc_infer
 
     samples = tone().copy()
     samples[100] = np.inf

@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from pipeline import data as tau
-from pipeline import inputs
+from pipeline.data import tau
+from pipeline.data import inputs
 from pipeline.core.config import AudioParams, DataParams
 from tests.tau_fixture import tone, write_tau
 

@@ -23,7 +23,11 @@ import mlflow
 import pytest
 from conftest import tiny_overrides
 
-from pipeline import launch, run, runner, stages, sweep
+from pipeline.scaling import launch
+from pipeline.running import cli as run
+from pipeline.running import runner
+from pipeline.running import stages
+from pipeline.scaling import sweep
 from pipeline.core import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +162,7 @@ if os.environ.get("STUBBORN"):
 print("ready", flush=True)
 time.sleep(120)
 """
-LAUNCHER = ("import sys; from pipeline import launch; "
+LAUNCHER = ("import sys; from pipeline.scaling import launch; "
             "sys.exit(launch.launch(2, ['--stage', 'train'], grace=60, command=[sys.executable, '-c', {worker!r}]))")
 
 
@@ -221,7 +225,9 @@ def test_a_second_signal_kills_the_workers_at_once():
 STRATEGY_THEN_SIGTERM = r"""
 import json, os, signal, sys, time
 import pipeline.core.env
-from pipeline import distributed, launch, preflight
+from pipeline.scaling import distributed
+from pipeline.scaling import launch
+from pipeline.running import preflight
 from pipeline.core import config
 (port,) = launch.free_ports(1)
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},

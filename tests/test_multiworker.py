@@ -26,7 +26,11 @@ import tensorflow as tf
 import tf_keras
 from conftest import tiny_overrides
 
-from pipeline import distributed, inputs, launch, runner, training
+from pipeline.scaling import distributed
+from pipeline.data import inputs
+from pipeline.scaling import launch
+from pipeline.running import runner
+from pipeline.running import training
 from pipeline.core import config
 
 ROOT = Path(__file__).resolve().parents[1]

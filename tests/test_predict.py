@@ -19,8 +19,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline import asc_infer, package, predict
-from pipeline.asc_infer.resample import Resampler
+from pipeline.inference import asc_infer
+from pipeline.inference import package
+from pipeline.inference import predict
+from pipeline.inference.asc_infer.resample import Resampler
 from pipeline.core.labels import CLASSES
 from tests.tflite_reference import reference_probabilities
 
@@ -322,7 +324,8 @@ def decisive(shipped_workdir, tmp_path_factory):
 
     from evaluate import compress as cz
     from models import asc
-    from pipeline import inputs, training
+    from pipeline.data import inputs
+    from pipeline.running import training
     from pipeline.core import config
 
     workdir, params = shipped_workdir

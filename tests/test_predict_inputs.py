@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import asc_infer, predict
-from pipeline.asc_infer import recording
+from pipeline.inference import asc_infer
+from pipeline.inference import predict
+from pipeline.inference.asc_infer import recording
 from pipeline.core.labels import CLASSES
 
 

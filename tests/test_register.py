@@ -11,11 +11,12 @@ import shutil
 
 import pytest
 
-from pipeline import runner, serving
-from pipeline import stages as registry
+from pipeline.running import runner
+from pipeline.inference import serving
+from pipeline.running import stages as registry
 from pipeline.core import config
-from pipeline.stages.base import Context, MemoryRecorder, StageError
-from pipeline.stages.register import package_digest, register
+from pipeline.running.stages.base import Context, MemoryRecorder, StageError
+from pipeline.running.stages.register import package_digest, register
 
 
 def _marker(folder):

@@ -1,5 +1,5 @@
-"""The polyphase resampler (pipeline.asc_infer.resample): quality against soxr HQ, exactness of the
-streaming window, the filter's gains, and the tf.data path (pipeline.inputs) against NumPy.
+"""The polyphase resampler (pipeline.inference.asc_infer.resample): quality against soxr HQ, exactness of the
+streaming window, the filter's gains, and the tf.data path (pipeline.data.inputs) against NumPy.
 
 Quality figures, measured on 1-s inputs resampled to 44.1 kHz (dB; the bounds asserted below are a
 few dB under them). "soxr" = SNR of our output against ``soxr.resample(x, orig, 44100, "HQ")``;
@@ -29,10 +29,10 @@ import soundfile as sf
 import soxr
 import tensorflow as tf
 
-from pipeline import inputs
-from pipeline.asc_infer import resample as rs
-from pipeline.asc_infer import wavfile
-from pipeline.asc_infer.resample import Resampler
+from pipeline.data import inputs
+from pipeline.inference.asc_infer import resample as rs
+from pipeline.inference.asc_infer import wavfile
+from pipeline.inference.asc_infer.resample import Resampler
 
 TARGET = 44100
 EDGE = 200

@@ -7,9 +7,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline import runner, stages
+from pipeline.running import runner
+from pipeline.running import stages
 from pipeline.core import config, files
-from pipeline.stages import Context, MemoryRecorder, Stage, StageError
+from pipeline.running.stages import Context, MemoryRecorder, Stage, StageError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -142,7 +143,7 @@ def test_unknown_stage_is_named():
 
 
 def test_cli_choices_come_from_the_records():
-    from pipeline import run
+    from pipeline.running import cli as run
 
     action = next(a for a in run.build_parser()._actions if a.dest == "stage")
     assert tuple(action.choices) == (*stages.NAMES, "all")
@@ -156,7 +157,7 @@ def test_readme_stage_table_is_made_from_the_records():
     assert holders, f"no stage table in {', '.join(str(d) for d in documents)}"
     for doc in holders:
         assert stages.table() in doc.read_text(), (f"{doc.name}'s stage table is stale: paste `python -m "
-                                                    "pipeline.stages` into it")
+                                                    "pipeline.running.stages` into it")
 
 
 def test_every_stage_function_is_free_of_mlflow_and_markers():

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import asc_infer, serving
-from pipeline import stages as registry
-from pipeline.launch import free_ports
-from pipeline.stages.base import MemoryRecorder, PrefixedRecorder
+from pipeline.inference import asc_infer
+from pipeline.inference import serving
+from pipeline.running import stages as registry
+from pipeline.scaling.launch import free_ports
+from pipeline.running.stages.base import MemoryRecorder, PrefixedRecorder
 from tests.tflite_reference import reference_probabilities
 
 SERVE_DEADLINE_S = 180.0
@@ -447,7 +448,7 @@ def test_second_compress_run_registers_the_next_version(shipped_workdir, tmp_pat
     """A copy of the shipped workdir and its store: compress and register again -> version + 1, alias round trip."""
     import mlflow
 
-    from pipeline import runner
+    from pipeline.running import runner
 
     workdir, params = shipped_workdir
     copy = tmp_path / "w"

@@ -9,7 +9,10 @@ import pytest
 import tf_keras
 
 from pipeline.core import config
-from pipeline import run, runner, stages, training
+from pipeline.running import cli as run
+from pipeline.running import runner
+from pipeline.running import stages
+from pipeline.running import training
 from tests.conftest import tiny_overrides
 from tests.tflite_reference import reference_probabilities
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import run, sweep
+from pipeline.running import cli as run
+from pipeline.scaling import sweep
 from pipeline.core.config import ConfigError
 from tests.conftest import SWEEP_GRID, sweep_overrides
 
@@ -200,7 +201,7 @@ def test_rerun_reuses_everything(swept, caplog):
     assert len(_runs(swept["workdir"], f"tags.sweep_id = '{sid}' and tags.sweep_role = 'run'")) == 4
     assert {p: p.stat().st_mtime_ns for p in swept["root"].glob("stages/*/*/_SUCCESS.json")} == markers
     assert sum("skipped (--force reruns it" in r.getMessage() for r in caplog.records) == 4
-    assert not any(r.getMessage().startswith("stage ") for r in caplog.records if r.name == "pipeline.runner")
+    assert not any(r.getMessage().startswith("stage ") for r in caplog.records if r.name == "pipeline.running.runner")
 
 
 @pytest.mark.slow

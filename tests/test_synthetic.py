@@ -1,4 +1,4 @@
-"""Tests of pipeline.synthetic: the built-in dataset in the TAU22 layout.
+"""Tests of pipeline.data.synthetic: the built-in dataset in the TAU22 layout.
 
 Most checks run on a 200-clip set at 16 kHz and 0.5 s (fast); one set is written at the
 real format (44.1 kHz, 1 s) at the minimum size, and one 300-clip set at 22.05 kHz checks
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from pipeline.data import synthetic
 
 SMALL = dict(n_clips=200, seed=1, sample_rate_hz=16000, clip_seconds=0.5, n_cities=6)
 TINY = dict(n_clips=30, seed=3, sample_rate_hz=8000, clip_seconds=0.25, n_cities=3)
@@ -105,7 +105,7 @@ def test_generator_tables_cover_the_label_lists():
     can drift is the generator's own tables: every class needs its parameter ranges, every
     device its response, and a misspelt parameter name in a class's ranges would otherwise
     be ignored silently (the class would get the default range)."""
-    from pipeline.synthetic import classes, devices
+    from pipeline.data.synthetic import classes, devices
 
     assert len(synthetic.CLASSES) == 10 and synthetic.CLASSES[3] == "metro_station"
     assert set(synthetic.SEEN_DEVICES) | set(synthetic.UNSEEN_DEVICES) == set(synthetic.DEVICES)
@@ -136,7 +136,7 @@ def test_layout_and_csv_headers(small):
         assert [r[0] for r in rows] == sorted(r[0] for r in rows), f"{name} not sorted"
         assert len({r[0] for r in rows}) == len(rows), f"{name} has duplicates"
     marker = json.loads((small / ".complete.json").read_text())
-    assert marker["params"] == {"generator": "pipeline.synthetic",
+    assert marker["params"] == {"generator": "pipeline.data.synthetic",
                                 "version": synthetic.GENERATOR_VERSION, **SMALL}
     assert marker["counts"]["clips"] == SMALL["n_clips"]
 
@@ -193,7 +193,7 @@ def test_full_rate_minimum_set(full_rate):
 
 
 def test_reader_accepts_the_set(small):
-    from pipeline import data
+    from pipeline.data import tau as data
 
     index = data.read_index(small)
     assert len(index) == SMALL["n_clips"]  # the test files are the evaluate files
@@ -355,7 +355,7 @@ def test_reuse_when_complete(tmp_path, caplog):
     first = tree_digest(root)
     some = next((root / "audio").iterdir())
     stamp = some.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="pipeline.synthetic"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.synthetic"):
         assert synthetic.generate(root, workers=1, progress=False, **TINY) == root
     assert "reusing" in caplog.text
     assert some.stat().st_mtime_ns == stamp  # not rewritten
@@ -442,7 +442,7 @@ def test_worker_failure_raises_instead_of_hanging(tmp_path):
     import sys
 
     script = tmp_path / "unguarded.py"
-    script.write_text("from pipeline import synthetic\n"
+    script.write_text("from pipeline.data import synthetic\n"
                       f"synthetic.generate({str(tmp_path / 'd')!r}, n_clips=30, seed=0,"
                       " sample_rate_hz=8000, clip_seconds=0.25, workers=2, progress=False)\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

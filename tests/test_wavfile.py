@@ -1,4 +1,4 @@
-"""The one WAV reader (pipeline.asc_infer.wavfile): formats, RIFF chunk rules, errors, ranges, scaling."""
+"""The one WAV reader (pipeline.inference.asc_infer.wavfile): formats, RIFF chunk rules, errors, ranges, scaling."""
 
 import struct
 
@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from pipeline import inputs
-from pipeline.asc_infer import wavfile
-from pipeline.synthetic.wav import write_wav24
+from pipeline.data import inputs
+from pipeline.inference.asc_infer import wavfile
+from pipeline.data.synthetic.wav import write_wav24
 
 RATE = 16000
 
@@ -212,7 +212,7 @@ def test_file_shortened_after_the_header_was_read(tmp_path):
                                   "extensible", "ragged_data"])
 def test_tf_data_decodes_what_the_reader_reads(tmp_path, case):
     # tensorflow-io 0.37.1 alone decodes the first case to 0 frames and fails on the next two
-    # ("EOF reached"): pipeline.inputs.canonical_wav rewrites the bytes before it decodes them.
+    # ("EOF reached"): pipeline.data.inputs.canonical_wav rewrites the bytes before it decodes them.
     odd = _write(tmp_path / "c.wav", "PCM_24", frames=4001).read_bytes()  # 12003 data bytes + pad byte
     head, data = _split_at_data(odd)
     raw = {
@@ -243,7 +243,7 @@ def test_load_clip_checks_the_decoded_length_against_the_header(tmp_path):
 
 
 def test_prepare_header_check_uses_the_reader_and_refuses_what_tf_data_cannot_decode(tmp_path):
-    from pipeline import data
+    from pipeline.data import tau as data
 
     odd = _write(tmp_path / "c.wav", "PCM_24", frames=4001).read_bytes()
     head, body = _split_at_data(odd)

@@ -17,7 +17,7 @@ Re-entrant within a process: nested ``workdir_lock`` calls on the same folder (a
 many runs in one process) share the one lock.
 
 :func:`file_lock` is the one ``flock`` primitive under it; the MLflow store's creation lock
-(:mod:`pipeline.tracking`) and the one-process-per-sweep-folder lock (:mod:`pipeline.sweep`) use it too.
+(:mod:`pipeline.running.tracking`) and the one-process-per-sweep-folder lock (:mod:`pipeline.scaling.sweep`) use it too.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class DataParams:
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
     scan_audio: bool = _f(True, help="prepare reads every clip: content hashes (duplicates across splits), "
-                                     "non-finite, silent and clipped clips (pipeline/audit.py)")
+                                     "non-finite, silent and clipped clips (pipeline/data/audit.py)")
     strict_checks: bool = _f(False, help="the dataset warnings of prepare (location overlap, unseen devices in "
                                          "training, silent clips, ...) are errors")
 

@@ -9,7 +9,7 @@ transitively and digests every source file of the project it reaches:
   that is a submodule; relative imports are resolved; importing ``a.b.c`` takes the
   ``__init__.py`` of ``a`` and ``a.b`` (they run on import too), but follows their own imports only
   when the package itself is imported (``import a.b``, ``from a import b``): a stage module inside
-  ``pipeline.stages`` does not depend on its sibling stages because the registry's ``__init__.py``
+  ``pipeline.running.stages`` does not depend on its sibling stages because the registry's ``__init__.py``
   imports them all;
 - ``importlib.import_module("a.b")`` with a literal name takes ``a.b``; with an f-string such as
   ``f"a.b.{name}"`` it takes every module of the package ``a.b`` (the one the name is formed in);

@@ -1,0 +1,454 @@
+"""The deployable package as an MLflow pyfunc model: log it, register it, get it back, serve it.
+
+The compress stage writes a package folder (``asc_infer/`` = the runtime, numpy + the TFLite
+interpreter only, with the model files in ``asc_infer/model/``). :func:`log_package` logs that
+folder as the artifact ``package`` of a pyfunc model whose :class:`PackageModel` imports the
+runtime from it. The model is logged "from code": this module is the model's code (MLflow copies
+it into the model and runs it on load, where :func:`mlflow.models.set_model` picks
+:class:`PackageModel`), so it imports nothing of ``pipeline``: a served model needs mlflow,
+numpy, pandas and a TFLite interpreter only.
+
+Request format (``mlflow models serve``): a DataFrame with one column ``audio`` holding whole
+audio files (WAV; sample rates 1 kHz to 384 kHz, any channel count and length: the runtime
+downmixes, resamples, windows and averages). In a JSON request each value is the file's bytes,
+base64-encoded (standard alphabet; line breaks allowed)::
+
+    {"dataframe_split": {"columns": ["audio"], "data": [["UklGR..."], ["UklGR..."]]}}
+
+or ``{"dataframe_records": [{"audio": "UklGR..."}, ...]}``. In process, ``PyFuncModel.predict``
+takes the bytes themselves (or the same base64 text). The column's MLflow type is ``any``, not
+``binary``: MLflow decodes a ``binary`` column for the whole request before the model sees it, so one
+value that is not base64 (a number, ``null``, bad padding) would fail every row; this model decodes
+each row itself. A value is never taken as a path on the server.
+
+The answer holds one record per file, in request order: ``scene`` (the predicted class), one
+probability column per class (named by class, the weighted mean over the file's windows),
+``windows`` (how many windows were scored) and ``error``. Files are read and predicted one at a
+time, so a bad file spoils only its own row: ``error`` is ``""`` for a predicted row; a failed row
+has ``error`` set, ``scene`` ``""``, NaN probabilities (``NaN`` in the JSON answer) and ``windows``
+0. The error is the WAV reader's reason (``asc_infer.InputError.reason``: "not a RIFF/WAVE file
+(corrupt or wrong format)", "sample rate 10000000 Hz is outside the supported 1000..384000 Hz ...",
+"window 0 (from 0.00 s): samples far beyond full scale ...") or, for any other failure of that
+file (``MemoryError`` included), the exception's type and text; never a traceback, and absolute
+paths are replaced by ``<path>``. The server logs each failed row. A request without an ``audio``
+column is refused whole (HTTP 400, "Model is missing inputs ['audio']").
+
+The registry: every call of :func:`log_package` with a model name registers a new version of
+that model with the given tags (metrics, complexity, config, data) plus ``run_id``, and a
+description. :func:`package_from_registry` turns ``models:/NAME/VERSION``, ``models:/NAME@alias``
+or ``runs:/RUN_ID/model`` back into a local package folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import logging
+import re
+import shutil
+import sys
+import tempfile
+import wave
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_ARTIFACT = "package"  # the artifact key (and folder) holding the package
+AUDIO_COLUMN = "audio"
+MODEL_NAME = "model"  # the logged model's name inside its run (``runs:/RUN_ID/model``)
+MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
+
+
+class PackageError(ValueError):
+    """A package folder or a registry URI that cannot be used (the message names the path or URI)."""
+
+
+class ValueNotAudio(ValueError):
+    """A row's value is not an audio file (not bytes, not base64 text); that row's error is the message."""
+
+
+# --------------------------------------------------------------------------- the runtime of a package
+
+
+def _runtime(package_dir: Path):
+    """Import ``asc_infer`` from a package folder under a name unique to that folder.
+
+    A unique module name keeps two packages (two versions, or the ``pipeline.inference.asc_infer``
+    source) apart in one process.
+    """
+    init = Path(package_dir) / "asc_infer" / "__init__.py"
+    if not init.is_file():
+        raise PackageError(f"{package_dir} is not a package folder: {init} is missing")
+    name = "asc_infer_" + hashlib.sha256(str(init.resolve()).encode()).hexdigest()[:16]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _model_dir(package_dir: Path) -> Path:
+    return Path(package_dir) / "asc_infer" / "model"
+
+
+OUTPUT_COLUMNS = ("scene", "windows", "error")  # besides one probability column per class
+# an absolute POSIX path (not a relative one like "RIFF/WAVE" or "a/b"), a Windows path, for the row errors
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+~-]+/)*[\w.@+~-]+|\b[A-Za-z]:\\[^\s'\"]*")
+
+
+def output_columns(labels) -> list[str]:
+    """The answer's columns: ``scene``, one per class (in ``labels`` order), ``windows``, ``error``.
+
+    Raises:
+      PackageError: a class is named like another column, or two classes share a name.
+    """
+    labels = [str(c) for c in labels]
+    clash = sorted({c for c in labels if c in OUTPUT_COLUMNS or labels.count(c) > 1})
+    if clash:
+        raise PackageError(f"class name(s) {clash} clash with the answer's columns {list(OUTPUT_COLUMNS)} or "
+                           "with each other")
+    return ["scene", *labels, "windows", "error"]
+
+
+def _without_paths(text: str) -> str:
+    return _PATH.sub("<path>", text)
+
+
+def row_error(exc: BaseException, input_error: type | tuple = ()) -> str:
+    """What the answer says of a failed row: the reader's reason, or the exception's type and text, no path.
+
+    Args:
+      exc: the exception raised while reading or predicting one file.
+      input_error: the runtime's ``InputError`` class (its ``reason`` is used as worded).
+
+    Returns:
+      One line without a traceback; absolute paths are replaced by ``<path>``.
+    """
+    if input_error and isinstance(exc, input_error):
+        text = str(exc.reason)
+    elif isinstance(exc, ValueNotAudio):
+        text = str(exc)
+    else:
+        name = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__  # numpy: _ArrayMemoryError
+        # an unexpected error may name server files in any form (spaces, relative, UNC): every word holding a
+        # path separator goes, which also covers the parts of a path with spaces
+        words = ["<path>" if ("/" in w or "\\" in w) else w for w in str(exc).split()]
+        text = f"{name}: {' '.join(words)}" if words else name
+    return _without_paths(" ".join(text.split())) or type(exc).__name__
+
+
+def audio_bytes(value) -> bytes:
+    """One row's value as the bytes of a file: bytes as they are, text as base64 (how JSON carries them).
+
+    Raises:
+      ValueNotAudio: text that is not base64, or a value of another type (the message says which).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview, np.bytes_)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueNotAudio(f"not base64-encoded audio ({exc}); in JSON each value of '{AUDIO_COLUMN}' is a "
+                                "whole WAV file, base64-encoded") from None
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    shown = "null (no value)" if missing else f"a value of type {type(value).__name__}"
+    raise ValueNotAudio(f"holds {shown}, not an audio file (bytes; in JSON a base64-encoded string)")
+
+
+def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
+    """Probabilities for whole audio files, as the served model answers: each file on its own.
+
+    A file that cannot be read or predicted fails its row only (see the module doc): ``error``
+    holds why, its probabilities are NaN, ``scene`` is ``""`` and ``windows`` 0.
+
+    Args:
+      runtime: the package's ``asc_infer`` module.
+      model: ``runtime.load_model(...)``.
+      audio: one item per file: the bytes of a whole WAV file, or that file base64-encoded as text.
+
+    Returns:
+      ``[n]`` rows, in order: ``scene`` (str), one float64 column per class in ``model.labels``
+      order, ``windows`` (int64), ``error`` (str, ``""`` when the row was predicted).
+
+    Raises:
+      PackageError: the model's class names clash with the answer's columns.
+    """
+    columns = output_columns(model.labels)
+    n, classes = len(audio), len(model.labels)
+    probs = np.full((n, classes), np.nan)
+    scenes, windows, errors = [""] * n, np.zeros(n, np.int64), [""] * n
+    input_error = getattr(runtime, "InputError", ())
+    for i, value in enumerate(audio):
+        try:
+            recordings = runtime.load_inputs([audio_bytes(value)], model)  # reads the header only
+            row = np.asarray(runtime.predict(model, recordings), dtype=np.float64)  # streams the windows
+            if row.shape != (1, classes):
+                raise RuntimeError(f"the runtime returned probabilities of shape {row.shape} for 1 file and "
+                                   f"{classes} classes")
+            probs[i], scenes[i], windows[i] = row[0], model.labels[int(row[0].argmax())], len(recordings[0])
+        except Exception as exc:  # noqa: BLE001 - one file's failure (MemoryError included) is its row's error
+            errors[i] = row_error(exc, input_error)
+            if isinstance(exc, ValueNotAudio) or (input_error and isinstance(exc, input_error)):
+                logger.warning("row %d: %s", i, errors[i])
+            else:
+                logger.error("row %d: %s", i, errors[i], exc_info=exc)
+        finally:
+            recordings = row = None  # a failed row's buffers go now, not with the next row
+    frame = pd.DataFrame(probs, columns=list(model.labels))
+    frame.insert(0, "scene", pd.Series(scenes, dtype=object))
+    frame["windows"] = windows
+    frame["error"] = pd.Series(errors, dtype=object)
+    return frame[columns]
+
+
+class PackageModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc model: whole audio files in, class probabilities per file out (see the module doc)."""
+
+    def load_context(self, context):
+        package_dir = Path(context.artifacts[PACKAGE_ARTIFACT])
+        self.runtime = _runtime(package_dir)
+        self.model = self.runtime.load_model(_model_dir(package_dir))
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        """One answer row per file; a bad file fails its row only.
+
+        Args:
+          context: unused (the package is loaded by :meth:`load_context`).
+          model_input: a DataFrame with a column ``audio`` (bytes of whole files, or base64 text),
+            or a list of such values.
+          params: unused.
+
+        Returns:
+          The DataFrame of :func:`predict_frame`.
+
+        Raises:
+          MlflowException: (a request error, HTTP 400) the input is not a DataFrame with a column
+            ``audio`` nor a list.
+        """
+        if isinstance(model_input, pd.DataFrame):
+            if AUDIO_COLUMN not in model_input.columns:
+                raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                    f"the input has columns {list(model_input.columns)}: expected a column '{AUDIO_COLUMN}' of "
+                    "whole WAV files")
+            values = model_input[AUDIO_COLUMN].tolist()
+        elif isinstance(model_input, (list, tuple)):
+            values = list(model_input)
+        else:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"expected a DataFrame with a column '{AUDIO_COLUMN}' (or a list of files), got "
+                f"{type(model_input).__name__}")
+        return predict_frame(self.runtime, self.model, values)
+
+
+# --------------------------------------------------------------------------- example input, signature
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """A 16-bit PCM WAV file in memory.
+
+    Args:
+      samples: ``[n]`` (mono) or ``[n, channels]`` floats in [-1, 1] (clipped).
+      sample_rate: in Hz.
+    """
+    data = np.asarray(samples, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise ValueError(f"samples must be [n] or [n, channels] with n > 0, got shape {data.shape}")
+    pcm = np.round(np.clip(data, -1.0, 1.0) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(data.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def example_clips(seconds: float = 0.25, sample_rate: int = 16000) -> list[bytes]:
+    """Two short mono WAV files (a 440-Hz tone and seeded noise): the model's input example."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    tone = 0.5 * np.sin(2 * np.pi * 440.0 * t)
+    noise = 0.3 * np.random.default_rng(0).standard_normal(t.size)
+    return [wav_bytes(tone, sample_rate), wav_bytes(noise, sample_rate)]
+
+
+def signature(labels) -> mlflow.models.ModelSignature:
+    """The model's signature.
+
+    Input: ``audio`` (MLflow type ``any``: bytes in process, base64 text in JSON; each row is
+    decoded by the model, see the module doc). Output: ``scene`` (string), one double per class,
+    ``windows`` (long), ``error`` (string, ``""`` for a predicted row).
+
+    Raises:
+      PackageError: a class is named like another output column.
+    """
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    names = output_columns(labels)
+    types = {"scene": "string", "windows": "long", "error": "string"}
+    outputs = [ColSpec(types.get(name, "double"), name) for name in names]
+    return mlflow.models.ModelSignature(inputs=Schema([ColSpec(AnyType(), AUDIO_COLUMN)]), outputs=Schema(outputs))
+
+
+# --------------------------------------------------------------------------- log, register, fetch
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+INTERPRETER_DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+                             "tensorflow.lite": "tensorflow"}
+
+
+def requirements(model) -> list[str]:
+    """Pinned pip requirements: mlflow, numpy and the TFLite interpreter that runs ``model`` here.
+
+    Args:
+      model: a loaded runtime model (``model.runtime`` names its interpreter module).
+    """
+    reqs = []
+    for dist in ("mlflow", "numpy", INTERPRETER_DISTRIBUTIONS.get(model.runtime, model.runtime)):
+        version = _installed(dist)
+        if version is None:
+            raise PackageError(f"'{dist}' (needed to load the package) is not installed in this environment")
+        reqs.append(f"{dist}=={version}")
+    return reqs
+
+
+def _description(model, tags: Mapping[str, str], run_id: str) -> str:
+    parts = [(f"Acoustic scene classifier (deployable package: TFLite front end + int8 classifier), "
+              f"{len(model.labels)} classes ({', '.join(model.labels)}), {model.sample_rate} Hz, "
+              f"windows of {model.window_samples} samples; logged by run {run_id}.")]
+    shown = [f"{k}={v}" for k, v in tags.items() if k != "run_id"]
+    if shown:
+        parts.append("Tags: " + ", ".join(shown) + ".")
+    parts.append("Input: a column 'audio' of whole WAV files (bytes; base64 in JSON). Output: 'scene', one "
+                 "probability per class, 'windows', 'error' (empty, or why that file failed: its row only).")
+    return " ".join(parts)
+
+
+def log_package(package_dir: Path, *, run_id: str, registered_model: str, tags: Mapping[str, str]) -> str | None:
+    """Log a package folder as a pyfunc model of run ``run_id``; register a new version of ``registered_model``.
+
+    The store is MLflow's current tracking URI (the runner's ``tracking.uri``); the logged model
+    goes into the run's experiment whether or not that run is the active one.
+
+    Args:
+      package_dir: the folder written by :func:`pipeline.inference.package.build_package` (holds ``asc_infer/``).
+      run_id: the MLflow run the model belongs to (the register stage's run).
+      registered_model: Model Registry name; empty: log without registering.
+      tags: set on the model version (and the logged model); ``run_id`` is added.
+
+    Returns:
+      The new version (as a string), or ``None`` when ``registered_model`` is empty.
+    """
+    package_dir = Path(package_dir)
+    runtime = _runtime(package_dir)
+    model = runtime.load_model(_model_dir(package_dir))
+    all_tags = {str(k): str(v) for k, v in tags.items()}
+    all_tags["run_id"] = run_id
+    long = [k for k, v in all_tags.items() if len(v) > MAX_TAG_CHARS]
+    if long:
+        raise PackageError(f"tag(s) {long} of package {package_dir} exceed MLflow's {MAX_TAG_CHARS} characters")
+    clips = example_clips()
+    example = pd.DataFrame({AUDIO_COLUMN: clips})
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_NAME,
+                                        source_run_id=run_id, tags=all_tags, params=dict(run.data.params))
+    # "Models from code": this very file is the model's code (no pickle); it needs only the
+    # standard library, mlflow, numpy and pandas where the model is loaded, not ``pipeline``.
+    info = mlflow.models.Model.log(
+        artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+        python_model=str(Path(__file__).resolve()), artifacts={PACKAGE_ARTIFACT: str(package_dir)},
+        signature=signature(model.labels), input_example=example,
+        pip_requirements=requirements(model), model_id=logged.model_id)
+    logger.info("logged the package %s as pyfunc model %s (run %s)", package_dir, info.model_uri, run_id)
+    if not registered_model:
+        return None
+    try:
+        client.create_registered_model(registered_model, description="Acoustic scene classifier packages "
+                                                                     "(one version per register run)")
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(registered_model, source=info.model_uri, run_id=run_id,
+                                          tags=all_tags, description=_description(model, all_tags, run_id),
+                                          model_id=info.model_id)
+    logger.info("registered %s version %s (models:/%s/%s)", registered_model, version.version,
+                registered_model, version.version)
+    return str(version.version)
+
+
+def package_from_registry(uri: str, tracking_uri: str | None = None, dst: Path | None = None) -> Path:
+    """A logged package back as a local folder (what ``asc_infer.load_model`` and the predict CLI read).
+
+    Args:
+      uri: ``models:/NAME/VERSION``, ``models:/NAME@alias``, ``models:/NAME/latest`` or
+        ``runs:/RUN_ID/model``.
+      tracking_uri: the store (tracking and Model Registry); ``None``: MLflow's current URIs.
+      dst: download into this folder (created); ``None``: a new temporary folder.
+
+    Returns:
+      The package folder (holds ``asc_infer/`` and ``asc_infer/model/``).
+
+    Raises:
+      PackageError: the URI names no model, or the model holds no package.
+    """
+    if not uri.startswith(("models:/", "runs:/")):
+        raise PackageError(f"'{uri}' is not a model URI: expected models:/NAME/VERSION, models:/NAME@alias "
+                           f"or runs:/RUN_ID/{MODEL_NAME}")
+    created = dst is None
+    target = Path(tempfile.mkdtemp(prefix="asc-package-")) if created else Path(dst)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_package(uri, tracking_uri, target)
+    except BaseException:
+        if created:  # leave no empty temporary folder behind
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _download_package(uri: str, tracking_uri: str | None, target: Path) -> Path:
+    # MLflow resolves models:/ names with the *global* registry URI whatever download_artifacts is
+    # given, so the store is made the current tracking URI (hence registry) for the download only.
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    try:
+        with _use_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{uri.rstrip('/')}/artifacts/{PACKAGE_ARTIFACT}", dst_path=str(target))
+    except mlflow.exceptions.MlflowException as exc:
+        store = tracking_uri or mlflow.get_tracking_uri()
+        raise PackageError(f"model '{uri}' not found in the MLflow store {store}: {exc.message}") from exc
+    folder = Path(local)
+    if not (folder / "asc_infer" / "__init__.py").is_file():
+        raise PackageError(f"model '{uri}' holds no package (no {PACKAGE_ARTIFACT}/asc_infer/__init__.py)")
+    return folder
+
+
+if __name__ != "pipeline.inference.serving":  # run by MLflow as a logged model's code (models from code)
+    mlflow.models.set_model(PackageModel())

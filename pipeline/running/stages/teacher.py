@@ -1,0 +1,93 @@
+"""``teacher``: train the distillation teachers and store their logits for the training clips.
+
+A teacher is the report's network made wider (``distill.teacher.channels``, ``hidden_units``),
+trained by the same recipe and code as the student (:func:`pipeline.running.task.fit`:
+same data, augmentations, optimizer and checkpoints). ``distill.teacher.members`` teachers with
+seeds ``seed + 1000 * k`` form an ensemble whose logits are averaged (CP-JKU, DCASE2022-23).
+
+The teachers' logits are computed once, on the clean training clips (no augmentation), and
+stored in ``teacher/logits.npz``; the runner keys this stage by the teacher settings, so a
+second run reuses the stored logits and a change of teacher settings recomputes them. Stored
+targets of the clean clip (rather than the teacher run on each augmented batch) cost one
+inference pass instead of one per student step, and keep the student's step as cheap as
+without distillation; the student still sees its augmentations, and the clean clip's soft label
+is what the augmentations are meant to preserve (Schmid et al. 2022 do the same).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from evaluate import metrics as dm
+from pipeline.data import inputs
+from pipeline.running import task
+from pipeline.core import files, seeds
+from pipeline.core.config import Params
+from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_params(params: Params, member: int) -> Params:
+    """The parameter tree of ensemble member ``member`` (0-based): wider network, own seed."""
+    t = params.distill.teacher
+    return params.replace(**{
+        "model.channels": str(list(t.channels)),
+        "model.hidden_units": str(t.hidden_units),
+        "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
+        "train.epochs": str(t.epochs or params.train.epochs),
+        "distill.enabled": "false",
+    })
+
+
+def logits_of(model, frame: pd.DataFrame, root, params: Params) -> np.ndarray:
+    """``[N, K]`` logits of the clean clips of ``frame``, in order."""
+    step = tf.function(lambda wave: model(wave, training=False), reduce_retracing=True)
+    ds = inputs.eval_dataset(frame, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    return np.concatenate([step(wave).numpy() for wave, _ in ds]).astype(np.float32)
+
+
+def teacher(ctx: Context) -> dict:
+    """Train each teacher, average their logits on the training clips, store them; score the ensemble."""
+    params = ctx.params
+    if params.model.name != "asc":
+        raise StageError(f"distillation teachers are wider versions of the report's network (model.name=asc); "
+                         f"got model.name={params.model.name}")
+    index, root, _ = load_index(ctx)
+    tr = clips(index, "train", params)
+    ev = clips(index, "evaluate", params, labelled=True)
+    train_logits, eval_logits = [], []
+    for k in range(params.distill.teacher.members):
+        member = teacher_params(params, k)
+        name = f"teacher{k + 1}"
+        logger.info("teacher %d of %d: channels %s, seed %d, %d epochs", k + 1, params.distill.teacher.members,
+                    list(member.model.channels), member.seed, member.train.epochs)
+        model, _ = task.fit(member, ctx.out / name, tr, ev, root, PrefixedRecorder(ctx.record, f"{name}_"),
+                            resuming=ctx.resuming, log_model=False,
+                            resume_from=task.resume_folder(params, ctx.workdir, "teacher", name))
+        train_logits.append(logits_of(model, tr, root, member))
+        eval_logits.append(logits_of(model, ev, root, member))
+        member_m = dm.compute_metrics(ev.label.to_numpy(), tf.nn.softmax(eval_logits[-1]).numpy().astype(np.float64),
+                                      ev.device.to_numpy())
+        ctx.record.metrics({f"{name}_macro_accuracy": member_m["overall"]["macro_accuracy"]})
+
+    logits = np.mean(train_logits, axis=0)  # [N, K]: the ensemble
+    with files.atomic_path(ctx.out / "logits.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits,
+                     members=np.stack(train_logits))
+    ensemble = tf.nn.softmax(np.mean(eval_logits, axis=0)).numpy().astype(np.float64)
+    m = dm.compute_metrics(ev.label.to_numpy(), ensemble, ev.device.to_numpy())
+    headline = {"teacher_macro_accuracy": m["overall"]["macro_accuracy"], "teacher_log_loss": m["overall"]["log_loss"]}
+    if "unseen" in m["per_device_group"]:
+        headline["teacher_unseen_macro_accuracy"] = m["per_device_group"]["unseen"]["macro_accuracy"]
+    ctx.record.metrics(headline)
+    files.write_json(ctx.out / "metrics.json", {"members": params.distill.teacher.members, **headline})
+    ctx.record.artifact(ctx.out / "metrics.json")
+    logger.info("teacher ensemble (%d): validation macro accuracy %.3f, log loss %.3f",
+                params.distill.teacher.members, headline["teacher_macro_accuracy"], headline["teacher_log_loss"])
+    return {"logits": ctx.out / "logits.npz", **headline}

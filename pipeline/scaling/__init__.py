@@ -1,0 +1,1 @@
+"""Scaling out: multi-worker training, the launcher, sweeps and their summaries."""
