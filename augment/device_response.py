@@ -14,7 +14,7 @@ Per clip ``b`` of a ``[B, samples]`` batch, in the graph::
     y_b = y_b * rms(x_b) / rms(y_b)                  with rms_normalize (default)
     out_b = y_b if apply_b else x_b
 
-The bank (``[N, L]``) comes from a folder of WAV files (:func:`load_impulse_responses`; MicIRP
+The bank (``[N, L]``) comes from a folder of WAV files (:func:`augment.impulse_responses.load_impulse_responses`; MicIRP
 or the user's measurements) or from the built-in generator of random device responses
 (:func:`generate_device_responses`). The generator was designed for this layer alone: it shares
 no model or parameter with the synthetic dataset's devices (``pipeline.data.synthetic``), which it
@@ -26,130 +26,16 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from augment._base import RandomAugmentation
-from pipeline.inference.asc_infer import wavfile
-from pipeline.inference.asc_infer.resample import Resampler
+from augment.impulse_responses import fade_out, load_impulse_responses
 from pipeline.core.checks import check_bool, check_int, check_real
-from pipeline.core.errors import ProblemsError
 
 logger = logging.getLogger(__name__)
-
-
-
-class ImpulseResponseError(ProblemsError):
-    """Impulse-response files that cannot be used; the message names each file and its problem."""
-
-    def __init__(self, folder, problems: list[str]):
-        super().__init__(f"impulse responses in {folder}", problems)
-
-
-# --------------------------------------------------------------------------------------------
-# impulse responses from WAV files
-
-
-def _fade_out(ir: np.ndarray) -> np.ndarray:
-    """``ir`` with a half-cosine fade over its last ``min(256, len // 8)`` samples."""
-    n = min(256, len(ir) // 8)
-    if n == 0:
-        return ir
-    ramp = 0.5 * (1.0 + np.cos(np.pi * (np.arange(1, n + 1) / n)))  # (1, 0], ends at 0
-    out = ir.copy()
-    out[-n:] *= ramp
-    return out
-
-
-def read_impulse_response(path, sample_rate: int) -> np.ndarray:
-    """One impulse response from a WAV file, float64 ``[n]`` at ``sample_rate``.
-
-    Read with the project's one WAV reader (:mod:`pipeline.inference.asc_infer.wavfile`: PCM 16/24/32-bit,
-    float 32/64-bit, scaled to [-1, 1]); empty, non-WAV, truncated and unreadable files (and the
-    encodings it refuses, such as 8-bit PCM) are rejected. Resampled to ``sample_rate`` with the
-    project's one resampler (:class:`pipeline.inference.asc_infer.resample.Resampler`: output sample 0 on
-    input sample 0, so the onset stays in place). Several channels only when identical: different
-    channels are different responses, and which one to use is the user's choice.
-
-    Args:
-      path: the WAV file.
-      sample_rate: the rate of the returned response (Hz).
-
-    Returns:
-      float64 ``[n]``.
-
-    Raises:
-      ValueError: saying what is wrong (the caller adds the file name).
-      OSError: the file cannot be opened.
-    """
-    path = os.fspath(path)
-    try:
-        info = wavfile.read_info(path)
-        samples = wavfile.read_frames(path, info).astype(np.float64)  # [frames, channels]
-    except wavfile.WavError as exc:
-        raise ValueError("empty file" if str(exc) == "empty file" else f"unreadable WAV file ({exc})") from None
-    if not np.all(np.isfinite(samples)):
-        raise ValueError("non-finite samples (NaN or inf)")
-    channels = samples.shape[1]
-    if channels > 1:
-        spread = np.max(np.abs(samples - samples[:, :1]))
-        if spread > 1e-6 * max(np.max(np.abs(samples)), 1e-30):
-            raise ValueError(
-                f"{channels} channels that differ (an impulse response file must be mono, or its "
-                f"channels identical); split it into one mono file per channel"
-            )
-    ir = samples[:, 0]
-    if not np.any(ir):
-        raise ValueError("silent: every sample is 0")
-    if info.sample_rate != sample_rate:
-        ir = Resampler(info.sample_rate, sample_rate)(ir).astype(np.float64)
-    return ir
-
-
-def load_impulse_responses(folder, sample_rate: int, max_samples: int):
-    """The bank of impulse responses of the WAV files below ``folder``.
-
-    Every ``*.wav`` (any case) below ``folder``, recursively, sorted by path, is read with
-    :func:`read_impulse_response` at ``sample_rate``; responses longer than ``max_samples`` are
-    cut to their first ``max_samples`` samples with a short half-cosine fade-out. Levels are
-    kept as measured.
-
-    Returns:
-      ``(bank, names)``: float32 ``[N, L]`` (zero-padded to the longest response, ``L <=
-      max_samples``) and the N file paths relative to ``folder``.
-
-    Raises:
-      ImpulseResponseError: the folder does not exist, holds no WAV file, or some files cannot
-        be used (every bad file listed with its problem).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ImpulseResponseError(folder, [f"{folder} does not exist or is not a folder"])
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
-    if not paths:
-        raise ImpulseResponseError(folder, [f"no .wav file in {folder} (searched recursively)"])
-    problems, irs, trimmed = [], [], 0
-    for path in paths:
-        try:
-            ir = read_impulse_response(path, sample_rate)
-        except (ValueError, OSError) as exc:
-            problems.append(f"{path}: {exc}")
-            continue
-        if len(ir) > max_samples:
-            ir, trimmed = _fade_out(ir[:max_samples]), trimmed + 1
-        irs.append(ir)
-    if problems:
-        raise ImpulseResponseError(folder, problems)
-    length = max(len(ir) for ir in irs)
-    bank = np.zeros((len(irs), length), np.float32)
-    for row, ir in zip(bank, irs):
-        row[: len(ir)] = ir
-    logger.info("device responses: %d impulse responses from %s (%d cut to %d samples)",
-                len(irs), folder, trimmed, max_samples)
-    return bank, [os.fspath(p.relative_to(folder)) for p in paths]
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,10 +65,12 @@ def shelf_sos(kind: str, freq_hz: float, gain_db: float, sample_rate: int) -> np
     w0 = 2.0 * np.pi * freq_hz / sample_rate
     k = np.sqrt(2.0 * amp) * np.sin(w0)  # 2 sqrt(A) alpha, alpha = sin(w0) / sqrt(2) at slope 1
     s, c = (1.0 if kind == "low" else -1.0), np.cos(w0)  # high shelf: the low shelf's signs flipped
-    b = [amp * ((amp + 1) - s * (amp - 1) * c + k), 2 * s * amp * ((amp - 1) - s * (amp + 1) * c),
-         amp * ((amp + 1) - s * (amp - 1) * c - k)]
-    a = [(amp + 1) + s * (amp - 1) * c + k, -2 * s * ((amp - 1) + s * (amp + 1) * c),
-         (amp + 1) + s * (amp - 1) * c - k]
+    b = [
+        amp * ((amp + 1) - s * (amp - 1) * c + k),
+        2 * s * amp * ((amp - 1) - s * (amp + 1) * c),
+        amp * ((amp + 1) - s * (amp - 1) * c - k),
+    ]
+    a = [(amp + 1) + s * (amp - 1) * c + k, -2 * s * ((amp - 1) + s * (amp + 1) * c), (amp + 1) + s * (amp - 1) * c - k]
     return _biquad(b, a)
 
 
@@ -202,8 +90,7 @@ def random_device(rng: np.random.Generator, sample_rate: int) -> dict:
         "low_shelf": (_log_uniform(rng, 80.0, 400.0), float(rng.uniform(-9.0, 9.0))),
         "high_shelf": (min(_log_uniform(rng, 2000.0, 8000.0), top), float(rng.uniform(-9.0, 9.0))),
         "peaks": [
-            (min(_log_uniform(rng, 150.0, 12000.0), top), float(rng.uniform(-10.0, 10.0)),
-             _log_uniform(rng, 0.5, 5.0))
+            (min(_log_uniform(rng, 150.0, 12000.0), top), float(rng.uniform(-10.0, 10.0)), _log_uniform(rng, 0.5, 5.0))
             for _ in range(int(rng.integers(1, 5)))
         ],
         "reflections": [],
@@ -237,7 +124,7 @@ def device_impulse_response(device: dict, sample_rate: int, length: int) -> np.n
         d = max(1, round(delay_s * sample_rate))
         if d < length:
             out[d:] += gain * h[: length - d]
-    out = _fade_out(out)
+    out = fade_out(out)
     return out / np.sqrt(np.sum(out**2))
 
 
@@ -386,9 +273,19 @@ class DeviceResponse(RandomAugmentation):
       ValueError: bad arguments; :class:`ImpulseResponseError` for a folder that cannot be used.
     """
 
-    def __init__(self, sample_rate: int, p: float = 0.4, folder: str | None = None, n_generated: int = 64,
-                 max_ir_samples: int = 4096, rms_normalize: bool = True, bank_shape=None, seed: int = 0,
-                 always_on: bool = False, **kwargs):
+    def __init__(
+        self,
+        sample_rate: int,
+        p: float = 0.4,
+        folder: str | None = None,
+        n_generated: int = 64,
+        max_ir_samples: int = 4096,
+        rms_normalize: bool = True,
+        bank_shape=None,
+        seed: int = 0,
+        always_on: bool = False,
+        **kwargs,
+    ):
         super().__init__(seed=seed, always_on=always_on, **kwargs)
         self.sample_rate = check_int("sample_rate", sample_rate, minimum=1)
         self.p = check_real("p", p, minimum=0.0)
@@ -407,11 +304,15 @@ class DeviceResponse(RandomAugmentation):
             if bank_shape is not None:
                 raise ValueError(f"bank_shape is only for a folder bank (folder is None), got {bank_shape!r}")
             self._bank_np, self.drives = generate_device_responses(
-                self.n_generated, self.sample_rate, self.max_ir_samples, self.seed)
+                self.n_generated, self.sample_rate, self.max_ir_samples, self.seed
+            )
             return
         if bank_shape is not None:  # from_config: the bank comes with the saved weights
-            if (not isinstance(bank_shape, (list, tuple)) or len(bank_shape) != 2
-                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in bank_shape)):
+            if (
+                not isinstance(bank_shape, (list, tuple))
+                or len(bank_shape) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in bank_shape)
+            ):
                 raise ValueError(f"bank_shape must be [N, L] with positive integers, got {bank_shape!r}")
             self._bank_np = np.zeros(bank_shape, np.float32)
             self._bank_np[:, 0] = 1.0  # unit impulses until the weights are set
@@ -426,8 +327,16 @@ class DeviceResponse(RandomAugmentation):
 
         ``params.enabled`` and ``params.seed_offset`` are the caller's business.
         """
-        return cls(sample_rate=sample_rate, p=params.p, folder=params.folder, n_generated=params.n_generated,
-                   max_ir_samples=params.max_ir_samples, rms_normalize=params.rms_normalize, seed=seed, **kwargs)
+        return cls(
+            sample_rate=sample_rate,
+            p=params.p,
+            folder=params.folder,
+            n_generated=params.n_generated,
+            max_ir_samples=params.max_ir_samples,
+            rms_normalize=params.rms_normalize,
+            seed=seed,
+            **kwargs,
+        )
 
     @property
     def bank(self) -> np.ndarray:
@@ -439,8 +348,12 @@ class DeviceResponse(RandomAugmentation):
     def build(self, input_shape):
         if self.folder is not None:
             self.impulse_responses = self.add_weight(
-                name="impulse_responses", shape=tuple(self.bank_shape), dtype=tf.float32, trainable=False,
-                initializer=tf_keras.initializers.Constant(self._bank_np))
+                name="impulse_responses",
+                shape=tuple(self.bank_shape),
+                dtype=tf.float32,
+                trainable=False,
+                initializer=tf_keras.initializers.Constant(self._bank_np),
+            )
         super().build(input_shape)
 
     def _augment(self, inputs):
@@ -449,8 +362,9 @@ class DeviceResponse(RandomAugmentation):
         batch = tf.shape(x)[0]
         n_irs = len(self._bank_np)
         apply = tf.random.stateless_uniform(tf.reshape(batch, [1]), seed=gate_seed) < self.p  # [B]
-        index = tf.random.stateless_uniform(tf.reshape(batch, [1]), seed=pick_seed, minval=0, maxval=n_irs,
-                                            dtype=tf.int32)  # [B]
+        index = tf.random.stateless_uniform(
+            tf.reshape(batch, [1]), seed=pick_seed, minval=0, maxval=n_irs, dtype=tf.int32
+        )  # [B]
         bank = self.impulse_responses if self.impulse_responses is not None else tf.constant(self._bank_np)
         y = fft_convolve(x, tf.gather(bank, index))  # [B, S]
         if np.any(self.drives > 0):
@@ -461,8 +375,15 @@ class DeviceResponse(RandomAugmentation):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"sample_rate": self.sample_rate, "p": self.p, "folder": self.folder,
-                       "n_generated": self.n_generated, "max_ir_samples": self.max_ir_samples,
-                       "rms_normalize": self.rms_normalize,
-                       "bank_shape": None if self.bank_shape is None else [int(v) for v in self.bank_shape]})
+        config.update(
+            {
+                "sample_rate": self.sample_rate,
+                "p": self.p,
+                "folder": self.folder,
+                "n_generated": self.n_generated,
+                "max_ir_samples": self.max_ir_samples,
+                "rms_normalize": self.rms_normalize,
+                "bank_shape": None if self.bank_shape is None else [int(v) for v in self.bank_shape],
+            }
+        )
         return config

@@ -134,8 +134,9 @@ class FreqMixStyle(RandomAugmentation):
       Same as the input.
     """
 
-    def __init__(self, p: float = 0.6, alpha: float = 0.3, eps: float = 1e-6, seed: int = 0,
-                 always_on: bool = False, **kwargs):
+    def __init__(
+        self, p: float = 0.6, alpha: float = 0.3, eps: float = 1e-6, seed: int = 0, always_on: bool = False, **kwargs
+    ):
         super().__init__(seed=seed, always_on=always_on, **kwargs)
         self.p = check_real("p", p, minimum=0.0)
         if self.p > 1.0:
@@ -154,9 +155,7 @@ class FreqMixStyle(RandomAugmentation):
 
     def _augment(self, inputs):
         x = inputs  # [B, T, F, C]
-        gate_seed, partner_seed, lam_seed = tf.unstack(
-            tf.random.experimental.stateless_split(self._next_seed(), num=3)
-        )
+        gate_seed, partner_seed, lam_seed = tf.unstack(tf.random.experimental.stateless_split(self._next_seed(), num=3))
         batch = tf.shape(x)[0]
         apply = tf.random.stateless_uniform([], seed=gate_seed) < self.p  # scalar bool
         partner = random_partners(partner_seed, batch)  # [B]

@@ -34,9 +34,7 @@ def roll_time(x, shifts) -> tf.Tensor:
     Matches ``np.roll(x[b], s_b, axis=0)`` per sample (positive shifts move content later).
     """
     frames = tf.shape(x)[1]
-    index = tf.math.floormod(
-        tf.range(frames)[tf.newaxis, :] - shifts[:, tf.newaxis], frames
-    )  # [B, T]
+    index = tf.math.floormod(tf.range(frames)[tf.newaxis, :] - shifts[:, tf.newaxis], frames)  # [B, T]
     return tf.gather(x, index, axis=1, batch_dims=1)  # [B, T, ...]
 
 

@@ -57,9 +57,7 @@ def random_stripes(seed, batch, length, max_width: int, n_stripes: int) -> tf.Te
     room = tf.cast(length - width + 1, tf.float32)  # [S, B], >= 1
     start = tf.minimum(tf.cast(tf.floor(u_start * room), tf.int32), length - width)  # [S, B]
     positions = tf.range(length)[tf.newaxis, tf.newaxis, :]  # [1, 1, L]
-    inside = (positions >= start[..., tf.newaxis]) & (
-        positions < (start + width)[..., tf.newaxis]
-    )  # [S, B, L]
+    inside = (positions >= start[..., tf.newaxis]) & (positions < (start + width)[..., tf.newaxis])  # [S, B, L]
     return tf.reduce_any(inside, axis=0)  # [B, L]
 
 
@@ -216,15 +214,9 @@ class SpecAugmentPP(RandomAugmentation):
         time_seed, freq_seed, partner_seed = tf.unstack(
             tf.random.experimental.stateless_split(self._next_seed(), num=3)
         )
-        time_mask = random_stripes(
-            time_seed, batch, frames, self.max_time_width, self.n_time_masks
-        )  # [B, T]
-        freq_mask = random_stripes(
-            freq_seed, batch, bins, self.max_freq_width, self.n_freq_masks
-        )  # [B, F]
-        mask = (
-            time_mask[:, :, tf.newaxis, tf.newaxis] | freq_mask[:, tf.newaxis, :, tf.newaxis]
-        )  # [B, T, F, 1]
+        time_mask = random_stripes(time_seed, batch, frames, self.max_time_width, self.n_time_masks)  # [B, T]
+        freq_mask = random_stripes(freq_seed, batch, bins, self.max_freq_width, self.n_freq_masks)  # [B, F]
+        mask = time_mask[:, :, tf.newaxis, tf.newaxis] | freq_mask[:, tf.newaxis, :, tf.newaxis]  # [B, T, F, 1]
         if self.mode == "zm":
             fill = tf.zeros_like(x)  # [B, T, F, C]
         else:

@@ -106,10 +106,7 @@ def count_augmentation_layers(model, *, active_only: bool = False) -> int:
 
     With ``active_only``, only those built with ``always_on=True`` are counted.
     """
-    return sum(
-        isinstance(m, AUGMENTATION_LAYERS) and (m.always_on or not active_only)
-        for m in model.submodules
-    )
+    return sum(isinstance(m, AUGMENTATION_LAYERS) and (m.always_on or not active_only) for m in model.submodules)
 
 
 def make_tta_model(
@@ -285,13 +282,10 @@ class TTA:
         self.chunk_copies = check_int("chunk_copies", params.chunk_copies, minimum=1)
         self.from_logits = check_bool("from_logits", from_logits)
         self.mode = check_choice("mode", params.modes[0] if mode is None else mode, tuple(TTA_MODES))
-        self.view = make_tta_model(
-            model, **TTA_MODES[self.mode], specaugment_mode=specaugment_mode, seed=seed
-        )
+        self.view = make_tta_model(model, **TTA_MODES[self.mode], specaugment_mode=specaugment_mode, seed=seed)
         if count_augmentation_layers(self.view, active_only=True) == 0:
             logger.warning(
-                "TTA on %r applies no augmentation (mode %r, %d augmentation layers): all %d copies "
-                "are identical",
+                "TTA on %r applies no augmentation (mode %r, %d augmentation layers): all %d copies are identical",
                 model.name,
                 self.mode,
                 count_augmentation_layers(model),

@@ -103,8 +103,12 @@ def summarize(seconds: list[float]) -> dict:
     """Median, min, max and count of a list of durations (seconds, rounded to 0.1 ms)."""
     if not seconds:
         raise ValueError("summarize: no durations")
-    return {"median_s": round(statistics.median(seconds), 4), "min_s": round(min(seconds), 4),
-            "max_s": round(max(seconds), 4), "n": len(seconds)}
+    return {
+        "median_s": round(statistics.median(seconds), 4),
+        "min_s": round(min(seconds), 4),
+        "max_s": round(max(seconds), 4),
+        "n": len(seconds),
+    }
 
 
 def median(values: list[float]) -> float:
@@ -149,11 +153,11 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
         raise ValueError("linear_fit needs at least two points")
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
     slope = sxy / sxx if sxx else 0.0
     intercept = my - slope * mx
     ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
     r2 = 1.0 - ss_res / ss_tot if ss_tot else 1.0
     return {"slope": slope, "intercept": intercept, "r2": round(r2, 4)}
 
@@ -227,11 +231,14 @@ def _child_main(conn, fn, args, kwargs) -> None:
         peaks = [m["peak_mb"] for m in _MARKS.values()] + [peak_rss_mb()]
         if hwm is not None:
             peaks.append(round(hwm / 1024.0, 1))
-        memory = {"peak_rss_mb": max(peaks), "start_rss_mb": start_rss,
-                  "phases": {k: {"peak_mb": v["peak_mb"], "end_mb": v["end_mb"]} for k, v in _MARKS.items()},
-                  "phase_peaks_cumulative": not all(v["reset"] for v in _MARKS.values())}
+        memory = {
+            "peak_rss_mb": max(peaks),
+            "start_rss_mb": start_rss,
+            "phases": {k: {"peak_mb": v["peak_mb"], "end_mb": v["end_mb"]} for k, v in _MARKS.items()},
+            "phase_peaks_cumulative": not all(v["reset"] for v in _MARKS.values()),
+        }
         conn.send(("ok", result, memory))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+    except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", None))
     finally:
         conn.close()
@@ -253,7 +260,7 @@ def run_child(fn: Callable, *args, **kwargs) -> dict:
         status, payload, memory = parent_conn.recv()
     except EOFError:
         proc.join()
-        raise RuntimeError(f"benchmark child {getattr(fn, '__name__', fn)} died (exit code {proc.exitcode})")
+        raise RuntimeError(f"benchmark child {getattr(fn, '__name__', fn)} died (exit code {proc.exitcode})") from None
     proc.join()
     if status != "ok":
         raise RuntimeError(f"benchmark child {getattr(fn, '__name__', fn)} failed:\n{payload}")
@@ -265,20 +272,31 @@ def run_child(fn: Callable, *args, **kwargs) -> dict:
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser with the flags every benchmark has: ``--quick``, ``--mlflow``, ``--tracking-uri``."""
-    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    p = argparse.ArgumentParser(
+        description=(doc or "").strip().splitlines()[0] if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc,
+    )
     p.add_argument("--quick", action="store_true", help="small sizes: a minute or two")
-    p.add_argument("--mlflow", action="store_true",
-                   help="also log the figures as metrics to the project's MLflow store (experiment 'benchmarks')")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI for --mlflow (default: the project's, tracking.uri of "
-                        "configs/default.yaml)")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also log the figures as metrics to the project's MLflow store (experiment 'benchmarks')",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI for --mlflow (default: the project's, tracking.uri of configs/default.yaml)",
+    )
     return p
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     logger.setLevel(logging.INFO)
 
 
@@ -295,8 +313,11 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def numeric_metrics(result: dict) -> dict[str, float]:
     """Finite int/float leaves of ``result`` with dotted names (lists and booleans left out)."""
     flat = _flatten(result)
-    return {k: float(v) for k, v in flat.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in flat.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
 
 
 def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
@@ -312,7 +333,7 @@ def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
         if tracking_uri.startswith("sqlite:///"):  # a store of its own: artifacts next to its database
-            overrides.append(f"tracking.artifact_root={Path(tracking_uri[len('sqlite:///'):]).parent}")
+            overrides.append(f"tracking.artifact_root={Path(tracking_uri[len('sqlite:///') :]).parent}")
     params = config.load("default", overrides)
     tracking.setup(params)
     import mlflow
@@ -334,8 +355,13 @@ def log_mlflow(name: str, result: dict, tracking_uri: str | None = None) -> str:
 
 def emit(name: str, figures: dict, args: argparse.Namespace, *, load_before: list[float] | None = None) -> dict:
     """Print one JSON object (benchmark name, figures, machine facts, load averages); log it with ``--mlflow``."""
-    result = {"benchmark": name, **figures, "machine": machine(),
-              "load_average_before": load_before, "load_average_after": load_average()}
+    result = {
+        "benchmark": name,
+        **figures,
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
     if getattr(args, "mlflow", False):
         result["mlflow_run_id"] = log_mlflow(name, result, getattr(args, "tracking_uri", None))
     print(json.dumps(result))
@@ -359,14 +385,20 @@ def grid_parser(doc: str | None, *, epochs: int) -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--root", type=Path, default=None, help="generate (or reuse) the synthetic set here and keep it")
     p.add_argument("--workdir", type=Path, default=None, help="keep the runs' work directories here")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (repeatable)",
+    )
     p.add_argument("--verbose", action="store_true", help="stage logs on stderr")
     return p
 
 
-def stages_child(config_name: str, overrides: list[str], workdir: str, verbose: bool, stages: list[str],
-                 force: bool) -> dict:
+def stages_child(
+    config_name: str, overrides: list[str], workdir: str, verbose: bool, stages: list[str], force: bool
+) -> dict:
     """Child of :func:`seeds_by_variants`: run ``stages`` with the project's runner; the headline figures.
 
     Returns:
@@ -379,10 +411,13 @@ def stages_child(config_name: str, overrides: list[str], workdir: str, verbose: 
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from pipeline.running import runner
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        force=True,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     from pipeline.core import config
+    from pipeline.running import runner
 
     memory_mark("imports")
     params = config.load(config_name, overrides)
@@ -396,19 +431,32 @@ def stages_child(config_name: str, overrides: list[str], workdir: str, verbose: 
     plain = metrics["splits"]["evaluate"]["plain"]
     groups = {"overall": plain["overall"], **plain["per_device_group"]}
     out = {g: {k: groups[g][k] for k in GRID_METRICS} if g in groups else None for g in GRID_GROUPS}
-    out.update({"n_evaluate": plain["overall"]["n"], "unseen_devices": groups.get("unseen", {}).get("devices"),
-                "complexity": metrics["complexity"], "epochs": len(history.get("epoch_seconds", [])),
-                "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
-                "final_train_accuracy": history.get("accuracy", [None])[-1],
-                "final_val_accuracy": history.get("val_accuracy", [None])[-1], "wall_seconds": round(seconds, 1)})
+    out.update(
+        {
+            "n_evaluate": plain["overall"]["n"],
+            "unseen_devices": groups.get("unseen", {}).get("devices"),
+            "complexity": metrics["complexity"],
+            "epochs": len(history.get("epoch_seconds", [])),
+            "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
+            "final_train_accuracy": history.get("accuracy", [None])[-1],
+            "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+            "wall_seconds": round(seconds, 1),
+        }
+    )
     if "teacher" in results and not results["teacher"].get("reused"):
         out["teacher_macro_accuracy"] = results["teacher"].get("teacher_macro_accuracy")
     return out
 
 
-
-def seeds_by_variants(name: str, args: argparse.Namespace, variants: dict[str, list[str]], *,
-                      stages: list[str], force: bool = False, extra: list[str] = ()) -> list[dict]:
+def seeds_by_variants(
+    name: str,
+    args: argparse.Namespace,
+    variants: dict[str, list[str]],
+    *,
+    stages: list[str],
+    force: bool = False,
+    extra: list[str] = (),
+) -> list[dict]:
     """Generate one synthetic set, then run ``stages`` for every seed x variant, each in a fresh child process.
 
     Runs are ordered seed by seed, so every variant sees the same machine load. Every run gets the
@@ -441,17 +489,37 @@ def seeds_by_variants(name: str, args: argparse.Namespace, variants: dict[str, l
         store = base / "mlruns"
         for seed in seeds:
             for variant, settings in variants.items():
-                overrides = [f"data.source={root.resolve()}", f"seed={seed}", f"train.epochs={args.epochs}",
-                             "augment.tta.enabled=false", "train.progress_bar=false", *extra,
-                             f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
-                             f"tracking.artifact_root={store.resolve()}", f"tracking.experiment=bench-{name}",
-                             f"tracking.run_name={variant}-seed{seed}", *settings, *args.set]
+                overrides = [
+                    f"data.source={root.resolve()}",
+                    f"seed={seed}",
+                    f"train.epochs={args.epochs}",
+                    "augment.tta.enabled=false",
+                    "train.progress_bar=false",
+                    *extra,
+                    f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
+                    f"tracking.artifact_root={store.resolve()}",
+                    f"tracking.experiment=bench-{name}",
+                    f"tracking.run_name={variant}-seed{seed}",
+                    *settings,
+                    *args.set,
+                ]
                 logger.info("%s, seed %d (%d epochs on %d clips)", variant, seed, args.epochs, args.clips)
-                out = run_child(stages_child, args.config, overrides, os.fspath(base / f"{variant}-seed{seed}"),
-                                args.verbose, stages, force)
+                out = run_child(
+                    stages_child,
+                    args.config,
+                    overrides,
+                    os.fspath(base / f"{variant}-seed{seed}"),
+                    args.verbose,
+                    stages,
+                    force,
+                )
                 run = {"variant": variant, "seed": seed, **out["result"], "peak_rss_mb": out["memory"]["peak_rss_mb"]}
-                logger.info("%s seed %d: %s", variant, seed,
-                            json.dumps({g: run[g] for g in GRID_GROUPS} | {"s": run["wall_seconds"]}))
+                logger.info(
+                    "%s seed %d: %s",
+                    variant,
+                    seed,
+                    json.dumps({g: run[g] for g in GRID_GROUPS} | {"s": run["wall_seconds"]}),
+                )
                 runs.append(run)
     return runs
 
@@ -468,8 +536,11 @@ def by_variant(runs: list[dict], variants: list[str]) -> dict[str, dict]:
     out = {}
     for v in variants:
         rs = sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"])
-        out[v] = {g: {k: seed_stats([r[g][k] for r in rs]) for k in GRID_METRICS}
-                  for g in GRID_GROUPS if rs and all(r[g] is not None for r in rs)}
+        out[v] = {
+            g: {k: seed_stats([r[g][k] for r in rs]) for k in GRID_METRICS}
+            for g in GRID_GROUPS
+            if rs and all(r[g] is not None for r in rs)
+        }
     return out
 
 

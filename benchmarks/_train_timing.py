@@ -1,6 +1,7 @@
 """Per-epoch timings of the training task's ``fit``, measured from outside: no patched library code.
 
-``pipeline.running.task.fit(params, out, ..., record)`` (the train and teacher stages' fit) takes the recorder its epochs log to. :class:`EpochClock`
+``pipeline.running.task.fit(params, out, ..., record)`` (the train and teacher stages' fit) takes the
+recorder its epochs log to. :class:`EpochClock`
 is such a recorder (wrapping the real one, so MLflow's cost stays in the figures): the epoch-end
 callback (``pipeline.running.training.EpochEnd``) calls ``record.metrics(logs, step=epoch)`` first thing
 after the epoch's steps and validation, with ``epoch_seconds``, ``train_seconds`` and
@@ -35,7 +36,7 @@ def _mtime(path: Path) -> float | None:
 
 
 class EpochClock(Recorder):
-    """A recorder for ``pipeline.running.task.fit`` that times each epoch's callback; everything is passed on to ``inner``.
+    """A recorder for ``pipeline.running.task.fit`` that times each epoch's callback; the rest goes to ``inner``.
 
     Args:
       out: the folder ``fit`` writes (its ``out`` argument).
@@ -61,9 +62,15 @@ class EpochClock(Recorder):
             return
         self._close()
         self.inner.metrics(values, step)
-        self.epochs.append({"epoch": step, "start": entry - float(values["epoch_seconds"]),
-                            **{k: float(values[k]) for k in ("train_seconds", "validation_seconds", "epoch_seconds")},
-                            "_entry": entry, "_exit": time.time()})
+        self.epochs.append(
+            {
+                "epoch": step,
+                "start": entry - float(values["epoch_seconds"]),
+                **{k: float(values[k]) for k in ("train_seconds", "validation_seconds", "epoch_seconds")},
+                "_entry": entry,
+                "_exit": time.time(),
+            }
+        )
 
     def _close(self) -> None:
         """Time the last epoch's callback from the files it wrote (called before they are written again)."""
@@ -76,9 +83,16 @@ class EpochClock(Recorder):
         history = _mtime(self.out / "history.json") or logged
         end = _mtime(self.out / "checkpoints" / "latest.json") or history
         after_best = best if saved else logged
-        e.update({"log_seconds": logged - entry, "best_save_seconds": max(0.0, best - logged) if saved else 0.0,
-                  "history_seconds": max(0.0, history - after_best), "checkpoint_seconds": max(0.0, end - history),
-                  "callback_seconds": max(0.0, end - entry), "callback_end": end})
+        e.update(
+            {
+                "log_seconds": logged - entry,
+                "best_save_seconds": max(0.0, best - logged) if saved else 0.0,
+                "history_seconds": max(0.0, history - after_best),
+                "checkpoint_seconds": max(0.0, end - history),
+                "callback_seconds": max(0.0, end - entry),
+                "callback_end": end,
+            }
+        )
 
     def finish(self) -> list[dict]:
         """Close the last epoch (call after ``fit`` returned); returns :attr:`epochs`."""

@@ -68,14 +68,32 @@ def main() -> None:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     load_before = _common.load_average()
     teacher = [f"distill.teacher.channels=[{args.teacher_channels}]", f"distill.teacher.members={args.teacher_members}"]
-    runs = _common.seeds_by_variants("generalization", args, {v: VARIANTS[v] for v in variants},
-                                     stages=["prepare", "teacher", "train", "evaluate"], extra=teacher)
-    settings = {"clips": args.clips, "epochs": args.epochs, "seeds": sorted({r["seed"] for r in runs}),
-                "variants": variants, "config": args.config, "teacher_channels": args.teacher_channels,
-                "teacher_members": args.teacher_members, "data_seed": args.data_seed, "overrides": args.set,
-                "tta": False, "quick": args.quick}
-    _common.emit("generalization", {"settings": settings, **aggregate(runs, variants), "runs": runs}, args,
-                 load_before=load_before)
+    runs = _common.seeds_by_variants(
+        "generalization",
+        args,
+        {v: VARIANTS[v] for v in variants},
+        stages=["prepare", "teacher", "train", "evaluate"],
+        extra=teacher,
+    )
+    settings = {
+        "clips": args.clips,
+        "epochs": args.epochs,
+        "seeds": sorted({r["seed"] for r in runs}),
+        "variants": variants,
+        "config": args.config,
+        "teacher_channels": args.teacher_channels,
+        "teacher_members": args.teacher_members,
+        "data_seed": args.data_seed,
+        "overrides": args.set,
+        "tta": False,
+        "quick": args.quick,
+    }
+    _common.emit(
+        "generalization",
+        {"settings": settings, **aggregate(runs, variants), "runs": runs},
+        args,
+        load_before=load_before,
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ CASES = ("keras_float", "keras_float_1thread", "tflite_int8", "tta")
 
 
 def _tf(one_thread: bool = False):
-    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import tensorflow as tf
+
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
 
     if one_thread:
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -63,8 +64,9 @@ def _load_model(path: str):
     return tf_keras.models.load_model(path)
 
 
-def prepare_case(workdir: str, model_path: str | None, config_name: str, overrides: list[str], data_root: str,
-                 calibration_clips: int) -> dict:
+def prepare_case(
+    workdir: str, model_path: str | None, config_name: str, overrides: list[str], data_root: str, calibration_clips: int
+) -> dict:
     """Child: the model file, the int8 classifier and float front end TFLite files, and the test clips."""
     import numpy as np
 
@@ -72,8 +74,8 @@ def prepare_case(workdir: str, model_path: str | None, config_name: str, overrid
     from evaluate import compress
     from models import asc
     from pipeline.core import config
-    from pipeline.data import tau as data
     from pipeline.data import inputs
+    from pipeline.data import tau as data
 
     params = config.load(config_name, overrides)
     model = _load_model(model_path) if model_path else asc.build_model(params)
@@ -88,9 +90,14 @@ def prepare_case(workdir: str, model_path: str | None, config_name: str, overrid
     classifier = asc.export_classifier(model, params)
     (work / "classifier_int8.tflite").write_bytes(compress.to_tflite(classifier, logmels))
     (work / "frontend_float.tflite").write_bytes(compress.frontend_tflite(frontend))
-    return {"params": int(asc.get_classifier(model).count_params()), "model": params.model.name,
-            "n_mels": params.audio.n_mels, "clips": len(waves), "logmel_shape": list(logmels.shape[1:]),
-            "int8_bytes": (work / "classifier_int8.tflite").stat().st_size}
+    return {
+        "params": int(asc.get_classifier(model).count_params()),
+        "model": params.model.name,
+        "n_mels": params.audio.n_mels,
+        "clips": len(waves),
+        "logmel_shape": list(logmels.shape[1:]),
+        "int8_bytes": (work / "classifier_int8.tflite").stat().st_size,
+    }
 
 
 def _time_step(tf, step, waves, batch: int, calls: int, repeats: int):
@@ -129,8 +136,11 @@ def keras_case(workdir: str, batch: int, calls: int, repeats: int, one_thread: b
     waves = np.load(Path(workdir) / "waves.npy")
     step = tf.function(lambda w: tf.nn.softmax(model(w, training=False)), reduce_retracing=True)
     latency, throughput = _time_step(tf, step, waves, batch, calls, repeats)
-    return {"latency_s": latency, "batch_s": throughput,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+    return {
+        "latency_s": latency,
+        "batch_s": throughput,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+    }
 
 
 def tflite_case(workdir: str, calls: int) -> dict:
@@ -160,12 +170,17 @@ def tflite_case(workdir: str, calls: int) -> dict:
     t_class = _latency(lambda: classifier.probabilities(logmel), calls)
     t_both = _latency(lambda: classifier.probabilities(frontend()), calls)
     _common.memory_mark("run")
-    return {"frontend_s": t_front, "classifier_s": t_class, "latency_s": t_both,
-            "input_type": str(classifier.input["dtype"].__name__)}
+    return {
+        "frontend_s": t_front,
+        "classifier_s": t_class,
+        "latency_s": t_both,
+        "input_type": str(classifier.input["dtype"].__name__),
+    }
 
 
-def tta_case(workdir: str, config_name: str, overrides: list[str], batch: int, calls: int, repeats: int,
-             copies: int) -> dict:
+def tta_case(
+    workdir: str, config_name: str, overrides: list[str], batch: int, calls: int, repeats: int, copies: int
+) -> dict:
     """Child: TTA with ``copies`` copies after the float front end, as the evaluate stage runs it."""
     import numpy as np
 
@@ -175,15 +190,21 @@ def tta_case(workdir: str, config_name: str, overrides: list[str], batch: int, c
 
     _common.memory_mark("imports")
     chunk = min(config.load(config_name, overrides).augment.tta.chunk_copies, copies)  # must not exceed n_copies
-    params = config.load(config_name, overrides + [f"augment.tta.n_copies={copies}", f"augment.tta.chunk_copies={chunk}"])
+    params = config.load(
+        config_name, overrides + [f"augment.tta.n_copies={copies}", f"augment.tta.chunk_copies={chunk}"]
+    )
     model = _load_model(os.fspath(Path(workdir) / "model.keras"))
     waves = np.load(Path(workdir) / "waves.npy")
     frontend = asc.frontend_model(model)
     predictor = asc.tta_predictor(model, params)
     step = tf.function(lambda w: predictor.probabilities(frontend(w, training=False)), reduce_retracing=True)
     latency, throughput = _time_step(tf, step, waves, batch, calls, repeats)
-    return {"latency_s": latency, "batch_s": throughput, "n_copies": predictor.n_copies,
-            "chunk_copies": predictor.chunk_copies}
+    return {
+        "latency_s": latency,
+        "batch_s": throughput,
+        "n_copies": predictor.n_copies,
+        "chunk_copies": predictor.chunk_copies,
+    }
 
 
 def main() -> None:
@@ -213,19 +234,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         data_root = Path(tmp) / "data"
         synthetic.generate(data_root, n_clips=max(30, args.clips), seed=0, workers=1, progress=False)
-        prep = _common.run_child(prepare_case, tmp, args.model, args.config, list(args.set), os.fspath(data_root),
-                                 min(args.clips, 64))["result"]
+        prep = _common.run_child(
+            prepare_case, tmp, args.model, args.config, list(args.set), os.fspath(data_root), min(args.clips, 64)
+        )["result"]
         for r in range(args.rounds):
             for case in cases:
                 _common.logger.info("round %d/%d: %s", r + 1, args.rounds, case)
                 if case.startswith("keras_float"):
-                    out = _common.run_child(keras_case, tmp, args.batch, args.latency_calls, args.repeats,
-                                            case.endswith("1thread"))
+                    out = _common.run_child(
+                        keras_case, tmp, args.batch, args.latency_calls, args.repeats, case.endswith("1thread")
+                    )
                 elif case == "tflite_int8":
                     out = _common.run_child(tflite_case, tmp, args.latency_calls)
                 else:
-                    out = _common.run_child(tta_case, tmp, args.config, list(args.set), args.batch,
-                                            max(5, args.latency_calls // 5), max(2, args.repeats // 2), args.copies)
+                    out = _common.run_child(
+                        tta_case,
+                        tmp,
+                        args.config,
+                        list(args.set),
+                        args.batch,
+                        max(5, args.latency_calls // 5),
+                        max(2, args.repeats // 2),
+                        args.copies,
+                    )
                 runs[case].append(out)
 
     def ms(values):
@@ -235,8 +266,11 @@ def main() -> None:
     for case, outs in runs.items():
         res = [o["result"] for o in outs]
         lat = [t for r in res for t in r["latency_s"]]
-        block = {"latency_ms": ms(lat), "latency_ms_min": round(1000 * min(lat), 3),
-                 "latency_clips_per_s": _common.rate(1, _common.median(lat))}
+        block = {
+            "latency_ms": ms(lat),
+            "latency_ms_min": round(1000 * min(lat), 3),
+            "latency_clips_per_s": _common.rate(1, _common.median(lat)),
+        }
         if "batch_s" in res[0]:
             bs = [t for r in res for t in r["batch_s"]]
             block["batch"] = args.batch
@@ -262,12 +296,24 @@ def main() -> None:
         figures["tta_vs_float_batch_time"] = _common.ratio(tta["batch_ms"], plain["batch_ms"], 2)
     if "tflite_int8" in figures and "keras_float_1thread" in figures:
         figures["tflite_int8_vs_keras_1thread_latency"] = _common.ratio(
-            figures["tflite_int8"]["latency_ms"], figures["keras_float_1thread"]["latency_ms"], 3)
-    settings = {"config": args.config, "overrides": args.set, "model_file": args.model or "untrained (build_model)",
-                "model": prep["model"], "classifier_params": prep["params"], "n_mels": prep["n_mels"],
-                "logmel_shape": prep["logmel_shape"], "int8_tflite_file_bytes": prep["int8_bytes"],
-                "batch": args.batch, "latency_calls": args.latency_calls, "repeats": args.repeats,
-                "rounds": args.rounds, "tta_copies": args.copies, "quick": args.quick}
+            figures["tflite_int8"]["latency_ms"], figures["keras_float_1thread"]["latency_ms"], 3
+        )
+    settings = {
+        "config": args.config,
+        "overrides": args.set,
+        "model_file": args.model or "untrained (build_model)",
+        "model": prep["model"],
+        "classifier_params": prep["params"],
+        "n_mels": prep["n_mels"],
+        "logmel_shape": prep["logmel_shape"],
+        "int8_tflite_file_bytes": prep["int8_bytes"],
+        "batch": args.batch,
+        "latency_calls": args.latency_calls,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "tta_copies": args.copies,
+        "quick": args.quick,
+    }
     _common.emit("inference", {"settings": settings, **figures}, args, load_before=load_before)
 
 

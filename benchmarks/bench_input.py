@@ -84,9 +84,21 @@ def librosa_case(root: str, config_name: str, n_mels: int, passes: int) -> dict:
     _common.memory_mark("imports")
     a = _audio(config_name, n_mels).audio
     files = _files(root)
-    kwargs = {"sr": a.sample_rate_hz, "n_fft": a.n_fft, "win_length": a.win_length, "hop_length": a.hop_length,
-              "n_mels": a.n_mels, "fmin": a.fmin_hz, "fmax": a.fmax_hz, "window": a.window, "center": a.center,
-              "pad_mode": "reflect", "power": a.power, "htk": a.mel_scale == "htk", "norm": "slaney"}
+    kwargs = {
+        "sr": a.sample_rate_hz,
+        "n_fft": a.n_fft,
+        "win_length": a.win_length,
+        "hop_length": a.hop_length,
+        "n_mels": a.n_mels,
+        "fmin": a.fmin_hz,
+        "fmax": a.fmax_hz,
+        "window": a.window,
+        "center": a.center,
+        "pad_mode": "reflect",
+        "power": a.power,
+        "htk": a.mel_scale == "htk",
+        "norm": "slaney",
+    }
     if a.log != "natural":
         raise ValueError(f"bench_input compares the natural log front end, config has audio.log={a.log!r}")
     _common.memory_mark("setup")
@@ -114,8 +126,14 @@ def librosa_case(root: str, config_name: str, n_mels: int, passes: int) -> dict:
         loads.append(t_load)
         feats.append(t_feat)
     _common.memory_mark("run")
-    return {"clips": len(files), "pass_s": totals, "load_s": loads, "features_s": feats,
-            "output_shape": list(shape), "res_type": "soxr_hq"}
+    return {
+        "clips": len(files),
+        "pass_s": totals,
+        "load_s": loads,
+        "features_s": feats,
+        "output_shape": list(shape),
+        "res_type": "soxr_hq",
+    }
 
 
 def tfio_resample(x, sample_rate, *, target_rate, source_rates, max_out=None, name=None):
@@ -142,19 +160,29 @@ def resampler_speed(passes: int, seconds: float = 10.0) -> dict:
     for orig in (48000, 22050, 16000):
         x = np.random.default_rng(0).uniform(-0.5, 0.5, int(seconds * orig)).astype(np.float32)
         resampler = Resampler(orig, 44100)
-        times = _common.interleaved({
-            "numpy": lambda r=resampler, x=x: [r(x) for _ in range(5)],
-            "soxr_hq": lambda o=orig, x=x: [soxr.resample(x, o, 44100, quality="HQ") for _ in range(5)],
-        }, passes, warmup=1)
+        times = _common.interleaved(
+            {
+                "numpy": lambda r=resampler, x=x: [r(x) for _ in range(5)],
+                "soxr_hq": lambda o=orig, x=x: [soxr.resample(x, o, 44100, quality="HQ") for _ in range(5)],
+            },
+            passes,
+            warmup=1,
+        )
         ms = {k: round(1000 * _common.median(v) / 5 / seconds, 4) for k, v in times.items()}
-        out[f"{orig}hz"] = {"numpy_ms_per_audio_s": ms["numpy"], "soxr_hq_ms_per_audio_s": ms["soxr_hq"],
-                            "ratio_numpy_vs_soxr_speed": _common.ratio(ms["soxr_hq"], ms["numpy"]),
-                            "up": resampler.up, "down": resampler.down, "frame_len": resampler.frame_len}
+        out[f"{orig}hz"] = {
+            "numpy_ms_per_audio_s": ms["numpy"],
+            "soxr_hq_ms_per_audio_s": ms["soxr_hq"],
+            "ratio_numpy_vs_soxr_speed": _common.ratio(ms["soxr_hq"], ms["numpy"]),
+            "up": resampler.up,
+            "down": resampler.down,
+            "frame_len": resampler.frame_len,
+        }
     return out
 
 
-def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: int, one_thread: bool,
-                tfio_resampler: bool = False) -> dict:
+def tfdata_case(
+    root: str, config_name: str, n_mels: int, passes: int, batch: int, one_thread: bool, tfio_resampler: bool = False
+) -> dict:
     """pipeline.data.inputs.eval_dataset -> LogMel per batch (tf.function); optionally on one thread."""
     import time  # noqa: I001  (pipeline.core.env must come before TensorFlow)
 
@@ -165,8 +193,8 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from models import asc
-    from pipeline.data import tau as data
     from pipeline.data import inputs
+    from pipeline.data import tau as data
 
     if tfio_resampler:  # the previous code: the pipeline with tensorflow-io's resampler (this child only)
         inputs.resample = tfio_resample
@@ -214,11 +242,16 @@ def tfdata_case(root: str, config_name: str, n_mels: int, passes: int, batch: in
 
     halves = _common.interleaved({"decode": decode_only, "logmel": logmel_only}, passes, warmup=1)
     _common.memory_mark("halves")
-    return {"clips": n, "pass_s": totals, "decode_only_s": halves["decode"], "logmel_only_s": halves["logmel"],
-            "output_shape": [int(d) for d in shape],
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "resampler": "tfio.audio.resample (speex)" if tfio_resampler else "polyphase (tf.signal.frame + matmul)",
-            "num_parallel_calls": params.data.num_parallel_calls}
+    return {
+        "clips": n,
+        "pass_s": totals,
+        "decode_only_s": halves["decode"],
+        "logmel_only_s": halves["logmel"],
+        "output_shape": [int(d) for d in shape],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "resampler": "tfio.audio.resample (speex)" if tfio_resampler else "polyphase (tf.signal.frame + matmul)",
+        "num_parallel_calls": params.data.num_parallel_calls,
+    }
 
 
 # --------------------------------------------------------------------------- parent
@@ -239,10 +272,14 @@ def _summarise_case(case: str, runs: list[dict]) -> dict:
     clips = runs[0]["result"]["clips"]
     totals = [t for r in runs for t in r["result"]["pass_s"]]
     med = _common.median(totals)
-    out = {"clips": clips, "clips_per_s": _common.rate(clips, med), "ms_per_clip": round(1000 * med / clips, 3),
-           "pass": _common.summarize(totals),
-           "peak_rss_mb": max(r["memory"]["peak_rss_mb"] for r in runs),
-           "memory_phases": runs[-1]["memory"]["phases"]}
+    out = {
+        "clips": clips,
+        "clips_per_s": _common.rate(clips, med),
+        "ms_per_clip": round(1000 * med / clips, 3),
+        "pass": _common.summarize(totals),
+        "peak_rss_mb": max(r["memory"]["peak_rss_mb"] for r in runs),
+        "memory_phases": runs[-1]["memory"]["phases"],
+    }
     res = runs[0]["result"]
     if case == "librosa":
         loads = [t for r in runs for t in r["result"]["load_s"]]
@@ -298,8 +335,16 @@ def main() -> None:
                     if case == "librosa":
                         out = _common.run_child(librosa_case, roots[rate], args.config, args.n_mels, args.passes)
                     else:
-                        out = _common.run_child(tfdata_case, roots[rate], args.config, args.n_mels, args.passes,
-                                                args.batch, case == "tfdata_1thread", case == "tfdata_tfio_resample")
+                        out = _common.run_child(
+                            tfdata_case,
+                            roots[rate],
+                            args.config,
+                            args.n_mels,
+                            args.passes,
+                            args.batch,
+                            case == "tfdata_1thread",
+                            case == "tfdata_tfio_resample",
+                        )
                     runs[rate][case].append(out)
 
     figures: dict = {}
@@ -308,14 +353,23 @@ def main() -> None:
         if "librosa" in block:
             for case in list(block):
                 if case != "librosa":
-                    block[f"ratio_{case}_vs_librosa"] = _common.ratio(block[case]["clips_per_s"],
-                                                                     block["librosa"]["clips_per_s"])
+                    block[f"ratio_{case}_vs_librosa"] = _common.ratio(
+                        block[case]["clips_per_s"], block["librosa"]["clips_per_s"]
+                    )
         figures[f"file_{rate}hz"] = block
     _common.logger.info("resampler alone: numpy vs soxr")
     figures["resampler_numpy_vs_soxr"] = _common.run_child(resampler_speed, args.passes)["result"]
-    settings = {"clips": args.clips, "passes": args.passes, "rounds": args.rounds, "batch": args.batch,
-                "config": args.config, "n_mels": args.n_mels, "target_rate_hz": 44100, "quick": args.quick,
-                "file_format": "WAV PCM 24-bit mono, 1 s"}
+    settings = {
+        "clips": args.clips,
+        "passes": args.passes,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "config": args.config,
+        "n_mels": args.n_mels,
+        "target_rate_hz": 44100,
+        "quick": args.quick,
+        "file_format": "WAV PCM 24-bit mono, 1 s",
+    }
     _common.emit("input", {"settings": settings, **figures}, args, load_before=load_before)
 
 

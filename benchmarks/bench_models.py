@@ -38,10 +38,14 @@ def aggregate(runs: list[dict], models: list[str]) -> dict:
     for m in models:
         rs = sorted((r for r in runs if r["variant"] == m), key=lambda r: r["seed"])
         c = rs[0]["complexity"]
-        out["models"][m] = {**stats[m], "params": c["params"], "macs": c["macs"],
-                            "int8_bytes_estimate": c["size_bytes"],
-                            "train_seconds": _common.seed_stats([r["train_seconds"] for r in rs]),
-                            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+        out["models"][m] = {
+            **stats[m],
+            "params": c["params"],
+            "macs": c["macs"],
+            "int8_bytes_estimate": c["size_bytes"],
+            "train_seconds": _common.seed_stats([r["train_seconds"] for r in rs]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        }
     if len(models) >= 2:
         out[f"difference_{models[0]}_minus_{models[1]}"] = _common.paired_difference(runs, models[0], models[1])
     return out
@@ -56,13 +60,23 @@ def main() -> None:
         args.clips, args.epochs, args.seeds = 200, 1, "0,1"
     models = [m for m in args.models.split(",") if m]
     load_before = _common.load_average()
-    runs = _common.seeds_by_variants("models", args, {m: [f"model.name={m}"] for m in models},
-                                     stages=["prepare", "train", "evaluate"], force=True)
+    runs = _common.seeds_by_variants(
+        "models", args, {m: [f"model.name={m}"] for m in models}, stages=["prepare", "train", "evaluate"], force=True
+    )
     summary = aggregate(runs, models)
     compact = [{k: v for k, v in r.items() if k != "complexity"} for r in runs]  # complexity: once per model
-    settings = {"clips": args.clips, "epochs": args.epochs, "seeds": sorted({r["seed"] for r in runs}),
-                "models": models, "config": args.config, "data_seed": args.data_seed, "overrides": args.set,
-                "tta": False, "quick": args.quick, "split": "evaluate (30% of the clips; unseen devices S4-S6)"}
+    settings = {
+        "clips": args.clips,
+        "epochs": args.epochs,
+        "seeds": sorted({r["seed"] for r in runs}),
+        "models": models,
+        "config": args.config,
+        "data_seed": args.data_seed,
+        "overrides": args.set,
+        "tta": False,
+        "quick": args.quick,
+        "split": "evaluate (30% of the clips; unseen devices S4-S6)",
+    }
     _common.emit("models", {"settings": settings, **summary, "runs": compact}, args, load_before=load_before)
 
 

@@ -47,8 +47,9 @@ def _run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}"
-                           f"\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return time.perf_counter() - t0
 
 
@@ -57,9 +58,14 @@ def _figures(workdir: Path, steps: int, wall: float) -> dict:
     train_s, epoch_s = history["train_seconds"][1:], history["epoch_seconds"][1:]
     if not train_s:
         raise RuntimeError("need at least 2 epochs (epoch 1 traces the graphs and is left out)")
-    return {"steps_per_epoch": steps, "steps_per_s": _common.rate(steps, _common.median(train_s)),
-            "epoch_seconds": round(_common.median(epoch_s), 3), "first_epoch_seconds": round(history["epoch_seconds"][0], 3),
-            "final_loss": history["loss"][-1], "wall_seconds": round(wall, 1)}
+    return {
+        "steps_per_epoch": steps,
+        "steps_per_s": _common.rate(steps, _common.median(train_s)),
+        "epoch_seconds": round(_common.median(epoch_s), 3),
+        "first_epoch_seconds": round(history["epoch_seconds"][0], 3),
+        "final_loss": history["loss"][-1],
+        "wall_seconds": round(wall, 1),
+    }
 
 
 def main() -> None:
@@ -83,14 +89,23 @@ def main() -> None:
     try:
         data = tmp / "tau"
         synthetic.generate(data, n_clips=args.clips, seed=0, workers=1, progress=False)
-        base = {"data.source": str(data), "train.epochs": args.epochs, "train.batch_size": args.batch,
-                "train.progress_bar": "false", "tracking.experiment": "bench-multiworker"}
+        base = {
+            "data.source": str(data),
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch,
+            "train.progress_bar": "false",
+            "tracking.experiment": "bench-multiworker",
+        }
         if args.quick:
             base.update({"audio.n_mels": 32, "model.channels": "[8, 8, 16, 16]", "model.hidden_units": 16})
 
         def sets(workdir: Path, **extra) -> list[str]:
-            values = {**base, "tracking.uri": f"sqlite:///{workdir}/mlflow.db",
-                      "tracking.artifact_root": f"{workdir}/mlruns", **extra}
+            values = {
+                **base,
+                "tracking.uri": f"sqlite:///{workdir}/mlflow.db",
+                "tracking.artifact_root": f"{workdir}/mlruns",
+                **extra,
+            }
             return [a for kv in [*(f"{k}={v}" for k, v in values.items()), *args.overrides] for a in ("--set", kv)]
 
         prepared = tmp / "prepared"
@@ -101,15 +116,26 @@ def main() -> None:
         for name, launcher in (("one", []), ("two", [sys.executable, "-m", "pipeline.launch", "--workers", "2", "--"])):
             workdir = tmp / name
             shutil.copytree(prepared / "prepare", workdir / "prepare")
-            cmd = (launcher or [sys.executable, "-m", "pipeline.run"]) + ["--stage", "train", "--workdir", str(workdir),
-                                                                          *sets(workdir)]
+            cmd = (launcher or [sys.executable, "-m", "pipeline.run"]) + [
+                "--stage",
+                "train",
+                "--workdir",
+                str(workdir),
+                *sets(workdir),
+            ]
             results[name] = _figures(workdir, steps, _run(cmd))
         one, two = results["one"], results["two"]
         overhead = 1000.0 * (1.0 / two["steps_per_s"] - 1.0 / one["steps_per_s"])
-        figures = {"clips": args.clips, "epochs": args.epochs, "global_batch": args.batch, "one": one, "two": two,
-                   "ratio_steps_per_s": _common.ratio(two["steps_per_s"], one["steps_per_s"]),
-                   "ratio_epoch_seconds": _common.ratio(two["epoch_seconds"], one["epoch_seconds"]),
-                   "per_step_overhead_ms": round(max(0.0, overhead), 1)}
+        figures = {
+            "clips": args.clips,
+            "epochs": args.epochs,
+            "global_batch": args.batch,
+            "one": one,
+            "two": two,
+            "ratio_steps_per_s": _common.ratio(two["steps_per_s"], one["steps_per_s"]),
+            "ratio_epoch_seconds": _common.ratio(two["epoch_seconds"], one["epoch_seconds"]),
+            "per_step_overhead_ms": round(max(0.0, overhead), 1),
+        }
         _common.emit("multiworker", figures, args, load_before=load_before)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

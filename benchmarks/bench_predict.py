@@ -58,8 +58,8 @@ def prepare_case(out: str, config_name: str) -> dict:
     from evaluate.complexity import tflite_complexity
     from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
     from models import asc
-    from pipeline.inference import package
     from pipeline.core import config, files
+    from pipeline.inference import package
 
     params = config.load(config_name)
     model = asc.build_model(params)
@@ -75,8 +75,14 @@ def prepare_case(out: str, config_name: str) -> dict:
     cost = tflite_complexity(root / "model_int8.tflite")
     cx = {k: cost[k] for k in ("params", "size_bytes", "macs")}
     cx["limits"] = {"max_bytes": MAX_BYTES, "max_macs": MAX_MACS}
-    package.build_package(root / "compress", frontend_tflite=cz.frontend_tflite(frontend), classifier_tflite=int8,
-                          params=params, metrics={}, complexity=cx)
+    package.build_package(
+        root / "compress",
+        frontend_tflite=cz.frontend_tflite(frontend),
+        classifier_tflite=int8,
+        params=params,
+        metrics={},
+        complexity=cx,
+    )
     return {"config": config_name, "macs": cx["macs"], "size_bytes": cx["size_bytes"]}
 
 
@@ -126,20 +132,30 @@ def main() -> None:
                 _common.logger.info("round %d/%d: %s on %s", r + 1, args.rounds, engine, name)
                 model = workdir / ("compress/package" if engine == "int8" else "train/model.keras")
                 runs.setdefault(f"{engine}_{name}", []).append(
-                    _common.run_child(predict_case, engine, str(model), paths[name]))
+                    _common.run_child(predict_case, engine, str(model), paths[name])
+                )
     figures = {}
     for case, outs in runs.items():
         wall = _common.median([o["result"]["seconds"] for o in outs])
         audio = outs[0]["result"]["audio_seconds"]
         phases = outs[-1]["memory"]["phases"]
-        figures[case] = {"realtime_factor": _common.rate(audio, wall), "seconds": round(wall, 3),
-                         "audio_seconds": audio, "windows": outs[0]["result"]["windows"],
-                         "peak_rss_mb": _common.median([o["memory"]["peak_rss_mb"] for o in outs]),
-                         "setup_peak_mb": phases.get("setup", {}).get("peak_mb"),
-                         "run_peak_mb": phases.get("run", {}).get("peak_mb"),
-                         "runs": [round(o["result"]["seconds"], 3) for o in outs]}
-    settings = {"model": model_source, "seconds": args.seconds, "rounds": args.rounds, "quick": args.quick,
-                "files": {k: {"sample_rate": v[0], "channels": v[1]} for k, v in FILES.items()}}
+        figures[case] = {
+            "realtime_factor": _common.rate(audio, wall),
+            "seconds": round(wall, 3),
+            "audio_seconds": audio,
+            "windows": outs[0]["result"]["windows"],
+            "peak_rss_mb": _common.median([o["memory"]["peak_rss_mb"] for o in outs]),
+            "setup_peak_mb": phases.get("setup", {}).get("peak_mb"),
+            "run_peak_mb": phases.get("run", {}).get("peak_mb"),
+            "runs": [round(o["result"]["seconds"], 3) for o in outs],
+        }
+    settings = {
+        "model": model_source,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "quick": args.quick,
+        "files": {k: {"sample_rate": v[0], "channels": v[1]} for k, v in FILES.items()},
+    }
     _common.emit("predict", {"settings": settings, **figures}, args, load_before=load_before)
 
 

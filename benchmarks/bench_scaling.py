@@ -40,6 +40,7 @@ def scaling_case(config_name: str, overrides: list[str], workdir: str) -> dict:
     import time
 
     import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
+
     logging.basicConfig(level=logging.WARNING, force=True)
     from pipeline.core import config
     from pipeline.running import runner
@@ -54,8 +55,12 @@ def scaling_case(config_name: str, overrides: list[str], workdir: str) -> dict:
     stage_seconds = time.perf_counter() - start
     _common.memory_mark("train")
     history = json.loads((work / "train" / "history.json").read_text())["history"]
-    return {"epoch_seconds": history["epoch_seconds"], "train_stage_seconds": stage_seconds,
-            "batch_size": params.train.batch_size, "clip_samples": params.audio.clip_samples}
+    return {
+        "epoch_seconds": history["epoch_seconds"],
+        "train_stage_seconds": stage_seconds,
+        "batch_size": params.train.batch_size,
+        "clip_samples": params.audio.clip_samples,
+    }
 
 
 def main() -> None:
@@ -77,8 +82,8 @@ def main() -> None:
         p.error("--sizes needs at least two sizes")
     load_before = _common.load_average()
 
-    from pipeline.data import tau as data
     from pipeline.data import synthetic
+    from pipeline.data import tau as data
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
@@ -90,27 +95,38 @@ def main() -> None:
             raise SystemExit(f"the synthetic set has {n_train} train clips, fewer than {max(sizes)}")
         store = Path(tmp) / "mlruns"
         for size in sizes:
-            overrides = [f"data.source={root.resolve()}", f"data.max_train_clips={size}",
-                         f"data.max_eval_clips={args.eval_clips}", f"data.cache={args.cache}",
-                         f"train.epochs={args.epochs}", "train.progress_bar=false", f"seed={args.seed}",
-                         f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
-                         f"tracking.artifact_root={store.resolve()}", "tracking.experiment=bench-scaling", *args.set]
+            overrides = [
+                f"data.source={root.resolve()}",
+                f"data.max_train_clips={size}",
+                f"data.max_eval_clips={args.eval_clips}",
+                f"data.cache={args.cache}",
+                f"train.epochs={args.epochs}",
+                "train.progress_bar=false",
+                f"seed={args.seed}",
+                f"tracking.uri=sqlite:///{(store / 'mlflow.db').resolve()}",
+                f"tracking.artifact_root={store.resolve()}",
+                "tracking.experiment=bench-scaling",
+                *args.set,
+            ]
             _common.logger.info("train stage on %d clips (%d epoch(s), cache=%s)", size, args.epochs, args.cache)
             out = _common.run_child(scaling_case, args.config, overrides, os.fspath(Path(tmp) / f"work-{size}"))
             res, mem = out["result"], out["memory"]
             epoch_s = res["epoch_seconds"]
-            results.append({
-                "train_clips": size, "steps_per_epoch": math.ceil(size / res["batch_size"]),
-                "epoch_seconds": [round(s, 2) for s in epoch_s],
-                "last_epoch_seconds": round(epoch_s[-1], 2),
-                "ms_per_clip": round(1000 * epoch_s[-1] / size, 2),
-                "train_stage_seconds": round(res["train_stage_seconds"], 1),
-                "train_stage_peak_mb": mem["phases"]["train"]["peak_mb"],
-                "prepare_peak_mb": mem["phases"]["prepare"]["peak_mb"],
-                "peak_rss_mb": mem["peak_rss_mb"],
-                "cache_would_need_mb": round(size * res["clip_samples"] * 4 / _common.MB, 1),
-                "load_average": _common.load_average(),
-            })
+            results.append(
+                {
+                    "train_clips": size,
+                    "steps_per_epoch": math.ceil(size / res["batch_size"]),
+                    "epoch_seconds": [round(s, 2) for s in epoch_s],
+                    "last_epoch_seconds": round(epoch_s[-1], 2),
+                    "ms_per_clip": round(1000 * epoch_s[-1] / size, 2),
+                    "train_stage_seconds": round(res["train_stage_seconds"], 1),
+                    "train_stage_peak_mb": mem["phases"]["train"]["peak_mb"],
+                    "prepare_peak_mb": mem["phases"]["prepare"]["peak_mb"],
+                    "peak_rss_mb": mem["peak_rss_mb"],
+                    "cache_would_need_mb": round(size * res["clip_samples"] * 4 / _common.MB, 1),
+                    "load_average": _common.load_average(),
+                }
+            )
 
     xs = [r["train_clips"] for r in results]
     time_fit = _common.linear_fit(xs, [r["last_epoch_seconds"] for r in results])
@@ -118,17 +134,30 @@ def main() -> None:
     mem_fit = _common.linear_fit(xs, mem_values)
     figures = {
         "sizes": results,
-        "time_per_epoch_fit": {"ms_per_clip": round(1000 * time_fit["slope"], 3),
-                               "intercept_s": round(time_fit["intercept"], 2), "r2": time_fit["r2"]},
-        "memory_fit": {"mb_per_1000_clips": round(1000 * mem_fit["slope"], 2),
-                       "intercept_mb": round(mem_fit["intercept"], 1),
-                       "min_mb": min(mem_values), "max_mb": max(mem_values),
-                       "max_over_min": round(max(mem_values) / min(mem_values), 3)},
+        "time_per_epoch_fit": {
+            "ms_per_clip": round(1000 * time_fit["slope"], 3),
+            "intercept_s": round(time_fit["intercept"], 2),
+            "r2": time_fit["r2"],
+        },
+        "memory_fit": {
+            "mb_per_1000_clips": round(1000 * mem_fit["slope"], 2),
+            "intercept_mb": round(mem_fit["intercept"], 1),
+            "min_mb": min(mem_values),
+            "max_mb": max(mem_values),
+            "max_over_min": round(max(mem_values) / min(mem_values), 3),
+        },
         "time_largest_over_smallest": round(results[-1]["last_epoch_seconds"] / results[0]["last_epoch_seconds"], 3),
         "size_largest_over_smallest": round(xs[-1] / xs[0], 3),
     }
-    settings = {"sizes": sizes, "epochs": args.epochs, "eval_clips": args.eval_clips, "cache": args.cache,
-                "config": args.config, "overrides": args.set, "quick": args.quick}
+    settings = {
+        "sizes": sizes,
+        "epochs": args.epochs,
+        "eval_clips": args.eval_clips,
+        "cache": args.cache,
+        "config": args.config,
+        "overrides": args.set,
+        "quick": args.quick,
+    }
     _common.emit("scaling", {"settings": settings, **figures}, args, load_before=load_before)
 
 

@@ -25,20 +25,32 @@ from pathlib import Path
 from pipeline.data import synthetic
 
 
-def run(root: Path, clips: int, workers: int, sample_rate_hz: int, clip_seconds: float,
-        seed: int) -> dict:
+def run(root: Path, clips: int, workers: int, sample_rate_hz: int, clip_seconds: float, seed: int) -> dict:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    synthetic.generate(root, n_clips=clips, seed=seed, sample_rate_hz=sample_rate_hz,
-                       clip_seconds=clip_seconds, workers=workers, progress=False)
+    synthetic.generate(
+        root,
+        n_clips=clips,
+        seed=seed,
+        sample_rate_hz=sample_rate_hz,
+        clip_seconds=clip_seconds,
+        workers=workers,
+        progress=False,
+    )
     seconds = time.perf_counter() - started
     audio_bytes = sum(e.stat().st_size for e in os.scandir(root / "audio"))
-    return {"clips": clips, "seconds": round(seconds, 2),
-            "clips_per_second": round(clips / seconds, 1),
-            "workers": workers or os.cpu_count(), "cpu_count": os.cpu_count(),
-            "sample_rate_hz": sample_rate_hz, "clip_seconds": clip_seconds,
-            "audio_bytes": audio_bytes, "load_average_before": round(load_before, 2),
-            "load_average_after": round(os.getloadavg()[0], 2)}
+    return {
+        "clips": clips,
+        "seconds": round(seconds, 2),
+        "clips_per_second": round(clips / seconds, 1),
+        "workers": workers or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "sample_rate_hz": sample_rate_hz,
+        "clip_seconds": clip_seconds,
+        "audio_bytes": audio_bytes,
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def main() -> None:
@@ -48,13 +60,22 @@ def main() -> None:
     parser.add_argument("--sample-rate-hz", type=int, default=44100)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--root", type=Path, default=None,
-                        help="write the set here and keep it (a new directory or one written "
-                             "by the generator before; it is regenerated)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="write the set here and keep it (a new directory or one written "
+        "by the generator before; it is regenerated)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    settings = dict(clips=args.clips, workers=args.workers, sample_rate_hz=args.sample_rate_hz,
-                    clip_seconds=args.clip_seconds, seed=args.seed)
+    settings = dict(
+        clips=args.clips,
+        workers=args.workers,
+        sample_rate_hz=args.sample_rate_hz,
+        clip_seconds=args.clip_seconds,
+        seed=args.seed,
+    )
     if args.root is not None:
         marker = args.root / synthetic.MARKER
         if marker.exists():

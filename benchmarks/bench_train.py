@@ -45,22 +45,23 @@ import _common
 import _train_timing
 
 
-def train_case(root: str, config_name: str, overrides: list[str], steps: int, warmup: int, repeats: int,
-               epochs: int, workdir: str) -> dict:
+def train_case(
+    root: str, config_name: str, overrides: list[str], steps: int, warmup: int, repeats: int, epochs: int, workdir: str
+) -> dict:
     """Child: per repeat, the bare fit on files and on memory, then the training task's fit."""
     import importlib
     import time
 
-    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import numpy as np
     import tensorflow as tf
     import tf_keras
 
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     from models import asc
-    from pipeline.data import tau as data
-    from pipeline.data import inputs
-    from pipeline.running import training
     from pipeline.core import config
+    from pipeline.data import inputs
+    from pipeline.data import tau as data
+    from pipeline.running import training
     from pipeline.running.stages.base import clips
 
     train_stage = importlib.import_module("pipeline.running.task")  # the training task: build_model, fit, load
@@ -79,12 +80,14 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
 
     file_params = config.load(config_name, overrides + ["data.cache=none"])
     mem_params = config.load(config_name, overrides + ["data.cache=memory"])
-    file_ds, _ = inputs.train_dataset(tr, root, file_params.audio, file_params.data, batch_size=batch,
-                                      seed=params.seed, start_epoch=0, epochs=many)
+    file_ds, _ = inputs.train_dataset(
+        tr, root, file_params.audio, file_params.data, batch_size=batch, seed=params.seed, start_epoch=0, epochs=many
+    )
     _common.memory_mark("setup")
     t0 = time.perf_counter()
-    mem_ds, _ = inputs.train_dataset(tr, root, mem_params.audio, mem_params.data, batch_size=batch,
-                                     seed=params.seed, start_epoch=0, epochs=many)
+    mem_ds, _ = inputs.train_dataset(
+        tr, root, mem_params.audio, mem_params.data, batch_size=batch, seed=params.seed, start_epoch=0, epochs=many
+    )
     cache_seconds = time.perf_counter() - t0
     _common.memory_mark("cache")
 
@@ -99,7 +102,7 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
     def bare(ds) -> float:
         stamps = Stamps()
         model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[stamps])
-        t = stamps.times[warmup - 1:]
+        t = stamps.times[warmup - 1 :]
         return (len(t) - 1) / (t[-1] - t[0])
 
     def stage(r: int) -> dict:
@@ -111,10 +114,16 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
         rows = []
         for t in clock.finish():
             total = t["epoch_seconds"] + t["callback_seconds"]
-            rows.append({"train_seconds": t["train_seconds"], "validation_seconds": t["validation_seconds"],
-                         "callback_seconds": t["callback_seconds"], "epoch_seconds": total,
-                         "train_steps_per_s": steps_per_epoch / t["train_seconds"],
-                         "epoch_steps_per_s": steps_per_epoch / total})
+            rows.append(
+                {
+                    "train_seconds": t["train_seconds"],
+                    "validation_seconds": t["validation_seconds"],
+                    "callback_seconds": t["callback_seconds"],
+                    "epoch_seconds": total,
+                    "train_steps_per_s": steps_per_epoch / t["train_seconds"],
+                    "epoch_steps_per_s": steps_per_epoch / total,
+                }
+            )
         later = rows[1:] or rows
         med = {k: float(np.median([row[k] for row in later])) for k in later[0]}
         med["first_epoch_extra_seconds"] = rows[0]["epoch_seconds"] - med["epoch_seconds"]
@@ -143,12 +152,23 @@ def train_case(root: str, config_name: str, overrides: list[str], steps: int, wa
         for _ in range(n_batches):
             next(it)
         input_rates.append(n_batches / (time.perf_counter() - start))
-    return {"rates": rates, "stages": stages, "loads": loads, "input_rates": input_rates, "train_clips": len(tr),
-            "eval_clips": len(ev), "steps_per_epoch": steps_per_epoch, "batch_size": batch,
-            "eval_batch_size": params.evaluate.batch_size, "cache_seconds": cache_seconds,
-            "model": params.model.name, "params": int(model.count_params()), "n_mels": params.audio.n_mels,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {
+        "rates": rates,
+        "stages": stages,
+        "loads": loads,
+        "input_rates": input_rates,
+        "train_clips": len(tr),
+        "eval_clips": len(ev),
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch,
+        "eval_batch_size": params.evaluate.batch_size,
+        "cache_seconds": cache_seconds,
+        "model": params.model.name,
+        "params": int(model.count_params()),
+        "n_mels": params.audio.n_mels,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
 
 
 def main() -> None:
@@ -177,20 +197,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = args.root or Path(tmp) / "data"
         synthetic.generate(root, n_clips=args.clips, seed=args.seed, workers=2, progress=False)
-        out = _common.run_child(train_case, os.fspath(root), args.config, list(args.set), args.steps, args.warmup,
-                                args.repeats, args.epochs, os.fspath(Path(tmp) / "work"))
+        out = _common.run_child(
+            train_case,
+            os.fspath(root),
+            args.config,
+            list(args.set),
+            args.steps,
+            args.warmup,
+            args.repeats,
+            args.epochs,
+            os.fspath(Path(tmp) / "work"),
+        )
     res, mem = out["result"], out["memory"]
     batch = res["batch_size"]
     figures: dict = {}
     for name in ("file", "memory"):
         med = _common.median(res["rates"][name])
-        figures[name] = {"steps_per_s": round(med, 3), "clips_per_s": round(med * batch, 1),
-                         "ms_per_step": round(1000 / med, 1),
-                         "steps_per_s_repeats": [round(r, 3) for r in res["rates"][name]]}
+        figures[name] = {
+            "steps_per_s": round(med, 3),
+            "clips_per_s": round(med * batch, 1),
+            "ms_per_step": round(1000 / med, 1),
+            "steps_per_s_repeats": [round(r, 3) for r in res["rates"][name]],
+        }
     stages = res["stages"]
-    stage = {k: round(_common.median([s[k] for s in stages]), 3)
-             for k in ("train_steps_per_s", "epoch_steps_per_s", "train_seconds", "validation_seconds",
-                       "callback_seconds", "epoch_seconds", "first_epoch_extra_seconds", "stage_seconds")}
+    stage = {
+        k: round(_common.median([s[k] for s in stages]), 3)
+        for k in (
+            "train_steps_per_s",
+            "epoch_steps_per_s",
+            "train_seconds",
+            "validation_seconds",
+            "callback_seconds",
+            "epoch_seconds",
+            "first_epoch_extra_seconds",
+            "stage_seconds",
+        )
+    }
     stage["train_steps_per_s_repeats"] = [round(s["train_steps_per_s"], 3) for s in stages]
     stage["epoch_steps_per_s_repeats"] = [round(s["epoch_steps_per_s"], 3) for s in stages]
     stage["epochs_per_repeat"] = [[{k: round(v, 3) for k, v in row.items()} for row in s["epochs"]] for s in stages]
@@ -199,9 +241,9 @@ def main() -> None:
     # to the load drifting between repeats than the ratio of medians.
     file_rates = res["rates"]["file"]
     pairs = {
-        "ratio_stage_vs_bare": [s["train_steps_per_s"] / f for s, f in zip(stages, file_rates)],
-        "ratio_stage_epoch_vs_bare": [s["epoch_steps_per_s"] / f for s, f in zip(stages, file_rates)],
-        "ratio_file_vs_memory": [f / m for f, m in zip(file_rates, res["rates"]["memory"])],
+        "ratio_stage_vs_bare": [s["train_steps_per_s"] / f for s, f in zip(stages, file_rates, strict=True)],
+        "ratio_stage_epoch_vs_bare": [s["epoch_steps_per_s"] / f for s, f in zip(stages, file_rates, strict=True)],
+        "ratio_file_vs_memory": [f / m for f, m in zip(file_rates, res["rates"]["memory"], strict=True)],
     }
     for name, values in pairs.items():
         figures[name] = round(_common.median(values), 3)
@@ -214,13 +256,26 @@ def main() -> None:
     figures["load_1min_per_repeat"] = [round(x, 2) for x in res["loads"]]
     figures["peak_rss_mb"] = mem["peak_rss_mb"]
     figures["memory_phases"] = mem["phases"]
-    settings = {"clips": args.clips, "train_clips": res["train_clips"], "eval_clips": res["eval_clips"],
-                "steps_per_epoch": res["steps_per_epoch"], "batch_size": batch,
-                "eval_batch_size": res["eval_batch_size"], "epochs": args.epochs, "steps": args.steps,
-                "warmup": args.warmup, "repeats": args.repeats, "config": args.config, "overrides": args.set,
-                "model": res["model"], "model_params": res["params"], "n_mels": res["n_mels"],
-                "intra_op_threads": res["intra_op_threads"], "inter_op_threads": res["inter_op_threads"],
-                "quick": args.quick}
+    settings = {
+        "clips": args.clips,
+        "train_clips": res["train_clips"],
+        "eval_clips": res["eval_clips"],
+        "steps_per_epoch": res["steps_per_epoch"],
+        "batch_size": batch,
+        "eval_batch_size": res["eval_batch_size"],
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "config": args.config,
+        "overrides": args.set,
+        "model": res["model"],
+        "model_params": res["params"],
+        "n_mels": res["n_mels"],
+        "intra_op_threads": res["intra_op_threads"],
+        "inter_op_threads": res["inter_op_threads"],
+        "quick": args.quick,
+    }
     _common.emit("train", {"settings": settings, **figures}, args, load_before=load_before)
 
 

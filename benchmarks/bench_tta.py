@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 
-
 import tensorflow as tf
 import tf_keras
 
@@ -103,21 +102,17 @@ def main(argv=None) -> int:
     if args.model in ("auto", "asc"):
         try:
             model, name = project_model(), "asc"
-        except Exception as exc:  # noqa: BLE001 - any failure falls back to the stand-in
+        except Exception as exc:
             if args.model == "asc":
                 raise
-            logger.warning(
-                "models.asc unavailable (%s: %s): using the stand-in CNN", type(exc).__name__, exc
-            )
+            logger.warning("models.asc unavailable (%s: %s): using the stand-in CNN", type(exc).__name__, exc)
     if model is None:
         model = standin_model()
 
     x = tf.random.stateless_normal([args.batch, FRAMES, MELS, 1], seed=[0, 1])
     chunk = args.chunk_copies or max(1, 256 // args.batch)  # at most ~256 rows per forward pass
     chunk = min(chunk, args.copies)
-    tta_params = TTAParams(
-        n_copies=args.copies, chunk_copies=chunk, modes=("shift",)
-    )
+    tta_params = TTAParams(n_copies=args.copies, chunk_copies=chunk, modes=("shift",))
 
     plain = tf.function(lambda t: tf.nn.softmax(model(t, training=False)))
     tta = augment.TTA(model, tta_params, seed=0)
@@ -127,9 +122,7 @@ def main(argv=None) -> int:
         {
             "plain": lambda: plain(x).numpy(),
             "tta": lambda: core(x).numpy(),
-            "predict": lambda: augment.TTA(model, tta_params, seed=0).predict(
-                x, batch_size=args.batch
-            ),
+            "predict": lambda: augment.TTA(model, tta_params, seed=0).predict(x, batch_size=args.batch),
         },
         args.repeats,
     )

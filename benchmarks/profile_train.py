@@ -61,8 +61,13 @@ def bare_fit(model, train_ds, steps: int, tf_keras) -> dict:
     model.fit(train_ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[stamps])
     wall = time.perf_counter() - start
     t = stamps.times
-    return {"steps": steps, "wall_seconds": round(wall, 3), "first_step_seconds": round(t[1] - t[0], 3),
-            "steps_per_s": round((len(t) - 2) / (t[-1] - t[1]), 3), "load_1min": _common.load_average()[0]}
+    return {
+        "steps": steps,
+        "wall_seconds": round(wall, 3),
+        "first_step_seconds": round(t[1] - t[0], 3),
+        "steps_per_s": round((len(t) - 2) / (t[-1] - t[1]), 3),
+        "load_1min": _common.load_average()[0],
+    }
 
 
 def op_summary(trace_dir: Path, top: int = 25) -> dict:
@@ -100,9 +105,11 @@ def op_summary(trace_dir: Path, top: int = 25) -> dict:
                         per_op[name.rsplit(":", 1)[-1]] += ev.duration_ps
     total_ops = sum(per_op.values()) or 1.0
     ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
-    return {"file": os.fspath(paths[-1]), "op_seconds_total": round(total_ops / 1e12, 3),
-            "top_ops": [{"op": k, "seconds": round(v / 1e12, 3), "share": round(v / total_ops, 3)}
-                        for k, v in ranked]}
+    return {
+        "file": os.fspath(paths[-1]),
+        "op_seconds_total": round(total_ops / 1e12, 3),
+        "top_ops": [{"op": k, "seconds": round(v / 1e12, 3), "share": round(v / total_ops, 3)} for k, v in ranked],
+    }
 
 
 def main() -> None:
@@ -115,23 +122,25 @@ def main() -> None:
     p.add_argument("--trace", type=Path, default=None, help="also write a profiler trace of --trace-steps steps here")
     p.add_argument("--trace-steps", type=int, default=10)
     p.add_argument("--log-model", action="store_true", help="also log the model in MLflow's tensorflow flavour")
-    p.add_argument("--mlflow-store", action="store_true",
-                   help="log the stage's metrics into an MLflow run (temporary SQLite store), as the runner does")
+    p.add_argument(
+        "--mlflow-store",
+        action="store_true",
+        help="log the stage's metrics into an MLflow run (temporary SQLite store), as the runner does",
+    )
     args = p.parse_args()
     _common.setup_logging()
     load_before = _common.load_average()
     json_out, sys.stdout = sys.stdout, sys.stderr  # Keras progress lines to stderr: stdout holds the JSON only
 
-    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     import numpy as np
     import tensorflow as tf
     import tf_keras
 
-    from pipeline.data import tau as data
-    from pipeline.data import inputs
-    from pipeline.data import synthetic
-    from pipeline.running import training
+    import pipeline.core.env  # noqa: F401  (tf_keras before TensorFlow)
     from pipeline.core import config
+    from pipeline.data import inputs, synthetic
+    from pipeline.data import tau as data
+    from pipeline.running import training
     from pipeline.running.stages.base import MemoryRecorder, clips
 
     train_stage = importlib.import_module("pipeline.running.task")  # the training task: build_model, fit, load
@@ -155,8 +164,16 @@ def main() -> None:
         training.compile_model(m, training.make_optimizer(params.train, steps))
         return m
 
-    train_ds, _ = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
-                                       seed=params.seed, start_epoch=0, epochs=1000)
+    train_ds, _ = inputs.train_dataset(
+        tr,
+        root,
+        params.audio,
+        params.data,
+        batch_size=params.train.batch_size,
+        seed=params.seed,
+        start_epoch=0,
+        epochs=1000,
+    )
     model = bare_model()
 
     def bare_model_fit():
@@ -195,19 +212,31 @@ def main() -> None:
         t = {k: v for k, v in t.items() if k not in ("start", "callback_end", "epoch_seconds")}
         t["other_seconds"] = epoch_seconds - t["train_seconds"] - t["validation_seconds"]
         epoch_total = epoch_seconds + t["callback_seconds"]
-        epochs.append({**{k: round(v, 3) for k, v in t.items()},
-                       "epoch_total_seconds": round(epoch_total, 3),
-                       "train_steps_per_s": round(steps / t["train_seconds"], 3),
-                       "epoch_steps_per_s": round(steps / epoch_total, 3)})
+        epochs.append(
+            {
+                **{k: round(v, 3) for k, v in t.items()},
+                "epoch_total_seconds": round(epoch_total, 3),
+                "train_steps_per_s": round(steps / t["train_seconds"], 3),
+                "epoch_steps_per_s": round(steps / epoch_total, 3),
+            }
+        )
     later = epochs[1:] or epochs  # the first epoch holds the tracing of the train and test functions
     bare_rate = _common.median([b["steps_per_s"] for b in bare])
     med = {k: _common.median([e[k] for e in later]) for k in later[0] if k != "epoch"}
     figures = {
-        "settings": {"clips": len(index), "train_clips": len(tr), "eval_clips": len(ev), "steps_per_epoch": steps,
-                     "batch_size": params.train.batch_size, "eval_batch_size": params.evaluate.batch_size,
-                     "epochs": args.epochs, "overrides": args.set, "mlflow_store": args.mlflow_store,
-                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()},
+        "settings": {
+            "clips": len(index),
+            "train_clips": len(tr),
+            "eval_clips": len(ev),
+            "steps_per_epoch": steps,
+            "batch_size": params.train.batch_size,
+            "eval_batch_size": params.evaluate.batch_size,
+            "epochs": args.epochs,
+            "overrides": args.set,
+            "mlflow_store": args.mlflow_store,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        },
         "bare_fit": bare,
         "bare_steps_per_s": round(bare_rate, 3),
         "stage_epochs": epochs,

@@ -8,7 +8,7 @@ groups runs of the same recipe (different seeds) into mean and sample standard d
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from pipeline.core.stats import mean_std
 
@@ -60,6 +60,12 @@ def ablation(runs: Iterable[Mapping]) -> list[dict]:
     rows = []
     for name in sorted(groups, key=lambda n: (n != "report", n)):
         g = groups[name]
-        rows.append({"recipe": name, "runs": len(g["overall"]), "overall": _stats(g["overall"]),
-                     "unseen": _stats(g["unseen"]) if g["unseen"] else None})
+        rows.append(
+            {
+                "recipe": name,
+                "runs": len(g["overall"]),
+                "overall": _stats(g["overall"]),
+                "unseen": _stats(g["unseen"]) if g["unseen"] else None,
+            }
+        )
     return rows

@@ -57,9 +57,11 @@ def copy_model(model: tf_keras.Model) -> tf_keras.Model:
 
 
 def _compile(model, learning_rate: float) -> None:
-    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(learning_rate),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
 
 def kernel_sparsity(model: tf_keras.Model) -> dict[str, dict]:
@@ -83,7 +85,10 @@ def kernel_sparsity(model: tf_keras.Model) -> dict[str, dict]:
             value = w.numpy()
             zeros = int(np.sum(value == 0))
             report[f"{base.name}/{w.name.split('/')[-2] if '/' in w.name else w.name}:{value.shape}"] = {
-                "zeros": zeros, "size": int(value.size), "sparsity": zeros / value.size}
+                "zeros": zeros,
+                "size": int(value.size),
+                "sparsity": zeros / value.size,
+            }
     return report
 
 
@@ -105,21 +110,50 @@ def overall_sparsity(report: dict[str, dict]) -> float:
     return zeros / size if size else 0.0
 
 
-def prune(classifier, frontend_layer, train_ds, steps: int, *, epochs: int, target_sparsity: float,
-          learning_rate: float, clip_samples: int, val_ds=None) -> tuple[tf_keras.Model, dict]:
+def prune(
+    classifier,
+    frontend_layer,
+    train_ds,
+    steps: int,
+    *,
+    epochs: int,
+    target_sparsity: float,
+    learning_rate: float,
+    clip_samples: int,
+    val_ds=None,
+) -> tuple[tf_keras.Model, dict]:
     """Magnitude pruning to ``target_sparsity`` with polynomial decay; returns (stripped model, report)."""
     total = max(1, steps * epochs)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target_sparsity,
-                                                    begin_step=0, end_step=max(1, int(total * 0.8)), frequency=1)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=target_sparsity,
+        begin_step=0,
+        end_step=max(1, int(total * 0.8)),
+        frequency=1,
+    )
     pruned = tfmot.sparsity.keras.prune_low_magnitude(classifier, pruning_schedule=schedule)
-    wrapped = [layer.name for layer in pruned.layers if isinstance(layer, PruneLowMagnitude)
-               and _has_prunable_weights(layer.layer)]
-    logger.info("pruning %d layers to %.0f%% sparsity over %d steps: %s", len(wrapped), 100 * target_sparsity,
-                total, ", ".join(wrapped))
+    wrapped = [
+        layer.name
+        for layer in pruned.layers
+        if isinstance(layer, PruneLowMagnitude) and _has_prunable_weights(layer.layer)
+    ]
+    logger.info(
+        "pruning %d layers to %.0f%% sparsity over %d steps: %s",
+        len(wrapped),
+        100 * target_sparsity,
+        total,
+        ", ".join(wrapped),
+    )
     model = _with_frontend(frontend_layer, pruned, clip_samples)
     _compile(model, learning_rate)
-    model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
-              callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=1)
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        verbose=1,
+    )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return stripped, kernel_sparsity(stripped)
 
@@ -159,8 +193,18 @@ def _annotate(classifier) -> tf_keras.Model:
     return annotated
 
 
-def quantize_aware(classifier, frontend_layer, train_ds, steps: int, *, epochs: int, learning_rate: float,
-                   clip_samples: int, pruned: bool, val_ds=None) -> tf_keras.Model:
+def quantize_aware(
+    classifier,
+    frontend_layer,
+    train_ds,
+    steps: int,
+    *,
+    epochs: int,
+    learning_rate: float,
+    clip_samples: int,
+    pruned: bool,
+    val_ds=None,
+) -> tf_keras.Model:
     """QAT fine-tuning; pruning-preserving when ``pruned``. Returns the QAT classifier."""
     from models import quantize
 
@@ -175,8 +219,7 @@ def quantize_aware(classifier, frontend_layer, train_ds, steps: int, *, epochs: 
     callbacks = [KeepSparsity(kernels)] if pruned else []
     model = _with_frontend(frontend_layer, qat, clip_samples)
     _compile(model, learning_rate)
-    model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
-              verbose=1)
+    model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks, verbose=1)
     return qat
 
 
@@ -233,8 +276,7 @@ def to_int8_tflite(
     group = batch_size or 1
     if len(samples) < group:
         raise ValueError(
-            f"representative_inputs is empty or smaller than one batch "
-            f"({len(samples)} samples, batch {group})"
+            f"representative_inputs is empty or smaller than one batch ({len(samples)} samples, batch {group})"
         )
 
     def representative_dataset():
@@ -246,10 +288,7 @@ def to_int8_tflite(
     else:
         shape = [batch_size] + list(input_tensor.shape[1:])
         if any(d is None for d in shape):
-            raise ValueError(
-                "a fixed batch_size needs a fully known input shape, "
-                f"got {tuple(input_tensor.shape)}"
-            )
+            raise ValueError(f"a fixed batch_size needs a fully known input shape, got {tuple(input_tensor.shape)}")
         function = tf.function(lambda x: classifier(x, training=False))
         concrete = function.get_concrete_function(tf.TensorSpec(shape, input_tensor.dtype))
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], classifier)
@@ -273,18 +312,19 @@ def _iterate_inputs(representative_inputs) -> Iterable:
     return representative_inputs
 
 
-def to_tflite(classifier, representative: np.ndarray, input_type: str = "int8",
-              output_type: str = "int8") -> bytes:
+def to_tflite(classifier, representative: np.ndarray, input_type: str = "int8", output_type: str = "int8") -> bytes:
     """Full-integer int8 TFLite flatbuffer (batch 1, the DCASE case) of a float or QAT classifier."""
-    return to_int8_tflite(classifier, representative, input_type=_TYPES[input_type],
-                          output_type=_TYPES[output_type], batch_size=1)
+    return to_int8_tflite(
+        classifier, representative, input_type=_TYPES[input_type], output_type=_TYPES[output_type], batch_size=1
+    )
 
 
 def frontend_tflite(frontend_model: tf_keras.Model) -> bytes:
     """The float log-mel front end as its own TFLite model (waveform ``[1, samples]`` in)."""
     fixed = tf_keras.Model(frontend_model.inputs, frontend_model.outputs)
-    fn = tf.function(lambda x: fixed(x, training=False),
-                     input_signature=[tf.TensorSpec([1, fixed.inputs[0].shape[1]], tf.float32)])
+    fn = tf.function(
+        lambda x: fixed(x, training=False), input_signature=[tf.TensorSpec([1, fixed.inputs[0].shape[1]], tf.float32)]
+    )
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fixed)
     return converter.convert()
 

@@ -34,14 +34,15 @@ left out of ``macro_accuracy`` and ``macro_log_loss`` (balanced_accuracy_score's
 the average runs over the classes present in ``y_true``). A class that is never predicted
 simply has a recall of 0 for its clips.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -102,15 +103,11 @@ def _validate(y_true, probs, devices, class_names):
     if n == 0:
         raise ValueError("probs: no clips (N = 0)")
     if k != len(class_names):
-        raise ValueError(
-            f"probs: {k} columns but {len(class_names)} class_names; they must match"
-        )
+        raise ValueError(f"probs: {k} columns but {len(class_names)} class_names; they must match")
     p = p.astype(np.float64)
     if not np.all(np.isfinite(p)):
         bad = np.argwhere(~np.isfinite(p))[0]
-        raise ValueError(
-            f"probs: contains NaN or infinity (first at row {bad[0]}, column {bad[1]})"
-        )
+        raise ValueError(f"probs: contains NaN or infinity (first at row {bad[0]}, column {bad[1]})")
     if p.min() < -RANGE_ATOL or p.max() > 1 + RANGE_ATOL:
         raise ValueError(
             f"probs: values must lie in [0, 1] (got min {p.min():.6g}, max {p.max():.6g}); "
@@ -281,7 +278,10 @@ def compute_metrics(y_true, probs, devices=None, class_names: Sequence[str] = CL
     }
     logger.info(
         "metrics on %d clips: accuracy %.4f, macro accuracy %.4f, log loss %.4f",
-        overall["n"], overall["accuracy"], overall["macro_accuracy"], overall["log_loss"],
+        overall["n"],
+        overall["accuracy"],
+        overall["macro_accuracy"],
+        overall["log_loss"],
     )
     return result
 
@@ -369,9 +369,7 @@ def write_tables(metrics: Mapping, out_dir) -> dict[str, Path]:
     return paths
 
 
-def predictions_frame(
-    filenames, y_true, probs, class_names: Sequence[str] = CLASSES
-) -> pd.DataFrame:
+def predictions_frame(filenames, y_true, probs, class_names: Sequence[str] = CLASSES) -> pd.DataFrame:
     """One row per clip: filename, true_label, predicted_label, one probability per class.
 
     Args:
@@ -385,10 +383,7 @@ def predictions_frame(
     class_names = [str(c) for c in class_names]
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != len(class_names):
-        raise ValueError(
-            f"probs: expected shape [N, {len(class_names)}] for {len(class_names)} classes, "
-            f"got {p.shape}"
-        )
+        raise ValueError(f"probs: expected shape [N, {len(class_names)}] for {len(class_names)} classes, got {p.shape}")
     names = np.asarray(filenames).astype(str)
     if names.shape != (p.shape[0],):
         raise ValueError(f"filenames: expected {p.shape[0]} names, got shape {names.shape}")

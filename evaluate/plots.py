@@ -5,6 +5,7 @@ no pyplot, so no global figure registry, no GUI backend and nothing left open (t
 is released when the function returns). Each writes the PNG to a temporary name next to
 ``path`` and renames it, creating the parent directory, and returns ``path`` as a Path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,7 @@ def plot_confusion_matrix(
         raise ValueError(f"cm: expected shape ({k}, {k}) for {k} class_names, got {cm.shape}")
     if not np.all(np.isfinite(cm)) or cm.min() < 0:
         raise ValueError("cm: counts must be finite and non-negative")
-    total = int(round(cm.sum()))  # noqa: RUF046 - numpy<2: round() of a numpy float is a numpy float
+    total = int(round(cm.sum()))
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
         values = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -102,8 +103,15 @@ def plot_confusion_matrix(
     for i in range(k):
         for j in range(k):
             v = values[i, j]
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=font,
-                    color="white" if v > 0.5 * vmax else "black")
+            ax.text(
+                j,
+                i,
+                fmt.format(v),
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if v > 0.5 * vmax else "black",
+            )
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
     ax.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
@@ -154,10 +162,9 @@ def plot_device_accuracy(
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(devices))
     groups = [DEVICE_TO_GROUP[d] for d in devices]
-    for xi, v, g in zip(x, values, groups):
+    for xi, v, g in zip(x, values, groups, strict=True):
         st = GROUP_STYLE[g]
-        ax.bar(xi, v, width=0.7, color=st["color"], hatch=st["hatch"], edgecolor="black",
-               linewidth=0.6)
+        ax.bar(xi, v, width=0.7, color=st["color"], hatch=st["hatch"], edgecolor="black", linewidth=0.6)
     chance = 1.0 / num_classes
     ax.axhline(chance, color="grey", linestyle="--", linewidth=1.0)
 
@@ -168,8 +175,16 @@ def plot_device_accuracy(
         mean = float(values[idx].mean())
         lo, hi = min(idx) - 0.4, max(idx) + 0.4
         ax.hlines(mean, lo, hi, colors="black", linestyles=":", linewidth=1.8)
-        ax.text((lo + hi) / 2, 1.04, f"{g} mean\n{100 * mean:.1f}%", ha="center", va="bottom",
-                fontsize=8, color=GROUP_STYLE[g]["color"], fontweight="bold")
+        ax.text(
+            (lo + hi) / 2,
+            1.04,
+            f"{g} mean\n{100 * mean:.1f}%",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=GROUP_STYLE[g]["color"],
+            fontweight="bold",
+        )
 
     labels = []
     for d in devices:
@@ -190,9 +205,14 @@ def plot_device_accuracy(
     ax.set_ylabel(ylabels.get(metric, metric))
     ax.set_title(title)
     handles = [
-        Patch(facecolor=GROUP_STYLE[g]["color"], hatch=GROUP_STYLE[g]["hatch"], edgecolor="black",
-              label=GROUP_STYLE[g]["label"])
-        for g in DEVICE_GROUPS if g in groups
+        Patch(
+            facecolor=GROUP_STYLE[g]["color"],
+            hatch=GROUP_STYLE[g]["hatch"],
+            edgecolor="black",
+            label=GROUP_STYLE[g]["label"],
+        )
+        for g in DEVICE_GROUPS
+        if g in groups
     ]
     handles.append(Line2D([], [], color="grey", linestyle="--", label=f"chance (1/{num_classes})"))
     handles.append(Line2D([], [], color="black", linestyle=":", linewidth=2, label="group mean"))
@@ -222,8 +242,7 @@ def plot_training_curves(
       path: output PNG.
       title: figure title.
     """
-    acc_key = _find(history, "accuracy", "sparse_categorical_accuracy", "categorical_accuracy",
-                    "acc")
+    acc_key = _find(history, "accuracy", "sparse_categorical_accuracy", "categorical_accuracy", "acc")
     panels = []
     if _find(history, "loss", "val_loss"):
         panels.append(("Loss", [("loss", "training"), ("val_loss", "validation")], False))
@@ -234,9 +253,7 @@ def plot_training_curves(
     if lr_key:
         panels.append(("Learning rate", [(lr_key, "learning rate")], True))
     if not panels:
-        raise ValueError(
-            f"history: no loss, accuracy or learning-rate series (keys: {sorted(history)})"
-        )
+        raise ValueError(f"history: no loss, accuracy or learning-rate series (keys: {sorted(history)})")
     for name, series in history.items():
         arr = np.asarray(series, dtype=np.float64)
         if arr.ndim != 1:
@@ -250,8 +267,14 @@ def plot_training_curves(
                 continue
             y = np.asarray(history[key], dtype=np.float64)
             epochs = np.arange(1, len(y) + 1)
-            ax.plot(epochs, y, marker="o" if len(y) <= 30 else None, markersize=3,
-                    linestyle="-" if label != "validation" else "--", label=label)
+            ax.plot(
+                epochs,
+                y,
+                marker="o" if len(y) <= 30 else None,
+                markersize=3,
+                linestyle="-" if label != "validation" else "--",
+                label=label,
+            )
         if log_scale:
             ax.set_yscale("log")
         ax.set_xlabel("Epoch")
@@ -304,11 +327,18 @@ def plot_size_vs_accuracy(
         for ref in REPORT_REFERENCE_POINTS:
             x, y = ref["size_bytes"] / 1000, 100 * ref["accuracy"]
             xs.append(x)
-            ax.scatter([x], [y], marker="D", s=60, facecolors="none", edgecolors="dimgrey",
-                       linewidths=1.5, zorder=3)
-            ax.annotate(f"{ref['name']}\nTAU22 (report)", (x, y), xytext=(-8, 0),
-                        textcoords="offset points", fontsize=8, color="dimgrey",
-                        style="italic", ha="right", va="center")
+            ax.scatter([x], [y], marker="D", s=60, facecolors="none", edgecolors="dimgrey", linewidths=1.5, zorder=3)
+            ax.annotate(
+                f"{ref['name']}\nTAU22 (report)",
+                (x, y),
+                xytext=(-8, 0),
+                textcoords="offset points",
+                fontsize=8,
+                color="dimgrey",
+                style="italic",
+                ha="right",
+                va="center",
+            )
     # Labels alternate above and below (in order of size) so that neighbours do not collide.
     for rank, (name, size, acc, macs) in enumerate(sorted(pts, key=lambda t: t[1])):
         x, y = size / 1000, 100 * acc
@@ -316,11 +346,25 @@ def plot_size_vs_accuracy(
         ax.scatter([x], [y], marker="o", s=50, color="#1f77b4", edgecolors="black", zorder=4)
         label = name if macs is None else f"{name} ({float(macs) / 1e6:.2f} MMACs)"
         above = rank % 2 == 0
-        ax.annotate(label, (x, y), xytext=(6, 7 if above else -7), textcoords="offset points",
-                    fontsize=8, va="bottom" if above else "top")
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(6, 7 if above else -7),
+            textcoords="offset points",
+            fontsize=8,
+            va="bottom" if above else "top",
+        )
     ax.axvline(limit_bytes / 1000, color="#d62728", linestyle="--", linewidth=1.2)
-    ax.text(limit_bytes / 1000, 2, f" limit {limit_bytes / 1000:g} KB", color="#d62728",
-            fontsize=8, rotation=90, va="bottom", ha="right")
+    ax.text(
+        limit_bytes / 1000,
+        2,
+        f" limit {limit_bytes / 1000:g} KB",
+        color="#d62728",
+        fontsize=8,
+        rotation=90,
+        va="bottom",
+        ha="right",
+    )
 
     ax.set_xlim(0, max(xs) * 1.25)
     ax.set_ylim(0, 100)
@@ -329,13 +373,22 @@ def plot_size_vs_accuracy(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     handles = [
-        Line2D([], [], marker="o", linestyle="", color="#1f77b4", markeredgecolor="black",
-               label="this pipeline"),
+        Line2D([], [], marker="o", linestyle="", color="#1f77b4", markeredgecolor="black", label="this pipeline"),
         Line2D([], [], color="#d62728", linestyle="--", label="DCASE2022 size limit"),
     ]
     if include_reference:
-        handles.insert(1, Line2D([], [], marker="D", linestyle="", markerfacecolor="none",
-                                 markeredgecolor="dimgrey", label="TAU22 (report), reference"))
+        handles.insert(
+            1,
+            Line2D(
+                [],
+                [],
+                marker="D",
+                linestyle="",
+                markerfacecolor="none",
+                markeredgecolor="dimgrey",
+                label="TAU22 (report), reference",
+            ),
+        )
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     return _save(fig, path)
 
@@ -357,8 +410,16 @@ def plot_ablation(rows: Sequence[Mapping], path="ablation.png", title: str = "Re
     for offset, group, style in ((-0.2, "overall", GROUP_STYLE["real"]), (0.2, "unseen", GROUP_STYLE["unseen"])):
         mean = [100 * r[group]["mean"] if r.get(group) else np.nan for r in rows]
         std = [100 * r[group]["std"] if r.get(group) else 0.0 for r in rows]
-        ax.bar(x + offset, mean, width=0.38, yerr=std, capsize=3, color=style["color"], hatch=style["hatch"],
-               label="overall" if group == "overall" else "unseen devices (S4-S6)")
+        ax.bar(
+            x + offset,
+            mean,
+            width=0.38,
+            yerr=std,
+            capsize=3,
+            color=style["color"],
+            hatch=style["hatch"],
+            label="overall" if group == "overall" else "unseen devices (S4-S6)",
+        )
     ax.set_xticks(x, names)
     ax.set_ylabel("macro accuracy (%)")
     ax.set_title(title)
@@ -367,8 +428,12 @@ def plot_ablation(rows: Sequence[Mapping], path="ablation.png", title: str = "Re
     return _save(fig, path)
 
 
-def plot_sweep(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
-               path="summary.png", title: str = "Sweep: mean +/- std over seeds") -> Path:
+def plot_sweep(
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    path="summary.png",
+    title: str = "Sweep: mean +/- std over seeds",
+) -> Path:
     """One panel per metric: each setting's mean with a +/- std error bar (a sweep's summary).
 
     Args:
@@ -385,12 +450,13 @@ def plot_sweep(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float
         raise ValueError(f"plot_sweep: need at least one setting and one metric, got {len(labels)} and {len(series)}")
     for name, means, stds in series:
         if len(means) != len(labels) or len(stds) != len(labels):
-            raise ValueError(f"plot_sweep: metric {name!r} has {len(means)} means and {len(stds)} stds "
-                             f"for {len(labels)} settings")
+            raise ValueError(
+                f"plot_sweep: metric {name!r} has {len(means)} means and {len(stds)} stds for {len(labels)} settings"
+            )
     y = np.arange(len(labels))
     fig = _new_figure((3.2 * len(series) + 3.0, 0.45 * len(labels) + 1.8))
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    for ax, (name, means, stds) in zip(axes, series):
+    for ax, (name, means, stds) in zip(axes, series, strict=True):
         means = np.asarray(means, dtype=float)
         stds = np.nan_to_num(np.asarray(stds, dtype=float), nan=0.0)
         ax.errorbar(means, y, xerr=stds, fmt="o", capsize=4, color=GROUP_STYLE["real"]["color"])

@@ -20,8 +20,10 @@ from evaluate.plots import REPORT_REFERENCE_POINTS  # Table 1 of the tech report
 logger = logging.getLogger(__name__)
 
 # Labels of Table 1's rows in the report text.
-_REFERENCE_LABELS = {"DCASE2022 baseline": "DCASE2022 baseline (report, TAU22)",
-                     "Report model": "Xin et al. (report, TAU22)"}
+_REFERENCE_LABELS = {
+    "DCASE2022 baseline": "DCASE2022 baseline (report, TAU22)",
+    "Report model": "Xin et al. (report, TAU22)",
+}
 
 
 def _pct(x) -> str:
@@ -47,19 +49,26 @@ def _device_table(metrics: dict) -> pd.DataFrame:
     for group, m in metrics.get("per_device_group", {}).items():
         rows[f"group: {group}"] = m
     rows["overall"] = metrics["overall"]
-    return pd.DataFrame({
-        name: {"clips": m.get("n"), "accuracy (macro)": _pct(m.get("macro_accuracy")),
-               "log loss": _num(m.get("log_loss"))}
-        for name, m in rows.items()
-    }).T
+    return pd.DataFrame(
+        {
+            name: {
+                "clips": m.get("n"),
+                "accuracy (macro)": _pct(m.get("macro_accuracy")),
+                "log loss": _num(m.get("log_loss")),
+            }
+            for name, m in rows.items()
+        }
+    ).T
 
 
 def _class_table(metrics: dict) -> pd.DataFrame:
     per_class = metrics["overall"]["per_class"]
-    return pd.DataFrame({
-        name: {"clips": m.get("n"), "accuracy": _pct(m.get("accuracy")), "log loss": _num(m.get("log_loss"))}
-        for name, m in per_class.items()
-    }).T
+    return pd.DataFrame(
+        {
+            name: {"clips": m.get("n"), "accuracy": _pct(m.get("accuracy")), "log loss": _num(m.get("log_loss"))}
+            for name, m in per_class.items()
+        }
+    ).T
 
 
 def _tta_runs(ev: dict, split: str) -> list[dict]:
@@ -71,23 +80,47 @@ def _tta_runs(ev: dict, split: str) -> list[dict]:
     info, results, cx = ev.get("tta") or {}, ev["splits"][split], ev["complexity"]
     modes = info.get("modes")
     if modes is None:
-        modes = {"shift": {"variant": "tta", "n_copies": info.get("n_copies"),
-                           "macs_per_clip": (info.get("n_copies") or 0) * cx["macs"]}} if "tta" in results else {}
-    return [{"mode": mode, "variant": m["variant"], "n_copies": m["n_copies"], "macs_per_clip": m["macs_per_clip"],
-             "metrics": results[m["variant"]]} for mode, m in modes.items() if m["variant"] in results]
+        modes = (
+            {
+                "shift": {
+                    "variant": "tta",
+                    "n_copies": info.get("n_copies"),
+                    "macs_per_clip": (info.get("n_copies") or 0) * cx["macs"],
+                }
+            }
+            if "tta" in results
+            else {}
+        )
+    return [
+        {
+            "mode": mode,
+            "variant": m["variant"],
+            "n_copies": m["n_copies"],
+            "macs_per_clip": m["macs_per_clip"],
+            "metrics": results[m["variant"]],
+        }
+        for mode, m in modes.items()
+        if m["variant"] in results
+    ]
 
 
 def _ablation_section(rows: list[dict]) -> list[str]:
     """Markdown of the recipe ablation table (mean +/- std over the runs of each recipe)."""
-    md = ["## Recipe ablation over this experiment's runs\n",
-          "Every finished evaluate run of the MLflow experiment, grouped by the recipe additions it had on "
-          "(DIR: device response augmentation, FMS: Freq-MixStyle, KD: knowledge distillation); mean and "
-          "sample standard deviation over the runs (seeds) of each recipe, without TTA.\n",
-          "| recipe | runs | macro accuracy | unseen devices (S4-S6) |", "|---|---|---|---|"]
+    md = [
+        "## Recipe ablation over this experiment's runs\n",
+        "Every finished evaluate run of the MLflow experiment, grouped by the recipe additions it had on "
+        "(DIR: device response augmentation, FMS: Freq-MixStyle, KD: knowledge distillation); mean and "
+        "sample standard deviation over the runs (seeds) of each recipe, without TTA.\n",
+        "| recipe | runs | macro accuracy | unseen devices (S4-S6) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         un = r["unseen"]
-        md.append(f"| {r['recipe']} | {r['runs']} | {_pct(r['overall']['mean'])} ± {_pct(r['overall']['std'])} | "
-                  + (f"{_pct(un['mean'])} ± {_pct(un['std'])}" if un else "n/a") + " |")
+        md.append(
+            f"| {r['recipe']} | {r['runs']} | {_pct(r['overall']['mean'])} ± {_pct(r['overall']['std'])} | "
+            + (f"{_pct(un['mean'])} ± {_pct(un['std'])}" if un else "n/a")
+            + " |"
+        )
     md.append("\n![Recipe ablation](ablation.png)\n")
     return md
 
@@ -146,30 +179,40 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
     md: list[str] = []
     md.append(f"# Acoustic scene classification report: {ev['model']} / {ev['config']} / {ev['data']}\n")
     if synthetic:
-        md.append("> **These figures are on the built-in synthetic dataset, not on TAU Urban Acoustic Scenes "
-                  "2022 Mobile.** They show that the pipeline works and how models compare on the synthetic "
-                  "task; they are not comparable to the tech report's TAU22 figures below.\n")
+        md.append(
+            "> **These figures are on the built-in synthetic dataset, not on TAU Urban Acoustic Scenes "
+            "2022 Mobile.** They show that the pipeline works and how models compare on the synthetic "
+            "task; they are not comparable to the tech report's TAU22 figures below.\n"
+        )
     md.append("## Headline\n")
-    md.append(f"- Evaluate split ({plain['overall']['n']} clips): macro-averaged class accuracy "
-              f"**{_pct(plain['overall']['macro_accuracy'])}**, log loss **{_num(plain['overall']['log_loss'])}**"
-              f" (without TTA).")
+    md.append(
+        f"- Evaluate split ({plain['overall']['n']} clips): macro-averaged class accuracy "
+        f"**{_pct(plain['overall']['macro_accuracy'])}**, log loss **{_num(plain['overall']['log_loss'])}**"
+        f" (without TTA)."
+    )
     for run in tta_runs:
         result = run["metrics"]["overall"]
-        md.append(f"- With test-time augmentation, mode `{run['mode']}` ({run['n_copies']} copies, "
-                  f"{run['macs_per_clip']:,} MACs per clip): **{_pct(result['macro_accuracy'])}**, "
-                  f"log loss **{_num(result['log_loss'])}**.")
+        md.append(
+            f"- With test-time augmentation, mode `{run['mode']}` ({run['n_copies']} copies, "
+            f"{run['macs_per_clip']:,} MACs per clip): **{_pct(result['macro_accuracy'])}**, "
+            f"log loss **{_num(result['log_loss'])}**."
+        )
     groups = plain.get("per_device_group", {})
     if "unseen" in groups:
-        md.append(f"- Unseen devices S4-S6: {_pct(groups['unseen']['macro_accuracy'])} "
-                  f"(seen devices A-C: {_pct(groups.get('real', {}).get('macro_accuracy'))}, "
-                  f"S1-S3: {_pct(groups.get('seen', {}).get('macro_accuracy'))}).")
+        md.append(
+            f"- Unseen devices S4-S6: {_pct(groups['unseen']['macro_accuracy'])} "
+            f"(seen devices A-C: {_pct(groups.get('real', {}).get('macro_accuracy'))}, "
+            f"S1-S3: {_pct(groups.get('seen', {}).get('macro_accuracy'))})."
+        )
         seen = [groups[g] for g in ("real", "seen") if g in groups]
         if seen:
             n = sum(g["n"] for g in seen)
             seen_acc = sum(g["macro_accuracy"] * g["n"] for g in seen) / n
             gap = seen_acc - groups["unseen"]["macro_accuracy"]
-            md.append(f"- **Seen/unseen gap: {100 * gap:.1f} points** (devices seen in training, A-C and S1-S3, "
-                      f"{_pct(seen_acc)} over {n} clips, against unseen S4-S6).")
+            md.append(
+                f"- **Seen/unseen gap: {100 * gap:.1f} points** (devices seen in training, A-C and S1-S3, "
+                f"{_pct(seen_acc)} over {n} clips, against unseen S4-S6)."
+            )
     md.append("")
 
     md.append("## Complexity against the DCASE2022 Task 1 limits\n")
@@ -182,46 +225,62 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
     for name, params, size, macs in rows:
         ok = (size is not None and size <= MAX_BYTES) and (macs is not None and macs <= MAX_MACS)
         md.append(f"| {name} | {params:,} | {size:,} | {macs:,} | {'yes' if ok else 'NO'} |")
-    md.append(f"\nLimits: {MAX_BYTES:,} bytes (parameters at one byte as int8, int32 biases at 4 bytes, "
-              f"batch-norm folded) and {MAX_MACS:,} MACs per clip. The Keras row estimates the int8 size.\n")
+    md.append(
+        f"\nLimits: {MAX_BYTES:,} bytes (parameters at one byte as int8, int32 biases at 4 bytes, "
+        f"batch-norm folded) and {MAX_MACS:,} MACs per clip. The Keras row estimates the int8 size.\n"
+    )
 
     if tta_runs:
         md.append("## Test-time augmentation: accuracy and cost\n")
-        md.append("Test-time augmentation (TTA) averages the softmax of N augmented copies of each clip, so it "
-                  "**multiplies the per-clip MACs by N**: N passes of the classifier (the front end runs once and, "
-                  "as in the DCASE count, is not counted). `shift`: circular time shifts; `masks`: the training "
-                  "SpecAugment++ masks switched on (input and hidden positions, fill "
-                  f"`{(ev.get('tta') or {}).get('mask_fill', 'zm')}`), as the report's reference code (SP4ASC) "
-                  "runs its copies.\n")
+        md.append(
+            "Test-time augmentation (TTA) averages the softmax of N augmented copies of each clip, so it "
+            "**multiplies the per-clip MACs by N**: N passes of the classifier (the front end runs once and, "
+            "as in the DCASE count, is not counted). `shift`: circular time shifts; `masks`: the training "
+            "SpecAugment++ masks switched on (input and hidden positions, fill "
+            f"`{(ev.get('tta') or {}).get('mask_fill', 'zm')}`), as the report's reference code (SP4ASC) "
+            "runs its copies.\n"
+        )
         md.append("| variant | copies N | macro accuracy | log loss | MACs per clip | within the MACs limit |")
         md.append("|---|---|---|---|---|---|")
-        md.append(f"| no TTA | 1 | {_pct(plain['overall']['macro_accuracy'])} | {_num(plain['overall']['log_loss'])} | "
-                  f"{cx['macs']:,} | {'yes' if cx['macs'] <= MAX_MACS else 'NO'} |")
+        md.append(
+            f"| no TTA | 1 | {_pct(plain['overall']['macro_accuracy'])} | {_num(plain['overall']['log_loss'])} | "
+            f"{cx['macs']:,} | {'yes' if cx['macs'] <= MAX_MACS else 'NO'} |"
+        )
         for run in tta_runs:
             result = run["metrics"]["overall"]
-            md.append(f"| TTA `{run['mode']}` | {run['n_copies']} | {_pct(result['macro_accuracy'])} | "
-                      f"{_num(result['log_loss'])} | {run['macs_per_clip']:,} | "
-                      f"{'yes' if run['macs_per_clip'] <= MAX_MACS else 'NO'} |")
+            md.append(
+                f"| TTA `{run['mode']}` | {run['n_copies']} | {_pct(result['macro_accuracy'])} | "
+                f"{_num(result['log_loss'])} | {run['macs_per_clip']:,} | "
+                f"{'yes' if run['macs_per_clip'] <= MAX_MACS else 'NO'} |"
+            )
         over = ", ".join(f"`{run['mode']}`" for run in tta_runs if run["macs_per_clip"] > MAX_MACS)
         if over:
-            md.append(f"\nWith TTA ({over}) the system is over the limit of {MAX_MACS:,} MACs per clip: a DCASE "
-                      f"submission must count all N copies.")
+            md.append(
+                f"\nWith TTA ({over}) the system is over the limit of {MAX_MACS:,} MACs per clip: a DCASE "
+                f"submission must count all N copies."
+            )
         md.append("")
 
     md.append("## Comparison with the tech report (Table 1)\n")
     md.append("| system | model size (KB) | log loss | accuracy | data |")
     md.append("|---|---|---|---|---|")
     for ref in REPORT_REFERENCE_POINTS:
-        md.append(f"| {_REFERENCE_LABELS.get(ref['name'], ref['name'])} | {ref['size_bytes'] / 1000:.3f} | "
-                  f"{ref['log_loss']:.3f} | {ref['accuracy']:.1%} | TAU22 development |")
+        md.append(
+            f"| {_REFERENCE_LABELS.get(ref['name'], ref['name'])} | {ref['size_bytes'] / 1000:.3f} | "
+            f"{ref['log_loss']:.3f} | {ref['accuracy']:.1%} | TAU22 development |"
+        )
     size = (comp or {}).get("tflite", {}).get("size_bytes") or cx["size_bytes"]
     for label, result in [("no TTA", plain)] + [(f"TTA {run['mode']}", run["metrics"]) for run in tta_runs]:
         if result:
-            md.append(f"| this run ({ev['model']}, {label}) | {size / 1000:.3f} | {result['overall']['log_loss']:.3f} | "
-                      f"{result['overall']['macro_accuracy']:.1%} | {ev['data']} |")
+            md.append(
+                f"| this run ({ev['model']}, {label}) | {size / 1000:.3f} | {result['overall']['log_loss']:.3f} | "
+                f"{result['overall']['macro_accuracy']:.1%} | {ev['data']} |"
+            )
     if synthetic:
-        md.append("\nThe rows marked TAU22 were measured on the real dataset by their authors; this run's rows "
-                  "are on the synthetic set and must not be read as TAU22 results.")
+        md.append(
+            "\nThe rows marked TAU22 were measured on the real dataset by their authors; this run's rows "
+            "are on the synthetic set and must not be read as TAU22 results."
+        )
     md.append("")
 
     md.append("## Results per device\n")
@@ -240,13 +299,17 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
         md.append(f"Steps: {', '.join(comp.get('steps', []))}.\n")
         float_acc = comp.get("float", {}).get("overall", {}).get("macro_accuracy")
         int8_acc = comp.get("int8", {}).get("overall", {}).get("macro_accuracy")
-        md.append(f"- float classifier: {_pct(float_acc)}; int8 TFLite: {_pct(int8_acc)} "
-                  f"(difference {_num(comp.get('accuracy_drop'), 4)}).")
+        md.append(
+            f"- float classifier: {_pct(float_acc)}; int8 TFLite: {_pct(int8_acc)} "
+            f"(difference {_num(comp.get('accuracy_drop'), 4)})."
+        )
         if comp.get("ptq"):
             md.append(f"- post-training quantization only: {_pct(comp['ptq'].get('macro_accuracy'))}.")
         if comp.get("sparsity") is not None:
-            md.append(f"- pruned weights: {comp['sparsity']:.1%} zeros overall; gzip size "
-                      f"{comp.get('gzip_bytes', 0):,} bytes.")
+            md.append(
+                f"- pruned weights: {comp['sparsity']:.1%} zeros overall; gzip size "
+                f"{comp.get('gzip_bytes', 0):,} bytes."
+            )
         md.append("")
 
     if ablation and (len(ablation) > 1 or ablation[0]["runs"] > 1):
@@ -287,8 +350,12 @@ def to_html(markdown_text: str, title: str) -> str:
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}"
-             "img{max-width:100%}blockquote{background:#fff3cd;border-left:4px solid #e0a800;padding:.5em 1em}")
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}"
+        "img{max-width:100%}blockquote{background:#fff3cd;border-left:4px solid #e0a800;padding:.5em 1em}"
+    )
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>\n{body}\n</body></html>\n"
+    )

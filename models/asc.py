@@ -89,16 +89,29 @@ class TimeFreqPooling(tf_keras.layers.Layer):
 
 def frontend(params: Params) -> LogMel:
     a = params.audio
-    return LogMel(sample_rate=a.sample_rate_hz, n_fft=a.n_fft, win_length=a.win_length,
-                  hop_length=a.hop_length, n_mels=a.n_mels, fmin=a.fmin_hz, fmax=a.fmax_hz,
-                  window=a.window, center=a.center, power=a.power, mel_scale=a.mel_scale,
-                  log=a.log, log_offset=a.log_offset, name="logmel")
+    return LogMel(
+        sample_rate=a.sample_rate_hz,
+        n_fft=a.n_fft,
+        win_length=a.win_length,
+        hop_length=a.hop_length,
+        n_mels=a.n_mels,
+        fmin=a.fmin_hz,
+        fmax=a.fmax_hz,
+        window=a.window,
+        center=a.center,
+        power=a.power,
+        mel_scale=a.mel_scale,
+        log=a.log,
+        log_offset=a.log_offset,
+        name="logmel",
+    )
 
 
 def _time_shift(params: Params, name: str) -> TimeShift:
     """The time shift configured by ``params`` (random stream ``time_shift``)."""
-    return TimeShift(std_frames=params.augment.time_shift.std_frames, seed=stream_seed(params.seed, "time_shift"),
-                     name=name)
+    return TimeShift(
+        std_frames=params.augment.time_shift.std_frames, seed=stream_seed(params.seed, "time_shift"), name=name
+    )
 
 
 def _specaugment_layer(params: Params, position: str, frames: int, bins: int, name: str) -> SpecAugmentPP:
@@ -110,17 +123,28 @@ def _specaugment_layer(params: Params, position: str, frames: int, bins: int, na
     return layer
 
 
-def _specaugment_log(params: Params, position: str, frames: int, bins: int, time_width: int,
-                     freq_width: int) -> None:
+def _specaugment_log(params: Params, position: str, frames: int, bins: int, time_width: int, freq_width: int) -> None:
     """One info line: the SpecAugment++ widths at ``position``, and which were raised from 0 to 1."""
     s = params.augment.specaugment
-    notes = [f"{axis} round({fraction:g} x {size}) = 0, raised to 1"
-             for axis, fraction, size, width in (("time", s.time_width_fraction, frames, time_width),
-                                                 ("freq", s.freq_width_fraction, bins, freq_width))
-             if round(fraction * size) == 0 and width == 1]
-    logger.info("SpecAugment++ at %s ([B, %d, %d, C]): %d time mask(s) up to %d frame(s), %d freq mask(s) "
-                "up to %d bin(s)%s", position, frames, bins, s.n_time_masks, time_width, s.n_freq_masks,
-                freq_width, f" ({'; '.join(notes)})" if notes else "")
+    notes = [
+        f"{axis} round({fraction:g} x {size}) = 0, raised to 1"
+        for axis, fraction, size, width in (
+            ("time", s.time_width_fraction, frames, time_width),
+            ("freq", s.freq_width_fraction, bins, freq_width),
+        )
+        if round(fraction * size) == 0 and width == 1
+    ]
+    logger.info(
+        "SpecAugment++ at %s ([B, %d, %d, C]): %d time mask(s) up to %d frame(s), %d freq mask(s) up to %d bin(s)%s",
+        position,
+        frames,
+        bins,
+        s.n_time_masks,
+        time_width,
+        s.n_freq_masks,
+        freq_width,
+        f" ({'; '.join(notes)})" if notes else "",
+    )
 
 
 def _specaugment_shapes(params: Params) -> dict[str, tuple[int, int]]:
@@ -163,8 +187,9 @@ def _specaugment(params: Params, position: str, frames: int, bins: int):
     return _specaugment_layer(params, position, frames, bins, name=f"{position}_specaugment")
 
 
-def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = False,
-                     name: str = "classifier") -> tf_keras.Model:
+def build_classifier(
+    params: Params, *, augment: bool = True, fold_bn: bool = False, name: str = "classifier"
+) -> tf_keras.Model:
     """The classifier: log-mel ``[T, M, 1]`` in, logits ``[n_classes]`` out.
 
     Args:
@@ -184,8 +209,9 @@ def build_classifier(params: Params, *, augment: bool = True, fold_bn: bool = Fa
         if not fold_bn:
             x = tf_keras.layers.BatchNormalization(name=f"{block}_bn", **BN)(x)
         x = tf_keras.layers.ReLU(name=f"{block}_relu")(x)
-        x = CoordAttention(reduction=m.attention_reduction, min_channels=m.attention_min_channels,
-                           name=f"{block}_attention")(x)  # [B, t, f, C]
+        x = CoordAttention(
+            reduction=m.attention_reduction, min_channels=m.attention_min_channels, name=f"{block}_attention"
+        )(x)  # [B, t, f, C]
         x = tf_keras.layers.AveragePooling2D(pool, name=f"{block}_pool")(x)  # [B, t/2, f/2, C]
         frames, bins = frames // pool[0], bins // pool[1]
         aug = _specaugment(params, block, frames, bins) if augment else None
@@ -204,8 +230,9 @@ def build_model(params: Params) -> tf_keras.Model:
     if params.model.name == "baseline":
         from models.baseline import build_baseline
 
-        return build_baseline(n_classes=len(CLASSES), sample_rate=params.audio.sample_rate_hz,
-                              clip_samples=params.audio.clip_samples)
+        return build_baseline(
+            n_classes=len(CLASSES), sample_rate=params.audio.sample_rate_hz, clip_samples=params.audio.clip_samples
+        )
     wave = tf_keras.Input(shape=(params.audio.clip_samples,), name="waveform")  # [B, samples]
     x = wave
     d = params.augment.device_response
@@ -213,9 +240,12 @@ def build_model(params: Params) -> tf_keras.Model:
         # On the waveform, before the front end: a device filters the sound pressure, and its
         # impulse response (up to max_ir_samples, longer than an STFT hop) and soft clipping do not
         # reduce to a per-frame operation on the log-mel. Random stream device_response (+ offset).
-        x = DeviceResponse.from_params(d, sample_rate=params.audio.sample_rate_hz,
-                                       seed=stream_seed(params.seed, "device_response") + d.seed_offset,
-                                       name="device_response")(x)
+        x = DeviceResponse.from_params(
+            d,
+            sample_rate=params.audio.sample_rate_hz,
+            seed=stream_seed(params.seed, "device_response") + d.seed_offset,
+            name="device_response",
+        )(x)
     x = frontend(params)(x)  # [B, T, M, 1]
     t = params.augment.time_shift
     if t.enabled and t.std_frames > 0:
@@ -226,8 +256,9 @@ def build_model(params: Params) -> tf_keras.Model:
         # the per-bin mean and std that Freq-MixStyle normalises by (a frequency stripe leaves a
         # bin with no spread at all), and the masks then cut the restyled clip as they would a
         # real one. On the log-mel before the classifier's input BatchNorm, as in CP-JKU's code.
-        x = FreqMixStyle.from_params(params.augment.freq_mixstyle, seed=stream_seed(params.seed, "freq_mixstyle"),
-                                     name="freq_mixstyle")(x)  # [B, T, M, 1]
+        x = FreqMixStyle.from_params(
+            params.augment.freq_mixstyle, seed=stream_seed(params.seed, "freq_mixstyle"), name="freq_mixstyle"
+        )(x)  # [B, T, M, 1]
     aug = _specaugment(params, "input", params.audio.frames, params.audio.n_mels)
     if aug is not None:
         x = aug(x)
@@ -255,8 +286,14 @@ def export_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
             bn = trained.get_layer(layer.name.replace("_sepconv", "_bn"))
             scale = gamma / np.sqrt(var + bn.epsilon)  # [C]
             # BN(dw_t(h) + dw_f(h)) = dw_t'(h) + dw_f'(h) + bias, kernels [kh, kw, C, 1] scaled per channel
-            layer.set_weights([pointwise, dw_time * scale[None, None, :, None], beta - mean * scale,
-                               dw_freq * scale[None, None, :, None]])
+            layer.set_weights(
+                [
+                    pointwise,
+                    dw_time * scale[None, None, :, None],
+                    beta - mean * scale,
+                    dw_freq * scale[None, None, :, None],
+                ]
+            )
             continue
         weights = trained.get_layer(layer.name).get_weights()
         if weights:

@@ -230,9 +230,7 @@ class LogMel(tf_keras.layers.Layer):
             if self.fmax > nyquist:
                 raise ValueError(f"fmax must be <= sample_rate / 2 = {nyquist}, got {fmax!r}")
         if self.fmin >= (nyquist if self.fmax is None else self.fmax):
-            raise ValueError(
-                f"fmin must be < fmax ({nyquist if self.fmax is None else self.fmax}), got {fmin!r}"
-            )
+            raise ValueError(f"fmin must be < fmax ({nyquist if self.fmax is None else self.fmax}), got {fmin!r}")
         self.window = check_choice("window", window, WINDOWS)
         self.center = check_bool("center", center.item() if isinstance(center, np.bool_) else center)
         self.pad_mode = check_choice("pad_mode", pad_mode, PAD_MODES)
@@ -245,9 +243,7 @@ class LogMel(tf_keras.layers.Layer):
         else:
             self.top_db = check_real("top_db", top_db, exclusive=True)
             if self.log != "db":
-                raise ValueError(
-                    f"top_db applies only to log='db' (log={self.log!r}), got {top_db!r}"
-                )
+                raise ValueError(f"top_db applies only to log='db' (log={self.log!r}), got {top_db!r}")
 
         # Constants, built once in NumPy (float64) and stored as float32 graph constants.
         win = self.win_length or self.n_fft
@@ -276,7 +272,7 @@ class LogMel(tf_keras.layers.Layer):
         self._mel_np = np.ascontiguousarray(mel.T.astype(np.float32))  # [F, n_mels]
 
     @classmethod
-    def from_seconds(cls, sample_rate, window_seconds, hop_seconds, **kwargs) -> "LogMel":
+    def from_seconds(cls, sample_rate, window_seconds, hop_seconds, **kwargs) -> LogMel:
         """A LogMel whose window and hop are given in seconds.
 
         ``win_length = round(window_seconds * sample_rate)``, ``n_fft`` the next power of two
@@ -294,19 +290,13 @@ class LogMel(tf_keras.layers.Layer):
         hop_seconds = check_real("hop_seconds", hop_seconds, exclusive=True)
         for key in ("n_fft", "win_length", "hop_length"):
             if key in kwargs:
-                raise ValueError(
-                    f"{key} is derived from the seconds in from_seconds, got {key}={kwargs[key]!r}"
-                )
+                raise ValueError(f"{key} is derived from the seconds in from_seconds, got {key}={kwargs[key]!r}")
         win_length = int(round(window_seconds * sample_rate))
         hop_length = int(round(hop_seconds * sample_rate))
         if win_length < 1:
-            raise ValueError(
-                f"window_seconds gives a window of {win_length} samples, got {window_seconds!r}"
-            )
+            raise ValueError(f"window_seconds gives a window of {win_length} samples, got {window_seconds!r}")
         if hop_length < 1:
-            raise ValueError(
-                f"hop_seconds gives a hop of {hop_length} samples, got {hop_seconds!r}"
-            )
+            raise ValueError(f"hop_seconds gives a hop of {hop_length} samples, got {hop_seconds!r}")
         n_fft = 1 << (win_length - 1).bit_length()
         return cls(
             sample_rate=sample_rate,
@@ -322,9 +312,7 @@ class LogMel(tf_keras.layers.Layer):
         if self.center:
             return 1 + n_samples // self.hop_length
         if n_samples < self.n_fft:
-            raise ValueError(
-                f"n_samples must be >= n_fft={self.n_fft} when center=False, got {n_samples}"
-            )
+            raise ValueError(f"n_samples must be >= n_fft={self.n_fft} when center=False, got {n_samples}")
         return 1 + (n_samples - self.n_fft) // self.hop_length
 
     def build(self, input_shape):
@@ -334,10 +322,7 @@ class LogMel(tf_keras.layers.Layer):
         n = input_shape[1]
         if n is not None:
             if self.center and self.pad_mode == "reflect" and n <= self.n_fft // 2:
-                raise ValueError(
-                    f"reflect padding needs more than n_fft // 2 = {self.n_fft // 2} "
-                    f"samples, got {n}"
-                )
+                raise ValueError(f"reflect padding needs more than n_fft // 2 = {self.n_fft // 2} samples, got {n}")
             self.output_frames(n)  # raises when too short without centring
         super().build(input_shape)
 
@@ -403,8 +388,7 @@ class LogMel(tf_keras.layers.Layer):
         use_split = self.split_matmul
         if use_split is None:
             use_split = bool(
-                tf.config.experimental.tensor_float_32_execution_enabled()
-                and tf.config.list_logical_devices("GPU")
+                tf.config.experimental.tensor_float_32_execution_enabled() and tf.config.list_logical_devices("GPU")
             )
         if not use_split:
             return tf.matmul(power, tf.constant(self._mel_np))  # [rows, n_mels]

@@ -31,9 +31,7 @@ def _check_feature_map(layer_name: str, input_shape) -> tf.TensorShape:
     """Checks that ``input_shape`` is ``[B, T, F, C]`` with a known channel count."""
     shape = tf.TensorShape(input_shape)
     if shape.rank != 4:
-        raise ValueError(
-            f"{layer_name} expects a [batch, time, freq, channels] input, got shape {shape}"
-        )
+        raise ValueError(f"{layer_name} expects a [batch, time, freq, channels] input, got shape {shape}")
     if shape[-1] is None:
         raise ValueError(f"{layer_name} needs a known channel dimension, got shape {shape}")
     return shape
@@ -282,14 +280,10 @@ class CoordAttention(tf_keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.mip = self.bottleneck_channels(channels)
         # Averages along one axis: pooling layers when that axis is static.
         self.pool_freq = (
-            tf_keras.layers.AveragePooling2D(pool_size=(1, freq), name="pool_freq")
-            if freq is not None
-            else None
+            tf_keras.layers.AveragePooling2D(pool_size=(1, freq), name="pool_freq") if freq is not None else None
         )
         self.pool_time = (
-            tf_keras.layers.AveragePooling2D(pool_size=(time, 1), name="pool_time")
-            if time is not None
-            else None
+            tf_keras.layers.AveragePooling2D(pool_size=(time, 1), name="pool_time") if time is not None else None
         )
         if time is None or freq is None:
             logger.debug(

@@ -87,9 +87,7 @@ class PrefixedLastValueQuantizer(_PrefixedNames, _quantizers.LastValueQuantizer)
     """``LastValueQuantizer`` whose range variables are named ``{prefix}_{name}_min/max``."""
 
     def __init__(self, prefix="", num_bits=8, per_axis=True, symmetric=True, narrow_range=True):
-        super().__init__(
-            num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range
-        )
+        super().__init__(num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range)
         self.prefix = prefix
 
 
@@ -118,9 +116,7 @@ class PrefixedMovingAverageQuantizer(_PrefixedNames, _quantizers.MovingAverageQu
     """``MovingAverageQuantizer`` whose range variables are named ``{prefix}_{name}_min/max``."""
 
     def __init__(self, prefix="", num_bits=8, per_axis=False, symmetric=False, narrow_range=False):
-        super().__init__(
-            num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range
-        )
+        super().__init__(num_bits=num_bits, per_axis=per_axis, symmetric=symmetric, narrow_range=narrow_range)
         self.prefix = prefix
 
 
@@ -154,9 +150,7 @@ class IdentityQuantizer(_quantizers.Quantizer):
 
 def _check_count(config, what: str, values, expected: int) -> None:
     if len(values) != expected:
-        raise ValueError(
-            f"{type(config).__name__}: expected {expected} {what}, got {len(values)}"
-        )
+        raise ValueError(f"{type(config).__name__}: expected {expected} {what}, got {len(values)}")
 
 
 @tf_keras.saving.register_keras_serializable(package="asc")
@@ -173,10 +167,7 @@ class SeparableBlockQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         ]
 
     def get_activations_and_quantizers(self, layer):
-        return [
-            (getattr(layer, name).activation, PrefixedMovingAverageQuantizer(name))
-            for name in self._SUBLAYERS
-        ]
+        return [(getattr(layer, name).activation, PrefixedMovingAverageQuantizer(name)) for name in self._SUBLAYERS]
 
     def set_quantize_weights(self, layer, quantize_weights):
         _check_count(self, "weights", quantize_weights, 3)
@@ -186,7 +177,7 @@ class SeparableBlockQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def set_quantize_activations(self, layer, quantize_activations):
         _check_count(self, "activations", quantize_activations, 3)
-        for name, activation in zip(self._SUBLAYERS, quantize_activations):
+        for name, activation in zip(self._SUBLAYERS, quantize_activations, strict=True):
             getattr(layer, name).activation = activation
 
     def get_output_quantizers(self, layer):

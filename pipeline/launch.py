@@ -1,4 +1,4 @@
-"""``python -m pipeline.launch``: the command line of :mod:`pipeline.scaling.launch` (this module only keeps the entry point)."""
+"""``python -m pipeline.launch``: the command line of :mod:`pipeline.scaling.launch`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``python -m pipeline.predict``: the command line of :mod:`pipeline.inference.predict` (this module only keeps the entry point)."""
+"""``python -m pipeline.predict``: the command line of :mod:`pipeline.inference.predict`."""
 
 import sys
 

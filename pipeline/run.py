@@ -1,4 +1,4 @@
-"""``python -m pipeline.run``: the command line of :mod:`pipeline.running.cli` (this module only keeps the entry point)."""
+"""``python -m pipeline.run``: the command line of :mod:`pipeline.running.cli`."""
 
 import sys
 

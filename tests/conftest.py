@@ -49,12 +49,11 @@ def shipped_workdir(tmp_path_factory, tiny_dataset):
     ``frontend.tflite`` and the deployable package ``workdir/compress/package/``; MLflow records in
     ``workdir/mlflow.db``. Shared by the prediction, packaging and serving tests.
     """
-    from pipeline.running import runner
     from pipeline.core import config
+    from pipeline.running import runner
 
     workdir = tmp_path_factory.mktemp("shipped")
-    params = config.load(None, tiny_overrides(workdir, tiny_dataset, **{"compress.prune": "false",
-                                                                         "train.epochs": 2}))
+    params = config.load(None, tiny_overrides(workdir, tiny_dataset, **{"compress.prune": "false", "train.epochs": 2}))
     runner.run_stages(params, workdir, ["prepare", "train", "compress", "register"])
     return workdir, params
 
@@ -91,5 +90,11 @@ def tiny_sweep(tmp_path_factory, tiny_dataset):
     first = run.main([*base, "--shard", "1/2"])
     after_first = {"grid": (root / "summary.csv").exists(), "shard": pd.read_csv(root / "shard-1-of-2" / "runs.csv")}
     second = run.main([*base, "--shard", "2/2"])
-    return {"workdir": workdir, "base": base, "root": root, "plan": plan, "codes": (first, second),
-            "after_first": after_first}
+    return {
+        "workdir": workdir,
+        "base": base,
+        "root": root,
+        "plan": plan,
+        "codes": (first, second),
+        "after_first": after_first,
+    }

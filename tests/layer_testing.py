@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-
 import numpy as np
 import tensorflow as tf
 import tf_keras

@@ -7,8 +7,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-CLASSES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
-           "street_pedestrian", "street_traffic", "tram")
+CLASSES = (
+    "airport",
+    "bus",
+    "metro",
+    "metro_station",
+    "park",
+    "public_square",
+    "shopping_mall",
+    "street_pedestrian",
+    "street_traffic",
+    "tram",
+)
 
 
 def tone(seconds=1.0, rate=44100, freq=440.0, amp=0.5, channels=1, seed=0):
@@ -21,8 +31,15 @@ def tone(seconds=1.0, rate=44100, freq=440.0, amp=0.5, channels=1, seed=0):
     return x
 
 
-def write_tau(root: Path, *, n_per_class: int = 1, subtype: str = "PCM_24", rate: int = 44100,
-              devices_train=("a", "b", "s1"), devices_eval=("a", "s4")) -> dict:
+def write_tau(
+    root: Path,
+    *,
+    n_per_class: int = 1,
+    subtype: str = "PCM_24",
+    rate: int = 44100,
+    devices_train=("a", "b", "s1"),
+    devices_eval=("a", "s4"),
+) -> dict:
     """Write meta.csv, the three fold1 CSVs and 24-bit mono 1-s WAVs; returns the rows written."""
     root = Path(root)
     (root / "audio").mkdir(parents=True, exist_ok=True)

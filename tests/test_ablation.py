@@ -16,15 +16,24 @@ def _run(acc, unseen=None, **switches):
 
 def test_recipe_names_from_the_switches():
     assert recipe_name({"model.name": "asc"}) == "report"
-    assert recipe_name({"model.name": "asc", "augment.freq_mixstyle.enabled": "True",
-                        "distill.enabled": "True"}) == "report+FMS+KD"
+    assert (
+        recipe_name({"model.name": "asc", "augment.freq_mixstyle.enabled": "True", "distill.enabled": "True"})
+        == "report+FMS+KD"
+    )
     assert recipe_name({"model.name": "baseline"}) == "baseline"
 
 
 def test_runs_of_a_recipe_are_grouped_with_mean_and_std(tmp_path):
     dr = {"augment.device_response.enabled": True}
-    rows = ablation([_run(0.50, 0.40), _run(0.60, 0.44), _run(0.70, 0.60, **dr), _run(0.66, 0.58, **dr),
-                     {"params": {}, "metrics": {"log_loss": 1.0}}])  # a run without accuracy is left out
+    rows = ablation(
+        [
+            _run(0.50, 0.40),
+            _run(0.60, 0.44),
+            _run(0.70, 0.60, **dr),
+            _run(0.66, 0.58, **dr),
+            {"params": {}, "metrics": {"log_loss": 1.0}},
+        ]
+    )  # a run without accuracy is left out
     assert [r["recipe"] for r in rows] == ["report", "report+DIR"]
     report, dir_ = rows
     assert report["runs"] == 2 and report["overall"]["mean"] == pytest.approx(0.55)

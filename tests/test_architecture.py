@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.running import runner
 from pipeline.core import config
+from pipeline.running import runner
+from pipeline.running import worker as worker_role
 from pipeline.running.stages import Context, MemoryRecorder, Stage
 from pipeline.running.stages.base import replace
 
@@ -79,7 +80,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -99,7 +100,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert len(graph) > 50 and "pipeline.running.task" in graph["pipeline.running.stages.train"]
-    assert "pipeline.scaling.distributed" in graph["pipeline.running.training"]  # lazy imports count too (none left here)
+    assert (
+        "pipeline.scaling.distributed" in graph["pipeline.running.training"]
+    )  # lazy imports count too (none left here)
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
@@ -111,10 +114,19 @@ def test_the_cycle_finder_finds_a_lazy_circle():
 
 def test_no_stage_module_imports_another_stage_module():
     graph = import_graph()
-    stage_modules = {m for m in graph if m.startswith("pipeline.running.stages.") and m != "pipeline.running.stages.base"}
-    assert {"pipeline.running.stages.train", "pipeline.running.stages.evaluate", "pipeline.running.stages.report"} <= stage_modules
-    bad = {m: sorted(graph[m] & stage_modules) for m in stage_modules if graph[m] & stage_modules
-           and m != "pipeline.running.stages.__main__"}
+    stage_modules = {
+        m for m in graph if m.startswith("pipeline.running.stages.") and m != "pipeline.running.stages.base"
+    }
+    assert {
+        "pipeline.running.stages.train",
+        "pipeline.running.stages.evaluate",
+        "pipeline.running.stages.report",
+    } <= stage_modules
+    bad = {
+        m: sorted(graph[m] & stage_modules)
+        for m in stage_modules
+        if graph[m] & stage_modules and m != "pipeline.running.stages.__main__"
+    }
     assert not bad, f"stage modules importing other stage modules: {bad}"
 
 
@@ -134,9 +146,18 @@ def _spread(ctx: Context) -> dict:
     return {"total": sum(numbers), "out": str(ctx.out)}
 
 
-TOY = (Stage("produce", _produce, main_output="numbers.json", settings=("seed",)),
-       Stage("spread", _spread, upstream=("produce",), main_output="sum.json", settings=("seed",), distributed=True,
-             headline=("total",)))
+TOY = (
+    Stage("produce", _produce, main_output="numbers.json", settings=("seed",)),
+    Stage(
+        "spread",
+        _spread,
+        upstream=("produce",),
+        main_output="sum.json",
+        settings=("seed",),
+        distributed=True,
+        headline=("total",),
+    ),
+)
 
 
 def _tf_config(monkeypatch, task_type: str, index: int) -> None:
@@ -157,7 +178,7 @@ def test_a_toy_distributed_stage_runs_as_chief_and_as_worker(tmp_path, monkeypat
     assert worker == {"produce": {"skipped": True}, "spread": {"reused": True}}  # the chief reuses it: so does a worker
     forced = runner.run_stages(params, tmp_path, ["produce", "spread"], stages=TOY, track=False, force=True)
     assert forced["produce"] == {"skipped": True} and forced["spread"]["total"] == 6
-    scratch = runner.scratch_folder(tmp_path, 1)
+    scratch = worker_role.scratch_folder(tmp_path, 1)
     assert Path(forced["spread"]["out"]) == scratch / "spread"
     assert not scratch.exists()  # the worker's scratch folder is deleted when it is done
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written under the workdir
@@ -202,22 +223,34 @@ class RecordingParams:
         raise AttributeError("Params are frozen")
 
 
-def undeclared_reads(stage: Stage, reads: set[str]) -> list[str]:
-    """The recorded reads not covered by the stage's ``settings`` minus its ``exclude``."""
+def undeclared_reads(stage: Stage, reads: set[str], neutral: tuple[str, ...] = ()) -> list[str]:
+    """The recorded reads not covered by the stage's ``settings`` minus its ``exclude`` (nor in ``neutral``)."""
+
     def under(path: str, prefix: str) -> bool:
         return path == prefix or path.startswith(prefix + ".")
 
     declared = stage.settings or ()
-    return sorted(path for path in reads
-                  if not any(under(path, s) for s in declared) or any(under(path, e) for e in stage.exclude))
+    return sorted(
+        path
+        for path in reads
+        if (not any(under(path, s) for s in declared) or any(under(path, e) for e in stage.exclude))
+        and path not in neutral
+    )
 
 
 def _reads_of(stage: Stage, params, tmp_path: Path, **context) -> set[str]:
     reads: set[str] = set()
     out = tmp_path / stage.name
     out.mkdir(exist_ok=True)
-    stage.function(Context(params=RecordingParams(params, "", reads), workdir=tmp_path, out=out,
-                           record=MemoryRecorder(), **{"inputs": {}, **context}))
+    stage.function(
+        Context(
+            params=RecordingParams(params, "", reads),
+            workdir=tmp_path,
+            out=out,
+            record=MemoryRecorder(),
+            **{"inputs": {}, **context},
+        )
+    )
     return reads
 
 
@@ -275,11 +308,18 @@ def _bonus(ctx: Context) -> dict:
     return {}
 
 
-CATALOG = (Stage("produce", _produce, main_output="numbers.json", settings=("seed",),
-                 outputs={"numbers": "numbers.json"}),
-           Stage("extra", _bonus, main_output="bonus.json", settings=("seed",), outputs={"bonus": "bonus.json"}),
-           Stage("tally", _tally, upstream=("produce",), optional=("extra",), main_output="tally.json",
-                 outputs={"tally": "tally.json"}))
+CATALOG = (
+    Stage("produce", _produce, main_output="numbers.json", settings=("seed",), outputs={"numbers": "numbers.json"}),
+    Stage("extra", _bonus, main_output="bonus.json", settings=("seed",), outputs={"bonus": "bonus.json"}),
+    Stage(
+        "tally",
+        _tally,
+        upstream=("produce",),
+        optional=("extra",),
+        main_output="tally.json",
+        outputs={"tally": "tally.json"},
+    ),
+)
 
 
 def test_outputs_by_name_and_an_optional_upstream(tmp_path):
@@ -295,9 +335,14 @@ def test_outputs_by_name_and_an_optional_upstream(tmp_path):
 
 def test_an_unknown_output_or_input_is_named(tmp_path):
     (tmp_path / "produce").mkdir()
-    ctx = Context(params=config.load(None), workdir=tmp_path, out=tmp_path / "out",
-                  inputs={"produce": tmp_path / "produce"}, record=MemoryRecorder(),
-                  outputs={"produce": {"numbers": "numbers.json"}})
+    ctx = Context(
+        params=config.load(None),
+        workdir=tmp_path,
+        out=tmp_path / "out",
+        inputs={"produce": tmp_path / "produce"},
+        record=MemoryRecorder(),
+        outputs={"produce": {"numbers": "numbers.json"}},
+    )
     with pytest.raises(runner.StageError, match="declares no output 'sums'; its outputs: numbers"):
         ctx.input("produce", "sums")
     with pytest.raises(runner.StageError, match="numbers.json is missing: run --stage produce first"):

@@ -117,8 +117,9 @@ def test_export_classifier_has_no_augmentation_and_same_outputs():
     kinds = {type(layer).__name__ for layer in plain.layers}
     assert "SpecAugmentPP" not in kinds and "TimeShift" not in kinds
     logmel = asc.frontend_model(model)(_golden_inputs(params.audio.clip_samples)["sine"]).numpy()
-    np.testing.assert_allclose(plain(logmel, training=False).numpy(),
-                               asc.get_classifier(model)(logmel, training=False).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        plain(logmel, training=False).numpy(), asc.get_classifier(model)(logmel, training=False).numpy(), atol=1e-5
+    )
 
 
 def test_golden_outputs():
@@ -135,8 +136,9 @@ def test_golden_outputs():
     if os.environ.get("ASC_REGENERATE_GOLDEN"):
         np.savez(GOLDEN, **got)
         # fail, never skip: a run with the variable set must not pass as if the outputs had been checked
-        pytest.fail(f"golden outputs regenerated in {GOLDEN}: review the change, then rerun without "
-                    "ASC_REGENERATE_GOLDEN")
+        pytest.fail(
+            f"golden outputs regenerated in {GOLDEN}: review the change, then rerun without ASC_REGENERATE_GOLDEN"
+        )
     ref = np.load(GOLDEN)
     for key in ("silence", "noise", "sine"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-4, err_msg=key)
@@ -149,28 +151,38 @@ def test_regenerating_the_golden_file_fails_instead_of_skipping(tmp_path, monkey
     monkeypatch.setitem(globals(), "GOLDEN", str(tmp_path / "golden.npz"))
     with pytest.raises(pytest.fail.Exception, match="golden outputs regenerated"):
         test_golden_outputs()
-    written, shipped = np.load(tmp_path / "golden.npz"), np.load(os.path.join(os.path.dirname(__file__), "golden",
-                                                                             "asc_default.npz"))
+    written, shipped = (
+        np.load(tmp_path / "golden.npz"),
+        np.load(os.path.join(os.path.dirname(__file__), "golden", "asc_default.npz")),
+    )
     for key in ("silence", "noise", "sine"):
         np.testing.assert_allclose(written[key], shipped[key], rtol=1e-4, atol=1e-4, err_msg=key)
 
+
 def test_all_augmentations_on_trains_with_decreasing_loss(tiny_dataset):
     """The network with time shift and SpecAugment++ (mm) at all five positions learns the synthetic data."""
-    from pipeline.data import tau as data
     from pipeline.data import inputs
+    from pipeline.data import tau as data
     from pipeline.running import training
 
-    params = _small_params(**{"augment.specaugment.positions": "[input, block1, block2, block3, block4]",
-                              "augment.specaugment.mode": "mm", "train.learning_rate": "3e-3",
-                              "train.schedule": "constant", "audio.clip_seconds": "1.0"})
+    params = _small_params(
+        **{
+            "augment.specaugment.positions": "[input, block1, block2, block3, block4]",
+            "augment.specaugment.mode": "mm",
+            "train.learning_rate": "3e-3",
+            "train.schedule": "constant",
+            "audio.clip_seconds": "1.0",
+        }
+    )
     training.seed_everything(3)
     model = asc.build_model(params)
     kinds = [type(layer).__name__ for layer in model.layers + asc.get_classifier(model).layers]
     assert kinds.count("SpecAugmentPP") == 5 and kinds.count("TimeShift") == 1
     index = data.read_index(tiny_dataset)
     train = index[index.split == "train"].reset_index(drop=True)
-    ds, steps = inputs.train_dataset(train, tiny_dataset, params.audio, params.data, batch_size=8, seed=3,
-                                     start_epoch=0, epochs=10)
+    ds, steps = inputs.train_dataset(
+        train, tiny_dataset, params.audio, params.data, batch_size=8, seed=3, start_epoch=0, epochs=10
+    )
     training.compile_model(model, training.make_optimizer(params.train, steps, epochs=10))
     # 10 epochs: with no zero-width mask left, block 4's 1-frame time mask covers ~25% of its 2 frames
     history = model.fit(ds, epochs=10, steps_per_epoch=steps, verbose=0).history["loss"]

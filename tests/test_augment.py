@@ -1,6 +1,5 @@
 """Tests of augment/: SpecAugment++, time shifting and test-time augmentation."""
 
-
 import os
 
 import numpy as np
@@ -14,7 +13,6 @@ from augment.tta import AUGMENTATION_LAYERS as AUGMENTATION
 from augment.tta import TTA_MODES
 from pipeline.core.config import SpecAugmentParams, TTAParams
 from tests.layer_testing import run_layer_test
-
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -131,7 +129,7 @@ def test_stripe_width_and_start_distribution(axis):
     else:
         assert np.all(mask.all(axis=1) == mask.any(axis=1)), "a frequency stripe spans all frames"
         line, length = mask.any(axis=1), bins
-    widths, starts = zip(*(stripe_of(row) for row in line))
+    widths, starts = zip(*(stripe_of(row) for row in line), strict=True)
     widths = np.array(widths)
     # width ~ U{0..8}: every value, nothing else, mean 4 (sd 2.58, standard error 0.06).
     counts = np.bincount(widths, minlength=max_width + 1)
@@ -327,7 +325,7 @@ def test_same_seed_same_sequence_and_steps_differ(make):
     seq_a = [a(x, training=True).numpy() for _ in range(3)]
     graph_b = tf.function(lambda t: b(t, training=True))
     seq_b = [graph_b(x).numpy() for _ in range(3)]  # graph calls advance the same stream
-    for u, v in zip(seq_a, seq_b):
+    for u, v in zip(seq_a, seq_b, strict=True):
         np.testing.assert_array_equal(u, v)
     np.testing.assert_array_equal(first[0], seq_a[0])
     assert not np.array_equal(seq_a[0], seq_a[1]) and not np.array_equal(seq_a[1], seq_a[2])
@@ -386,22 +384,27 @@ def test_time_shift_bad_arguments(kwargs, name):
 
 
 def test_specaugment_from_params():
-    settings = SpecAugmentParams(mode="cm", time_width_fraction=0.25, freq_width_fraction=0.1,
-                                 n_time_masks=2, n_freq_masks=0)
+    settings = SpecAugmentParams(
+        mode="cm", time_width_fraction=0.25, freq_width_fraction=0.1, n_time_masks=2, n_freq_masks=0
+    )
     layer = SpecAugmentPP.from_params(settings, 44, 256, seed=3, name="masks", always_on=True)
-    got = (layer.max_time_width, layer.max_freq_width, layer.n_time_masks, layer.n_freq_masks,
-           layer.mode, layer.seed, layer.name, layer.always_on)
+    got = (
+        layer.max_time_width,
+        layer.max_freq_width,
+        layer.n_time_masks,
+        layer.n_freq_masks,
+        layer.mode,
+        layer.seed,
+        layer.name,
+        layer.always_on,
+    )
     assert got == (11, 26, 2, 0, "cm", 3, "masks", True)  # 26 = round(0.1 * 256)
 
 
 @pytest.mark.parametrize("mode", ["zm", "mm", "cm"])
 def test_specaugment_layer_round_trip(mode, tmp_path):
-    init = dict(
-        max_time_width=4, max_freq_width=3, n_time_masks=2, n_freq_masks=1, mode=mode, seed=7
-    )
-    out = run_layer_test(
-        SpecAugmentPP, init, (3, 10, 8, 2), (3, 10, 8, 2), tmp_path=tmp_path, trainable=False
-    )
+    init = dict(max_time_width=4, max_freq_width=3, n_time_masks=2, n_freq_masks=1, mode=mode, seed=7)
+    out = run_layer_test(SpecAugmentPP, init, (3, 10, 8, 2), (3, 10, 8, 2), tmp_path=tmp_path, trainable=False)
     data = np.random.default_rng(0).standard_normal((3, 10, 8, 2)).astype("float32")
     np.testing.assert_array_equal(out, data)  # identity at inference
     config = SpecAugmentPP(**init, always_on=True).get_config()
@@ -409,8 +412,9 @@ def test_specaugment_layer_round_trip(mode, tmp_path):
 
 
 def test_time_shift_layer_round_trip(tmp_path):
-    out = run_layer_test(TimeShift, dict(std_frames=4.0, seed=2), (3, 10, 8, 1), (3, 10, 8, 1),
-                         tmp_path=tmp_path, trainable=False)
+    out = run_layer_test(
+        TimeShift, dict(std_frames=4.0, seed=2), (3, 10, 8, 1), (3, 10, 8, 1), tmp_path=tmp_path, trainable=False
+    )
     data = np.random.default_rng(0).standard_normal((3, 10, 8, 1)).astype("float32")
     np.testing.assert_array_equal(out, data)  # identity at inference
     config = TimeShift(std_frames=4.0, seed=2, always_on=True).get_config()
@@ -506,8 +510,7 @@ def test_tta_view_shares_weights_and_leaves_model_alone(tmp_path):
     before = model(x).numpy()
     view = augment.make_tta_model(model, time_shift=True, specaugment=False)
     kinds = [type(layer).__name__ for layer in view.layers]
-    assert kinds == ["InputLayer", "TimeShift", "Identity", "Conv2D", "Identity",
-                     "GlobalAveragePooling2D", "Dense"]
+    assert kinds == ["InputLayer", "TimeShift", "Identity", "Conv2D", "Identity", "GlobalAveragePooling2D", "Dense"]
     assert view.layers[1].always_on and view.layers[1].seed != model.layers[1].seed
     assert view.layers[3] is model.layers[3] and view.layers[6] is model.layers[6]
     assert augment.count_augmentation_layers(view, active_only=True) == 1
@@ -645,8 +648,10 @@ def test_specaugment_widths_of_the_default_config(caplog):
     # round(0.1 * 5) = round(0.1 * 2) = 0 frames after blocks 3 and 4: raised to 1.
     assert widths == {"input": (4, 13), "block1": (2, 6), "block2": (1, 3), "block3": (1, 2), "block4": (1, 1)}
     assert "block4" in caplog.text and "raised to 1" in caplog.text
-    assert asc.specaugment_widths(config.load(None, ["augment.specaugment.enabled=false",
-                                                     "augment.tta.modes=shift"])) == {}
+    assert (
+        asc.specaugment_widths(config.load(None, ["augment.specaugment.enabled=false", "augment.tta.modes=shift"]))
+        == {}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,8 +663,16 @@ def asc_model():
     from models import asc
     from pipeline.core import config
 
-    params = config.load(None, ["audio.n_mels=32", "model.channels=[8, 8, 16, 16]", "model.hidden_units=16",
-                                "augment.tta.n_copies=3", "augment.tta.chunk_copies=3"])
+    params = config.load(
+        None,
+        [
+            "audio.n_mels=32",
+            "model.channels=[8, 8, 16, 16]",
+            "model.hidden_units=16",
+            "augment.tta.n_copies=3",
+            "augment.tta.chunk_copies=3",
+        ],
+    )
     tf_keras.utils.set_random_seed(0)
     model = asc.build_model(params)
     wave = tf.random.stateless_normal([6, params.audio.clip_samples], seed=[1, 2]) * 0.1
@@ -699,8 +712,11 @@ def test_masks_mode_copies_differ_and_are_seeded(asc_model):
     again = asc.tta_predictor(model, params, "masks").probabilities(logmel).numpy()
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - softmax(plain)).max() > 1e-7
-    other = TTA(asc.tta_classifier(model, params, "masks"), params.augment.tta, seed=params.seed + 1,
-                mode="masks").probabilities(logmel).numpy()
+    other = (
+        TTA(asc.tta_classifier(model, params, "masks"), params.augment.tta, seed=params.seed + 1, mode="masks")
+        .probabilities(logmel)
+        .numpy()
+    )
     assert np.abs(first - other).max() > 1e-7
 
 
@@ -713,8 +729,9 @@ def test_masks_mode_fills_input_stripes_with_the_input_batchnorm_mean(asc_model)
     try:
         centre = np.linspace(-9.0, -1.0, saved.shape[0]).astype("float32")
         bn.moving_mean.assign(centre)
-        view = augment.make_tta_model(asc.tta_classifier(model, params, "masks"), time_shift=False,
-                                      specaugment=True, seed=3)
+        view = augment.make_tta_model(
+            asc.tta_classifier(model, params, "masks"), time_shift=False, specaugment=True, seed=3
+        )
         add_back = view.layers[-2]  # shared with the unaugmented model: its last node is the view's
         probe = tf_keras.Model(view.inputs, add_back.get_output_at(len(add_back.inbound_nodes) - 1))
         out = probe(logmel, training=False).numpy()[..., 0]  # [B, T, M]

@@ -58,7 +58,7 @@ def _randomize(model, seed=1):
     """Non-zero weights everywhere (the converter drops all-zero Dense biases)."""
     rng = np.random.default_rng(seed)
     values = []
-    for variable, value in zip(model.weights, model.get_weights()):
+    for variable, value in zip(model.weights, model.get_weights(), strict=True):
         if "variance" in variable.name or "gamma" in variable.name:
             values.append(rng.uniform(0.5, 1.5, value.shape).astype("float32"))
         else:
@@ -159,9 +159,9 @@ def _tiny_model(time=None):
     layers = tf_keras.layers
     inputs = tf_keras.Input((time, 5, 2))  # [B, 6, 5, 2]
     x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)  # [B, 6, 5, 4]
-    x = layers.DepthwiseConv2D(
-        (3, 1), dilation_rate=(2, 1), padding="same", depth_multiplier=2, name="dw"
-    )(x)  # [B, 6, 5, 8]
+    x = layers.DepthwiseConv2D((3, 1), dilation_rate=(2, 1), padding="same", depth_multiplier=2, name="dw")(
+        x
+    )  # [B, 6, 5, 8]
     x = layers.BatchNormalization(name="bn_folded")(x)
     x = layers.ReLU(name="relu")(x)
     x = layers.BatchNormalization(name="bn_alone")(x)  # after a ReLU: not folded
@@ -215,13 +215,9 @@ def test_keras_complexity_input_shape_for_unknown_time_and_nested_models():
 
 def test_keras_complexity_counts_traced_ops_of_custom_layers():
     inputs = tf_keras.Input((4, 6, 3))
-    mean_f = tf_keras.layers.Lambda(
-        lambda t: tf.reduce_mean(t, axis=2, keepdims=True), name="mean_f"
-    )(inputs)
+    mean_f = tf_keras.layers.Lambda(lambda t: tf.reduce_mean(t, axis=2, keepdims=True), name="mean_f")(inputs)
     product = tf_keras.layers.Multiply(name="product")([inputs, mean_f, inputs])
-    outputs = tf_keras.layers.Lambda(
-        lambda t: tf.reduce_max(t * 0.5, axis=1), name="max_t"
-    )(product)
+    outputs = tf_keras.layers.Lambda(lambda t: tf.reduce_max(t * 0.5, axis=1), name="max_t")(product)
     rows = _rows(keras_complexity(tf_keras.Model(inputs, outputs)))
     assert rows["mean_f"]["macs"] == 4 * 6 * 3  # reads every element
     assert rows["product"]["macs"] == 2 * 4 * 6 * 3  # three operands: two multiplications each
@@ -232,9 +228,7 @@ def test_keras_complexity_sees_through_pruning_wrappers():
     import tensorflow_model_optimization as tfmot
 
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(
-        build_baseline_classifier(), pruning_schedule=schedule
-    )
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(build_baseline_classifier(), pruning_schedule=schedule)
     result = keras_complexity(pruned)
     # Same MACs and int8 bytes (masks are not parameters of the exported model, BN still folds).
     assert (result["size_bytes"], result["macs_dense_corrected"]) == (46_512, 29_238_120)
@@ -279,8 +273,16 @@ def test_cli_reports_nessi_figures_of_the_baseline_exactly(baseline_tflite, tmp_
     assert complexity.main([str(path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     types = [r["type"] for r in result["layers"]]
-    assert types == ["CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MAX_POOL_2D", "RESHAPE",
-                     "FULLY_CONNECTED", "FULLY_CONNECTED"]
+    assert types == [
+        "CONV_2D",
+        "CONV_2D",
+        "MAX_POOL_2D",
+        "CONV_2D",
+        "MAX_POOL_2D",
+        "RESHAPE",
+        "FULLY_CONNECTED",
+        "FULLY_CONNECTED",
+    ]
     macs = [r["macs"] for r in result["layers"] if r["type"] != "RESHAPE"]
     assert macs == [1_599_360, 25_589_760, 32_000, 2_007_040, 2_560, 3_200, 1_000]
     sizes = [r["size_bytes"] for r in result["layers"] if r["type"] != "RESHAPE"]
@@ -368,6 +370,7 @@ def test_to_int8_tflite_rejects_bad_inputs(baseline_classifier):
 
 
 # ------------------------------------------------------------ project layers (models.layers)
+
 
 def _block_model(shape, layer):
     inputs = tf_keras.Input(shape)

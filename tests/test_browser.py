@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.running import runner
 from pipeline.core import config
+from pipeline.running import runner
 from tests.conftest import tiny_overrides
 
 CHROMIUM = os.environ.get("ASC_CHROMIUM", "/usr/bin/chromium")
@@ -65,17 +65,44 @@ def mlflow_server(tmp_path_factory, tiny_dataset, request):
     assert tiny_sweep["codes"] == (0, 0)
     runs = tmp_path_factory.mktemp("ui")
     for seed in (1, 2):
-        params = config.load(None, tiny_overrides(runs / f"run{seed}", tiny_dataset, **{
-            "seed": seed, "train.epochs": 1, "augment.tta.enabled": "false", "tracking.experiment": RUNS_EXPERIMENT,
-            "tracking.uri": f"sqlite:///{workdir}/mlflow.db", "tracking.artifact_root": f"{workdir}/mlruns"}))
+        params = config.load(
+            None,
+            tiny_overrides(
+                runs / f"run{seed}",
+                tiny_dataset,
+                **{
+                    "seed": seed,
+                    "train.epochs": 1,
+                    "augment.tta.enabled": "false",
+                    "tracking.experiment": RUNS_EXPERIMENT,
+                    "tracking.uri": f"sqlite:///{workdir}/mlflow.db",
+                    "tracking.artifact_root": f"{workdir}/mlruns",
+                },
+            ),
+        )
         runner.run_stages(params, runs / f"run{seed}", ["prepare", "train", "evaluate"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
-         "--default-artifact-root", str(workdir / "mlruns"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{workdir}/mlflow.db",
+            "--default-artifact-root",
+            str(workdir / "mlruns"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(120):
             try:
@@ -98,8 +125,16 @@ def page():
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         pg = browser.new_page(viewport={"width": 1600, "height": 1100})
         yield pg
         browser.close()
@@ -108,15 +143,22 @@ def page():
 def test_runs_listed_and_compared(mlflow_server, page):
     base = mlflow_server
     ARTIFACTS.mkdir(exist_ok=True)
-    (exp,) = [e for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
-              if e["name"] == RUNS_EXPERIMENT]
+    (exp,) = [
+        e
+        for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
+        if e["name"] == RUNS_EXPERIMENT
+    ]
     eid = exp["experiment_id"]
-    found = _api(base, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [eid], "filter": "tags.stages = 'prepare,train,evaluate'", "max_results": 10})
+    found = _api(
+        base,
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [eid], "filter": "tags.stages = 'prepare,train,evaluate'", "max_results": 10},
+    )
     parents = sorted(found["runs"], key=lambda r: r["data"]["tags"] and r["info"]["run_name"])
     assert [r["info"]["run_name"] for r in parents] == ["asc-default-synthetic-seed1", "asc-default-synthetic-seed2"]
-    accuracies = {r["info"]["run_name"]: {m["key"]: m["value"] for m in r["data"]["metrics"]}["macro_accuracy"]
-                  for r in parents}
+    accuracies = {
+        r["info"]["run_name"]: {m["key"]: m["value"] for m in r["data"]["metrics"]}["macro_accuracy"] for r in parents
+    }
 
     # The experiment's training runs: both invocations are listed by name.
     page.goto(f"{base}/#/experiments/{eid}/runs")
@@ -132,13 +174,13 @@ def test_runs_listed_and_compared(mlflow_server, page):
         assert "model_macs" in body and "log_loss" in body
         value = accuracies[run["info"]["run_name"]]
         shown = {f"{value:.{d}f}".rstrip("0").rstrip(".") for d in range(1, 7)} | {str(value)}
-        row = body[body.index("macro_accuracy"):][:80]  # the metric's row in the metrics table
+        row = body[body.index("macro_accuracy") :][:80]  # the metric's row in the metrics table
         assert any(text in row for text in shown), (value, row)
     page.screenshot(path=str(ARTIFACTS / "mlflow_run.png"), full_page=True)
 
     # The compare view of the two runs lists the metrics side by side.
     ids = json.dumps([r["info"]["run_id"] for r in parents])
-    page.goto(f'{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}')
+    page.goto(f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}")
     page.get_by_text("Comparing 2 Runs").first.wait_for(timeout=30_000)
     page.get_by_text("macro_accuracy", exact=True).first.wait_for(timeout=30_000)
     body = page.inner_text("body")
@@ -153,11 +195,17 @@ def test_sweep_runs_compared(mlflow_server, page):
     """The sweep's four parent runs side by side in the compare view; its summary run holds the files."""
     base = mlflow_server
     ARTIFACTS.mkdir(exist_ok=True)
-    (exp,) = [e for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
-              if e["name"] == SWEEP_EXPERIMENT]
+    (exp,) = [
+        e
+        for e in _api(base, "/api/2.0/mlflow/experiments/search?max_results=50")["experiments"]
+        if e["name"] == SWEEP_EXPERIMENT
+    ]
     eid = exp["experiment_id"]
-    cells = _api(base, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [eid], "filter": "tags.sweep_role = 'run'", "max_results": 10})["runs"]
+    cells = _api(
+        base,
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [eid], "filter": "tags.sweep_role = 'run'", "max_results": 10},
+    )["runs"]
     assert len(cells) == 4 and {r["info"]["status"] for r in cells} == {"FINISHED"}
     sweep_ids = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "sweep_id") for r in cells}
     assert len(sweep_ids) == 1
@@ -166,7 +214,7 @@ def test_sweep_runs_compared(mlflow_server, page):
     assert names == [f"sweep-{sweep_id[:6]}-c{c}-seed{s}" for c in (0, 1) for s in SWEEP_SEEDS]
 
     ids = json.dumps([r["info"]["run_id"] for r in cells])
-    page.goto(f'{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}')
+    page.goto(f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}")
     page.get_by_text("Comparing 4 Runs").first.wait_for(timeout=30_000)
     page.get_by_text("macro_accuracy", exact=True).first.wait_for(timeout=30_000)
     body = page.inner_text("body")
@@ -176,8 +224,11 @@ def test_sweep_runs_compared(mlflow_server, page):
         assert key in body, key
     page.screenshot(path=str(ARTIFACTS / "mlflow_sweep_compare.png"), full_page=True)
 
-    (summary,) = _api(base, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [eid], "filter": f"tags.sweep_id = '{sweep_id}' and tags.sweep_scope = 'grid'"})["runs"]
+    (summary,) = _api(
+        base,
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [eid], "filter": f"tags.sweep_id = '{sweep_id}' and tags.sweep_scope = 'grid'"},
+    )["runs"]
     page.goto(f"{base}/#/experiments/{eid}/runs/{summary['info']['run_id']}/artifacts")
     page.get_by_text("summary.csv", exact=True).first.wait_for(timeout=30_000)
     body = page.inner_text("body")

@@ -13,11 +13,12 @@ import uuid
 import mlflow
 import pytest
 
+from pipeline.core import config, files, source
 from pipeline.running import cli as run
 from pipeline.running import runner
-from pipeline.scaling import sweep
-from pipeline.core import config, files, source
+from pipeline.running import state as run_state
 from pipeline.running.stages import Stage, StageError
+from pipeline.scaling import sweep
 
 STAGES_PY = '''
 from {pkg} import helper  # module level
@@ -101,8 +102,12 @@ def toy(tmp_path, monkeypatch):
 
 
 def _params(tmp_path, **extra):
-    sets = {"tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "tracking.artifact_root": f"{tmp_path}/mlruns",
-            "tracking.experiment": "toy", **extra}
+    sets = {
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "tracking.artifact_root": f"{tmp_path}/mlruns",
+        "tracking.experiment": "toy",
+        **extra,
+    }
     return config.load(None, [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -115,8 +120,9 @@ def _code_warnings(caplog) -> list[str]:
 
 def test_digest_follows_every_import_of_the_project_and_nothing_else(toy):
     first = source.code_digest(f"{toy.name}.stages")
-    assert sorted(first.files) == [f"{toy.name}/{f}" for f in
-                                   ("__init__.py", "helper.py", "lazy.py", "rel.py", "stages.py")]
+    assert sorted(first.files) == [
+        f"{toy.name}/{f}" for f in ("__init__.py", "helper.py", "lazy.py", "rel.py", "stages.py")
+    ]
     assert len(first.digest) == 16
     source.code_digest.cache_clear()
     assert source.code_digest(f"{toy.name}.stages") == first  # unchanged files: the same digest
@@ -143,15 +149,20 @@ def test_digest_is_cached_per_process(toy):
 
 def test_the_real_stages_digest_the_model_and_no_installed_package():
     code = source.code_digest("pipeline.running.stages.train")
-    assert {"models/asc.py", "pipeline/scaling/distributed.py", "pipeline/running/stages/__init__.py", "pipeline/__init__.py"} <= set(
-        code.files)  # imported, imported inside a function, the packages' __init__ files
+    assert {
+        "models/asc.py",
+        "pipeline/scaling/distributed.py",
+        "pipeline/running/stages/__init__.py",
+        "pipeline/__init__.py",
+    } <= set(code.files)  # imported, imported inside a function, the packages' __init__ files
     assert all(path.split("/")[0] in source.PROJECT_PACKAGES for path in code.files)
     with pytest.raises(ValueError, match="no Python source file found for module 'no_such_module_xyz'"):
         source.code_digest("no_such_module_xyz")
 
 
 def test_a_parent_package_is_digested_but_its_siblings_are_not_followed():
-    """``pipeline/running/stages/__init__.py`` imports every stage; a stage module does not depend on its siblings for that."""
+    """``pipeline/running/stages/__init__.py`` imports every stage; a stage module does not depend on its
+    siblings for that."""
     prepare = source.code_digest("pipeline.running.stages.prepare").files
     assert "pipeline/running/stages/__init__.py" in prepare and "pipeline/running/stages/prepare.py" in prepare
     assert not {"pipeline/running/stages/report.py", "pipeline/running/stages/train.py", "models/asc.py"} & set(prepare)
@@ -175,7 +186,9 @@ def test_reuse_after_a_code_change_warns_once_per_stage_and_reuses(toy, tmp_path
     runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False)
     caplog.clear()
     assert runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False) == {
-        "count": {"reused": True}, "double": {"reused": True}}
+        "count": {"reused": True},
+        "double": {"reused": True},
+    }
     assert _code_warnings(caplog) == []  # same code: no warning
 
     old = source.code_digest(f"{toy.name}.stages").digest
@@ -184,15 +197,19 @@ def test_reuse_after_a_code_change_warns_once_per_stage_and_reuses(toy, tmp_path
     caplog.clear()
     toy.calls.clear()
     results = runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False)
-    assert results == {"count": {"reused": True, "code_changed": True},
-                       "double": {"reused": True, "code_changed": True}}
+    assert results == {
+        "count": {"reused": True, "code_changed": True},
+        "double": {"reused": True, "code_changed": True},
+    }
     assert toy.calls == [] and (tmp_path / "count" / "count.txt").read_text() == "3"  # the old outputs
     warnings = _code_warnings(caplog)
     assert len(warnings) == 2, warnings
-    for name, line in zip(("count", "double"), warnings):
+    for name, line in zip(("count", "double"), warnings, strict=True):
         assert "\n" not in line
-        assert line == (f"stage {name}: reusing outputs made by other code (code digest {old} -> {new}, 5 source "
-                        f"files; changed: {toy.name}/helper.py); --rerun-changed-code reruns such stages")
+        assert line == (
+            f"stage {name}: reusing outputs made by other code (code digest {old} -> {new}, 5 source "
+            f"files; changed: {toy.name}/helper.py); --rerun-changed-code reruns such stages"
+        )
 
 
 def test_marker_without_a_code_digest_counts_as_other_code(toy, tmp_path, caplog):
@@ -204,7 +221,8 @@ def test_marker_without_a_code_digest_counts_as_other_code(toy, tmp_path, caplog
     files.mark_complete(tmp_path / "count", **marker)  # as written before code digests
     caplog.clear()
     assert runner.run_stages(params, tmp_path, ["count"], stages=toy.records, track=False) == {
-        "count": {"reused": True, "code_changed": True}}
+        "count": {"reused": True, "code_changed": True}
+    }
     (line,) = _code_warnings(caplog)
     assert line.startswith("stage count: reusing outputs made by other code (code digest not recorded -> ")
 
@@ -219,7 +237,10 @@ def test_reused_mlflow_run_is_tagged_code_changed(toy, tmp_path):
     exp = client.get_experiment_by_name("toy")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'count'", order_by=["start_time"])
     assert [(r.data.tags.get("reused"), r.data.tags.get("code_changed")) for r in runs] == [
-        (None, None), ("true", None), ("true", "true")]
+        (None, None),
+        ("true", None),
+        ("true", "true"),
+    ]
     assert runs[0].data.tags["code"] == runs[1].data.tags["code"] != runs[2].data.tags["code"]
 
 
@@ -231,16 +252,18 @@ def test_rerun_changed_code_reruns_the_stage_and_its_downstream(toy, tmp_path, c
     runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False)
     toy.edit(f"{toy.name}/helper.py", "VALUE = 30\n")
     toy.calls.clear()
-    results = runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False,
-                                rerun_changed_code=True)
+    results = runner.run_stages(
+        params, tmp_path, ["count", "double"], stages=toy.records, track=False, rerun_changed_code=True
+    )
     assert toy.calls == ["count", "double"] and results["double"]["value"] == 60
     assert (tmp_path / "double" / "double.txt").read_text() == "60"
     assert files.read_marker(tmp_path / "count")["code"] == source.code_digest(f"{toy.name}.stages").digest
 
     caplog.clear()
     toy.calls.clear()
-    again = runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False,
-                              rerun_changed_code=True)
+    again = runner.run_stages(
+        params, tmp_path, ["count", "double"], stages=toy.records, track=False, rerun_changed_code=True
+    )
     assert again == {"count": {"reused": True}, "double": {"reused": True}} and toy.calls == []
     assert _code_warnings(caplog) == []
 
@@ -248,14 +271,19 @@ def test_rerun_changed_code_reruns_the_stage_and_its_downstream(toy, tmp_path, c
 def test_an_input_made_by_other_code_is_refused_with_the_setting_and_named_without(toy, tmp_path, caplog):
     runner.run_stages(_params(tmp_path), tmp_path, ["count", "double"], stages=toy.records, track=False)
     toy.edit(f"{toy.name}/rel.py", "# edited\n")
-    with pytest.raises(StageError, match=rf"{tmp_path / 'count'} was made by other code than this run's .*"
-                                         r"run --stage count --rerun-changed-code"):
-        runner.run_stages(_params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False,
-                          rerun_changed_code=True)
+    with pytest.raises(
+        StageError,
+        match=rf"{tmp_path / 'count'} was made by other code than this run's .*"
+        r"run --stage count --rerun-changed-code",
+    ):
+        runner.run_stages(
+            _params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False, rerun_changed_code=True
+        )
     caplog.clear()
     runner.run_stages(_params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False)
-    assert any(line.startswith("stage double: its input count was made by other code (") for line in
-               _code_warnings(caplog)), _code_warnings(caplog)
+    assert any(
+        line.startswith("stage double: its input count was made by other code (") for line in _code_warnings(caplog)
+    ), _code_warnings(caplog)
 
 
 def test_an_interrupted_run_of_other_code_resumes_with_a_warning_or_starts_afresh(toy, tmp_path, caplog):
@@ -266,7 +294,7 @@ def test_an_interrupted_run_of_other_code_resumes_with_a_warning_or_starts_afres
         (workdir / "interrupt").touch()
         with pytest.raises(KeyboardInterrupt):
             runner.run_stages(params, workdir, ["slow"], stages=toy.records, track=False)
-        state = json.loads((workdir / "slow" / runner.RUNNING).read_text())
+        state = json.loads((workdir / "slow" / run_state.RUNNING).read_text())
         assert state["code"] == source.code_digest(f"{toy.name}.stages").digest
         toy.edit(f"{toy.name}/lazy.py", "# edited\n")
         toy.calls.clear()
@@ -275,7 +303,7 @@ def test_an_interrupted_run_of_other_code_resumes_with_a_warning_or_starts_afres
         assert toy.calls == [("slow", not rerun)]
         resumed = [line for line in _code_warnings(caplog) if "resuming an interrupted run" in line]
         assert len(resumed) == (0 if rerun else 1)
-        assert not (workdir / "slow" / runner.RUNNING).exists()
+        assert not (workdir / "slow" / run_state.RUNNING).exists()
 
 
 def test_same_code_still_resumes(toy, tmp_path, caplog):
@@ -283,14 +311,16 @@ def test_same_code_still_resumes(toy, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         runner.run_stages(_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False)
     toy.calls.clear()
-    runner.run_stages(_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False,
-                      rerun_changed_code=True)
+    runner.run_stages(_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False, rerun_changed_code=True)
     assert toy.calls == [("slow", True)] and _code_warnings(caplog) == []
 
 
 def test_sweep_reruns_a_shared_stage_made_by_other_code_once(toy, tmp_path):
-    overrides = [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns",
-                 "tracking.experiment=toy"]
+    overrides = [
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_root={tmp_path}/mlruns",
+        "tracking.experiment=toy",
+    ]
     plan = sweep.plan(None, overrides, [], "0,1")  # two cells: count is shared (no settings), double is not
     assert sweep.run_sweep(plan, tmp_path, ["count", "double"], stages=toy.records)[0] == 0
     toy.edit(f"{toy.name}/helper.py", "VALUE = 30\n")
@@ -327,8 +357,12 @@ def test_cli_passes_the_setting_to_the_runner_and_the_sweep(tmp_path, monkeypatc
     monkeypatch.setattr(runner, "run_stages", run_stages)
     monkeypatch.setattr(runner, "summary", lambda *args: "")
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
-    sets = ["--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "--set",
-            f"tracking.artifact_root={tmp_path}/mlruns"]
+    sets = [
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        "--set",
+        f"tracking.artifact_root={tmp_path}/mlruns",
+    ]
     base = ["--stage", "prepare", "--workdir", str(tmp_path / "w"), *sets]
     assert run.main([*base, "--rerun-changed-code"]) == 0
     assert run.main([*base, "--rerun-changed-code", "--seeds", "0,1"]) == 0

@@ -8,8 +8,8 @@ from evaluate import complexity
 from evaluate import compress as cz
 from models import asc
 from pipeline.core import config
-from pipeline.data import tau as data
 from pipeline.data import inputs
+from pipeline.data import tau as data
 from pipeline.running import training
 from tests.conftest import tiny_overrides
 from tests.test_asc import _deterministic_weights
@@ -19,8 +19,12 @@ pytestmark = pytest.mark.slow  # prunes and quantises (QAT) a network: minutes o
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_dataset):
-    params = config.load(None, tiny_overrides(tmp_path_factory.mktemp("cz"), tiny_dataset, **{
-        "train.learning_rate": "3e-3", "train.schedule": "constant"}))
+    params = config.load(
+        None,
+        tiny_overrides(
+            tmp_path_factory.mktemp("cz"), tiny_dataset, **{"train.learning_rate": "3e-3", "train.schedule": "constant"}
+        ),
+    )
     training.seed_everything(params.seed)
     index = data.read_index(tiny_dataset)
     train = index[index.split == "train"].reset_index(drop=True)
@@ -39,8 +43,9 @@ def setup(tmp_path_factory, tiny_dataset):
 
 
 def _data(params, train, root, epochs=1):
-    ds, steps = inputs.train_dataset(train, root, params.audio, params.data, batch_size=8, seed=2,
-                                     start_epoch=0, epochs=epochs)
+    ds, steps = inputs.train_dataset(
+        train, root, params.audio, params.data, batch_size=8, seed=2, start_epoch=0, epochs=epochs
+    )
     return ds, steps
 
 
@@ -67,9 +72,17 @@ def test_prune_reaches_target_sparsity_in_custom_layers(setup, tiny_dataset):
     classifier = asc.export_classifier(model, params)
     before = classifier.get_weights()
     ds, steps = _data(params, train, tiny_dataset, epochs=2)
-    pruned, report = cz.prune(cz.copy_model(classifier), asc.frontend_layer(model), ds, steps, epochs=2,
-                              target_sparsity=0.6, learning_rate=1e-4, clip_samples=params.audio.clip_samples)
-    for a, b in zip(before, classifier.get_weights()):  # the original is untouched
+    pruned, report = cz.prune(
+        cz.copy_model(classifier),
+        asc.frontend_layer(model),
+        ds,
+        steps,
+        epochs=2,
+        target_sparsity=0.6,
+        learning_rate=1e-4,
+        clip_samples=params.audio.clip_samples,
+    )
+    for a, b in zip(before, classifier.get_weights(), strict=True):  # the original is untouched
         np.testing.assert_array_equal(a, b)
     custom = {k: v for k, v in report.items() if "_sepconv/" in k or "_attention/" in k}
     assert any("pointwise" in k for k in custom) and any("conv_reduce" in k for k in custom)
@@ -101,16 +114,33 @@ def test_qat_pruning_preserving_then_int8(setup, tiny_dataset):
     params, model, train, logmel = setup
     classifier = asc.export_classifier(model, params)
     ds, steps = _data(params, train, tiny_dataset)
-    pruned, report = cz.prune(cz.copy_model(classifier), asc.frontend_layer(model), ds, steps, epochs=1,
-                              target_sparsity=0.5, learning_rate=1e-4, clip_samples=params.audio.clip_samples)
+    pruned, report = cz.prune(
+        cz.copy_model(classifier),
+        asc.frontend_layer(model),
+        ds,
+        steps,
+        epochs=1,
+        target_sparsity=0.5,
+        learning_rate=1e-4,
+        clip_samples=params.audio.clip_samples,
+    )
     ds, steps = _data(params, train, tiny_dataset)
-    qat = cz.quantize_aware(pruned, asc.frontend_layer(model), ds, steps, epochs=1, learning_rate=1e-4,
-                            clip_samples=params.audio.clip_samples, pruned=True)
+    qat = cz.quantize_aware(
+        pruned,
+        asc.frontend_layer(model),
+        ds,
+        steps,
+        epochs=1,
+        learning_rate=1e-4,
+        clip_samples=params.audio.clip_samples,
+        pruned=True,
+    )
     kinds = {type(layer).__name__ for layer in qat.layers}
     assert "QuantizeWrapperV2" in kinds or "QuantizeWrapper" in kinds
     pointwise = [w for w in qat.trainable_weights if "pointwise/kernel" in w.name]
-    assert pointwise and all(abs(float(tf.reduce_mean(tf.cast(w == 0, tf.float32))) - 0.5) < 0.02
-                             for w in pointwise)  # sparsity kept through QAT
+    assert pointwise and all(
+        abs(float(tf.reduce_mean(tf.cast(w == 0, tf.float32))) - 0.5) < 0.02 for w in pointwise
+    )  # sparsity kept through QAT
     content = cz.to_tflite(qat, logmel[:8])
     got = cz.TFLiteClassifier(content).probabilities(logmel)
     ref = _softmax(qat.predict(logmel, verbose=0).astype(np.float64))

@@ -18,9 +18,18 @@ def test_defaults_and_files_load():
 
 
 def test_overrides_are_typed():
-    p = config.load(None, ["train.epochs=3", "audio.n_mels=128", "train.learning_rate=2e-3",
-                           "model.channels=[8, 16, 16, 16]", "audio.fmax_hz=null",
-                           "augment.specaugment.positions=input,block2", "train.deterministic=true"])
+    p = config.load(
+        None,
+        [
+            "train.epochs=3",
+            "audio.n_mels=128",
+            "train.learning_rate=2e-3",
+            "model.channels=[8, 16, 16, 16]",
+            "audio.fmax_hz=null",
+            "augment.specaugment.positions=input,block2",
+            "train.deterministic=true",
+        ],
+    )
     assert p.train.epochs == 3 and isinstance(p.train.epochs, int)
     assert p.audio.n_mels == 128
     assert p.train.learning_rate == pytest.approx(2e-3) and isinstance(p.train.learning_rate, float)
@@ -32,37 +41,41 @@ def test_overrides_are_typed():
         p.train.epochs = 4  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.epochs=0", ["train.epochs", "minimum 1"]),
-    ("train.epochs=abc", ["train.epochs", "integer"]),
-    ("train.epochs=2.5", ["train.epochs", "integer"]),
-    ("train.learning_rate=-1", ["train.learning_rate", "greater than 0"]),
-    ("train.optimizer=lamb", ["train.optimizer", "adamw"]),
-    ("trian.epochs=3", ["trian", "allowed"]),
-    ("train.epoch=3", ["train.epoch", "epochs"]),
-    ("audio.window=boxcar", ["audio.window", "hann", "hamming"]),
-    ("audio.center=maybe", ["audio.center", "true or false"]),
-    ("audio.fmax_hz=30000", ["audio.fmax_hz", "Nyquist"]),
-    ("audio.fmin_hz=9000", None),
-    ("audio.win_length=4096", ["audio.win_length", "n_fft"]),
-    ("model.channels=[64, -1, 8, 8]", ["model.channels", "positive integers"]),
-    ("model.channels=[64, 64]", ["model.channels", "4 blocks"]),
-    ("augment.specaugment.positions=[input, block9]", ["positions", "block9", "block4"]),
-    ("augment.specaugment.mode=xx", ["augment.specaugment.mode", "mm"]),
-    ("augment.tta.chunk_copies=100", ["chunk_copies", "n_copies"]),
-    ("augment.tta.modes=[shift, flip]", ["augment.tta.modes", "flip", "shift", "masks"]),
-    ("augment.tta.modes=[masks, masks]", ["augment.tta.modes", "duplicate"]),
-    ("augment.tta.modes=[]", ["augment.tta.modes", "empty"]),
-    ("augment.tta.mask_fill=noise", ["augment.tta.mask_fill", "zm", "mm", "cm"]),
-    ("augment.specaugment.time_width_fraction=0", ["augment.specaugment.time_width_fraction",
-                                                    "zero-width", "n_time_masks: 0"]),
-    ("augment.specaugment.freq_width_fraction=0", ["augment.specaugment.freq_width_fraction",
-                                                    "n_freq_masks: 0"]),
-    ("train.min_learning_rate=1", ["train.min_learning_rate", "learning_rate"]),
-    ("seed=-3", ["seed", "minimum"]),
-    ("train=3", ["train", "mapping"]),
-    ("noequals", ["key=value"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.epochs=0", ["train.epochs", "minimum 1"]),
+        ("train.epochs=abc", ["train.epochs", "integer"]),
+        ("train.epochs=2.5", ["train.epochs", "integer"]),
+        ("train.learning_rate=-1", ["train.learning_rate", "greater than 0"]),
+        ("train.optimizer=lamb", ["train.optimizer", "adamw"]),
+        ("trian.epochs=3", ["trian", "allowed"]),
+        ("train.epoch=3", ["train.epoch", "epochs"]),
+        ("audio.window=boxcar", ["audio.window", "hann", "hamming"]),
+        ("audio.center=maybe", ["audio.center", "true or false"]),
+        ("audio.fmax_hz=30000", ["audio.fmax_hz", "Nyquist"]),
+        ("audio.fmin_hz=9000", None),
+        ("audio.win_length=4096", ["audio.win_length", "n_fft"]),
+        ("model.channels=[64, -1, 8, 8]", ["model.channels", "positive integers"]),
+        ("model.channels=[64, 64]", ["model.channels", "4 blocks"]),
+        ("augment.specaugment.positions=[input, block9]", ["positions", "block9", "block4"]),
+        ("augment.specaugment.mode=xx", ["augment.specaugment.mode", "mm"]),
+        ("augment.tta.chunk_copies=100", ["chunk_copies", "n_copies"]),
+        ("augment.tta.modes=[shift, flip]", ["augment.tta.modes", "flip", "shift", "masks"]),
+        ("augment.tta.modes=[masks, masks]", ["augment.tta.modes", "duplicate"]),
+        ("augment.tta.modes=[]", ["augment.tta.modes", "empty"]),
+        ("augment.tta.mask_fill=noise", ["augment.tta.mask_fill", "zm", "mm", "cm"]),
+        (
+            "augment.specaugment.time_width_fraction=0",
+            ["augment.specaugment.time_width_fraction", "zero-width", "n_time_masks: 0"],
+        ),
+        ("augment.specaugment.freq_width_fraction=0", ["augment.specaugment.freq_width_fraction", "n_freq_masks: 0"]),
+        ("train.min_learning_rate=1", ["train.min_learning_rate", "learning_rate"]),
+        ("seed=-3", ["seed", "minimum"]),
+        ("train=3", ["train", "mapping"]),
+        ("noequals", ["key=value"]),
+    ],
+)
 def test_every_validation_error_names_the_key(override, words):
     if override == "audio.fmin_hz=9000":
         override, words = "audio.fmax_hz=8000", ["audio.fmin_hz"]
@@ -132,12 +145,17 @@ def test_tta_modes_defaults_and_overrides():
     config.load(None, ["augment.specaugment.enabled=false", "augment.tta.modes=shift"])
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["augment.specaugment.enabled=false"], ["augment.tta.modes", "masks", "augment.specaugment.enabled"]),
-    (["augment.specaugment.n_time_masks=0", "augment.specaugment.n_freq_masks=0"],
-     ["augment.tta.modes", "masks", "n_time_masks"]),
-    (["augment.time_shift.std_frames=0"], ["augment.tta.modes", "shift", "std_frames"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["augment.specaugment.enabled=false"], ["augment.tta.modes", "masks", "augment.specaugment.enabled"]),
+        (
+            ["augment.specaugment.n_time_masks=0", "augment.specaugment.n_freq_masks=0"],
+            ["augment.tta.modes", "masks", "n_time_masks"],
+        ),
+        (["augment.time_shift.std_frames=0"], ["augment.tta.modes", "shift", "std_frames"]),
+    ],
+)
 def test_tta_modes_that_would_vary_nothing_are_refused(overrides, words):
     with pytest.raises(ConfigError) as err:
         config.load(None, overrides)
@@ -148,14 +166,17 @@ def test_tta_modes_that_would_vary_nothing_are_refused(overrides, words):
 # --------------------------------------------------------------------------- names MLflow must accept
 
 
-@pytest.mark.parametrize("name, words", [
-    ("a/b", ["tracking.registered_model", "'a/b'", "'/'"]),
-    ("team:model", ["tracking.registered_model", "':'"]),
-    ("'   '", ["tracking.registered_model", "blank"]),
-    ("..old", ["tracking.registered_model", "'..old'", "path"]),
-    (".", ["tracking.registered_model", "path"]),
-    ("x" * 257, ["tracking.registered_model", "256"]),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("a/b", ["tracking.registered_model", "'a/b'", "'/'"]),
+        ("team:model", ["tracking.registered_model", "':'"]),
+        ("'   '", ["tracking.registered_model", "blank"]),
+        ("..old", ["tracking.registered_model", "'..old'", "path"]),
+        (".", ["tracking.registered_model", "path"]),
+        ("x" * 257, ["tracking.registered_model", "256"]),
+    ],
+)
 def test_registered_model_name_is_checked_with_the_config(name, words):
     with pytest.raises(ConfigError) as err:
         config.load(None, [f"tracking.registered_model={name}"])
@@ -163,10 +184,13 @@ def test_registered_model_name_is_checked_with_the_config(name, words):
         assert word in str(err.value), (word, str(err.value))
 
 
-@pytest.mark.parametrize("override, words", [
-    ("tracking.experiment=", ["tracking.experiment", "empty"]),
-    ("tracking.experiment=" + "e" * 501, ["tracking.experiment", "500"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("tracking.experiment=", ["tracking.experiment", "empty"]),
+        ("tracking.experiment=" + "e" * 501, ["tracking.experiment", "500"]),
+    ],
+)
 def test_experiment_name_is_checked_with_the_config(override, words):
     with pytest.raises(ConfigError) as err:
         config.load(None, [override])
@@ -174,8 +198,9 @@ def test_experiment_name_is_checked_with_the_config(override, words):
         assert word in str(err.value), (word, str(err.value))
 
 
-@pytest.mark.parametrize("name", ["a/b", "a:b", "  ", ".", "..", "..x", "x..", "a.b", "a b", "a-b_c.1", "é", "a%b",
-                                  "a\\b", " a"])
+@pytest.mark.parametrize(
+    "name", ["a/b", "a:b", "  ", ".", "..", "..x", "x..", "a.b", "a b", "a-b_c.1", "é", "a%b", "a\\b", " a"]
+)
 def test_registered_model_rule_agrees_with_mlflows_validator(name):
     """The config's rule is a copy of ``mlflow.utils.validation._validate_model_name`` (not imported: it costs ~1 s)."""
     from mlflow.exceptions import MlflowException
@@ -196,8 +221,10 @@ def test_registered_model_rule_agrees_with_mlflows_validator(name):
 
 def test_empty_registered_model_still_means_no_registering():
     assert config.load(None, ["tracking.registered_model="]).tracking.registered_model == ""
-    assert config.load(None, ["tracking.registered_model=my-models.asc_v2"]).tracking.registered_model \
+    assert (
+        config.load(None, ["tracking.registered_model=my-models.asc_v2"]).tracking.registered_model
         == "my-models.asc_v2"
+    )
 
 
 def test_bad_registered_model_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
@@ -209,8 +236,7 @@ def test_bad_registered_model_exits_2_before_any_work(tmp_path, capsys, monkeypa
         raise AssertionError("a stage ran with an invalid tracking.registered_model")
 
     monkeypatch.setattr(runner, "run_stages", never)
-    code = run.main(["--stage", "compress", "--workdir", str(tmp_path / "w"),
-                     "--set", "tracking.registered_model=a/b"])
+    code = run.main(["--stage", "compress", "--workdir", str(tmp_path / "w"), "--set", "tracking.registered_model=a/b"])
     assert code == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err and "tracking.registered_model" in err and "'a/b'" in err, err

@@ -29,8 +29,12 @@ def test_file_lock_refuses_or_waits_while_another_process_holds_it(tmp_path):
             with lock.file_lock(path, wait_seconds=0):
                 pass
         with pytest.raises(KeyError, match="busy after"):
-            with lock.file_lock(path, wait_seconds=0.2, poll_seconds=0.05,
-                                busy=lambda holder, waited: KeyError(f"busy after {waited:.1f} s")):
+            with lock.file_lock(
+                path,
+                wait_seconds=0.2,
+                poll_seconds=0.05,
+                busy=lambda holder, waited: KeyError(f"busy after {waited:.1f} s"),
+            ):
                 pass
     finally:
         release.set()
@@ -43,8 +47,8 @@ def test_file_lock_refuses_or_waits_while_another_process_holds_it(tmp_path):
 
 
 def test_a_second_process_on_a_sweep_folder_is_refused(tmp_path):
-    from pipeline.scaling import sweep
     from pipeline.running.stages import StageError
+    from pipeline.scaling import sweep
 
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
@@ -97,17 +101,32 @@ def test_mean_std_is_the_sample_std():
     assert stats.mean_std([0.4], single=0.0) == (0.4, 0.0)
     assert all(math.isnan(x) for x in stats.mean_std([]))
     s = stats.summary([0.123456, 0.2], digits=4)
-    assert s == {"mean": 0.1617, "std": round(statistics.stdev([0.123456, 0.2]), 4), "min": 0.1235, "max": 0.2,
-                 "n": 2, "values": [0.1235, 0.2]}
+    assert s == {
+        "mean": 0.1617,
+        "std": round(statistics.stdev([0.123456, 0.2]), 4),
+        "min": 0.1235,
+        "max": 0.2,
+        "n": 2,
+        "values": [0.1235, 0.2],
+    }
     assert stats.summary([3.0])["std"] == 0.0
     with pytest.raises(ValueError, match="no values"):
         stats.summary([])
 
 
 def test_random_streams_keep_the_offsets_they_had():
-    assert seeds.STREAMS == {"head_dropout1": 1, "head_dropout2": 2, "time_shift": 7, "specaugment": 11,
-                             "freq_mixstyle": 13, "device_response": 17, "compress.prune_data": 101,
-                             "compress.qat_data": 202, "compress": 1000, "teacher": 1000}
+    assert seeds.STREAMS == {
+        "head_dropout1": 1,
+        "head_dropout2": 2,
+        "time_shift": 7,
+        "specaugment": 11,
+        "freq_mixstyle": 13,
+        "device_response": 17,
+        "compress.prune_data": 101,
+        "compress.qat_data": 202,
+        "compress": 1000,
+        "teacher": 1000,
+    }
     assert seeds.stream_seed(5, "time_shift") == 12
     assert [seeds.stream_seed(5, "specaugment", 1 + k) for k in range(3)] == [16, 27, 38]
     assert [seeds.stream_seed(5, "teacher", m + 1) for m in range(2)] == [1005, 2005]

@@ -126,13 +126,16 @@ def test_all_problems_in_one_error_first_20_listed(dataset):
     assert str(err.value).count("missing audio file") == 20
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("random_bytes", "not a RIFF/WAVE file"),
-    ("empty", "empty file"),
-    ("truncated_header", "truncated header"),
-    ("truncated_data", "truncated: header announces"),
-    ("8bit", "unsupported PCM bit depth 8"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("random_bytes", "not a RIFF/WAVE file"),
+        ("empty", "empty file"),
+        ("truncated_header", "truncated header"),
+        ("truncated_data", "truncated: header announces"),
+        ("8bit", "unsupported PCM bit depth 8"),
+    ],
+)
 def test_bad_wav_files_are_named(dataset, case, expected):
     root, _ = dataset
     path = root / "audio/tram-lyon-200-1000-0-s4.wav"

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from models.distill import DistillationLoss, LabelAccuracy, pack_targets
-from pipeline.running import runner
 from pipeline.core import config, files
+from pipeline.running import runner, stages, state
 from tests.conftest import tiny_overrides
 
 
@@ -55,8 +55,14 @@ def test_weight_and_temperature_are_checked():
 @pytest.mark.slow
 def test_teacher_logits_are_stored_reused_and_recomputed(tmp_path, tiny_dataset):
     def params(**extra):
-        sets = {"distill.enabled": "true", "distill.teacher.channels": "[8, 8, 16, 16]",
-                "distill.teacher.hidden_units": 16, "distill.teacher.epochs": 1, "train.epochs": 1, **extra}
+        sets = {
+            "distill.enabled": "true",
+            "distill.teacher.channels": "[8, 8, 16, 16]",
+            "distill.teacher.hidden_units": 16,
+            "distill.teacher.epochs": 1,
+            "train.epochs": 1,
+            **extra,
+        }
         return config.load(None, tiny_overrides(tmp_path, tiny_dataset, **sets))
 
     first = runner.run_stages(params(), tmp_path, ["prepare", "teacher", "train"])
@@ -80,8 +86,7 @@ def test_teacher_logits_are_stored_reused_and_recomputed(tmp_path, tiny_dataset)
     assert third["teacher"] == {"reused": True} and "reused" not in third["train"]
 
     # another teacher setting: recomputed, and the student (keyed by the teacher's output) too
-    fourth = runner.run_stages(params(**{"distill.teacher.hidden_units": 8}), tmp_path,
-                               ["prepare", "teacher", "train"])
+    fourth = runner.run_stages(params(**{"distill.teacher.hidden_units": 8}), tmp_path, ["prepare", "teacher", "train"])
     assert "reused" not in fourth["teacher"] and "reused" not in fourth["train"]
     assert not np.array_equal(np.load(tmp_path / "teacher/logits.npz")["logits"], stored["logits"])
     assert files.read_marker(tmp_path / "train")["key"] != files.read_marker(tmp_path / "teacher")["key"]
@@ -90,4 +95,4 @@ def test_teacher_logits_are_stored_reused_and_recomputed(tmp_path, tiny_dataset)
 def test_teacher_is_skipped_without_distillation(tmp_path, tiny_dataset):
     p = config.load(None, tiny_overrides(tmp_path, tiny_dataset))
     assert not [s for s in runner.registry.STAGES if s.name == "teacher"][0].active(p)
-    assert runner.active_upstream(runner.registry.get("train"), p) == ("prepare",)
+    assert state.active_upstream(stages.get("train"), p) == ("prepare",)

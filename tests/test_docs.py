@@ -23,8 +23,12 @@ SECTIONS = tuple(key for key, value in Params().to_dict().items() if isinstance(
 MAX_README_LINES = 300
 EXAMPLE_PATHS = {"pipeline/running/stages/my_stage.py"}  # the file a reader would create in "Adding a stage"
 GENERATED_PATHS = {"tests/artifacts/"}  # written by the browser test (git-ignored)
-PYTHON_NAMES = {"model.labels", "model.metrics", "model.runtime",  # attributes of a loaded asc_infer.Model
-                "model.fit"}  # a Keras model's method, in prose about training
+PYTHON_NAMES = {
+    "model.labels",
+    "model.metrics",
+    "model.runtime",  # attributes of a loaded asc_infer.Model
+    "model.fit",
+}  # a Keras model's method, in prose about training
 
 
 def _text(path: Path) -> str:
@@ -48,7 +52,7 @@ def _anchors(text: str) -> set[str]:
 
 
 def _is_python_name(dotted: str) -> bool:
-    """True when ``dotted`` is a module of the project or an attribute of one (``evaluate.compress.TFLiteClassifier``)."""
+    """True when ``dotted`` is a project module or an attribute of one (``evaluate.compress.TFLiteClassifier``)."""
     import importlib
 
     parts = dotted.split(".")

@@ -31,9 +31,7 @@ def _signals():
 SIGNALS = _signals()
 
 
-def _librosa_mel(
-    y, cfg, *, pad_mode="reflect", htk=False, center=True, power=2.0, fmin=0.0, fmax=None
-):
+def _librosa_mel(y, cfg, *, pad_mode="reflect", htk=False, center=True, power=2.0, fmin=0.0, fmax=None):
     """librosa's mel spectrogram, transposed to [frames, n_mels]."""
     mel = librosa.feature.melspectrogram(
         y=y,
@@ -121,9 +119,7 @@ def test_magnitude_uncentred_band_limited_match_librosa():
     cfg = BASELINE
     y = SIGNALS["noise"]
     ref = _librosa_mel(y, cfg, center=False, power=1.0, fmin=50.0, fmax=16000.0)
-    layer = LogMel(
-        sample_rate=SR, center=False, power=1.0, fmin=50.0, fmax=16000.0, log="none", **cfg
-    )
+    layer = LogMel(sample_rate=SR, center=False, power=1.0, fmin=50.0, fmax=16000.0, log="none", **cfg)
     out = _run(layer, y)
     assert out.shape == ref.shape == (1 + (SR - 2048) // 882, 40)
     np.testing.assert_allclose(out, ref, rtol=2e-4, atol=1e-7 * ref.max())
@@ -134,14 +130,10 @@ def test_mel_filterbank_and_scales_match_librosa():
     for htk in (False, True):
         mels = librosa.hz_to_mel(freqs, htk=htk)
         np.testing.assert_allclose(hz_to_mel(freqs, htk=htk), mels, rtol=1e-12)
-        np.testing.assert_allclose(
-            mel_to_hz(mels, htk=htk), librosa.mel_to_hz(mels, htk=htk), rtol=1e-12
-        )
+        np.testing.assert_allclose(mel_to_hz(mels, htk=htk), librosa.mel_to_hz(mels, htk=htk), rtol=1e-12)
         cases = [(2048, 256, 0.0, None), (2048, 40, 0.0, None), (1024, 64, 50.0, 14000.0)]
         for n_fft, n_mels, fmin, fmax in cases:
-            ref = librosa.filters.mel(
-                sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk
-            )
+            ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk)
             ours = mel_filterbank(SR, n_fft, n_mels, fmin=fmin, fmax=fmax, htk=htk)
             assert ours.shape == ref.shape == (n_mels, n_fft // 2 + 1)
             np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)

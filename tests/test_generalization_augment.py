@@ -14,12 +14,12 @@ from augment import DeviceResponse, FreqMixStyle, ImpulseResponseError
 from augment.device_response import (
     fft_convolve,
     generate_device_responses,
-    load_impulse_responses,
     peaking_sos,
     shelf_sos,
     soft_clip,
 )
 from augment.freq_mixstyle import freq_mixstyle, stateless_beta
+from augment.impulse_responses import load_impulse_responses
 from models import asc
 from pipeline.core import config
 from tests.layer_testing import run_layer_test
@@ -67,8 +67,9 @@ def test_freq_mixstyle_gives_the_mixed_statistics():
     np.testing.assert_allclose(out, (x64 - mu) / sig * sig_mix + mu_mix, rtol=1e-5, atol=1e-5)
     # Per bin, the output's mean and standard deviation are the mixed statistics.
     np.testing.assert_allclose(out.mean(axis=(1, 3), keepdims=True), mu_mix, atol=1e-5)
-    np.testing.assert_allclose(out.std(axis=(1, 3), keepdims=True, ddof=1),
-                               sig_mix * np.sqrt(var / (var + eps)), rtol=1e-5)
+    np.testing.assert_allclose(
+        out.std(axis=(1, 3), keepdims=True, ddof=1), sig_mix * np.sqrt(var / (var + eps)), rtol=1e-5
+    )
     # lambda = 1 keeps the sample (up to eps); lambda = 0 gives it the partner's statistics.
     same = freq_mixstyle(tf.constant(x), tf.constant(partner), tf.ones([4]), eps).numpy()
     np.testing.assert_allclose(same, x, atol=1e-4)
@@ -135,8 +136,14 @@ def test_freq_mixstyle_is_seeded():
 
 
 def test_freq_mixstyle_layer_test_and_save_load(tmp_path):
-    out = run_layer_test(FreqMixStyle, {"p": 0.7, "alpha": 0.4, "eps": 1e-5, "seed": 3}, (4, 12, 8, 1),
-                         (4, 12, 8, 1), tmp_path=tmp_path, trainable=False)
+    out = run_layer_test(
+        FreqMixStyle,
+        {"p": 0.7, "alpha": 0.4, "eps": 1e-5, "seed": 3},
+        (4, 12, 8, 1),
+        (4, 12, 8, 1),
+        tmp_path=tmp_path,
+        trainable=False,
+    )
     assert out.shape == (4, 12, 8, 1)
     # The augmenting output survives a .keras round trip (a loaded layer restarts from its seed).
     x = _styled_batch(channels=1, seed=5)
@@ -150,8 +157,10 @@ def test_freq_mixstyle_layer_test_and_save_load(tmp_path):
     assert loaded.layers[-1].get_config() == model.layers[-1].get_config()
 
 
-@pytest.mark.parametrize("kwargs, name", [({"p": 1.5}, "p"), ({"p": -0.1}, "p"), ({"alpha": 0.0}, "alpha"),
-                                          ({"eps": 0.0}, "eps"), ({"seed": -1}, "seed")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"p": 1.5}, "p"), ({"p": -0.1}, "p"), ({"alpha": 0.0}, "alpha"), ({"eps": 0.0}, "eps"), ({"seed": -1}, "seed")],
+)
 def test_freq_mixstyle_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         FreqMixStyle(**kwargs)
@@ -179,7 +188,7 @@ def test_fft_convolution_is_the_cut_linear_convolution():
     x = _noise((3, 1000), seed=1)
     h = _noise((3, 37), seed=2)
     got = fft_convolve(tf.constant(x), tf.constant(h)).numpy()
-    want = np.stack([np.convolve(a, b)[:1000] for a, b in zip(x, h)])
+    want = np.stack([np.convolve(a, b)[:1000] for a, b in zip(x, h, strict=True)])
     np.testing.assert_allclose(got, want, atol=1e-4)
     # Unknown lengths (no power-of-two padding) give the same result.
     fn = tf.function(fft_convolve, input_signature=[tf.TensorSpec([None, None]), tf.TensorSpec([None, None])])
@@ -283,9 +292,14 @@ def test_bad_impulse_response_files_are_named(tmp_path):
     with pytest.raises(ImpulseResponseError) as info:
         DeviceResponse(SR, folder=str(folder))
     message = str(info.value)
-    for name, why in [("text.wav", "not a RIFF/WAVE"), ("empty.wav", "empty file"), ("truncated.wav", "truncated"),
-                      ("header_only.wav", "unreadable"), ("stereo.wav", "channels that differ"),
-                      ("silent.wav", "silent")]:
+    for name, why in [
+        ("text.wav", "not a RIFF/WAVE"),
+        ("empty.wav", "empty file"),
+        ("truncated.wav", "truncated"),
+        ("header_only.wav", "unreadable"),
+        ("stereo.wav", "channels that differ"),
+        ("silent.wav", "silent"),
+    ]:
         line = next((line for line in message.splitlines() if name in line), None)
         assert line is not None and why in line, (name, message)
     assert "good.wav" not in message and "notes.txt" not in message
@@ -365,8 +379,14 @@ def test_cookbook_biquads_have_their_gains():
 
 
 def test_device_response_layer_test_generated(tmp_path):
-    run_layer_test(DeviceResponse, {"sample_rate": SR, "p": 0.6, "n_generated": 5, "max_ir_samples": 256,
-                                    "seed": 2}, (3, 1000), (3, 1000), tmp_path=tmp_path, trainable=False)
+    run_layer_test(
+        DeviceResponse,
+        {"sample_rate": SR, "p": 0.6, "n_generated": 5, "max_ir_samples": 256, "seed": 2},
+        (3, 1000),
+        (3, 1000),
+        tmp_path=tmp_path,
+        trainable=False,
+    )
     layer = DeviceResponse(SR, n_generated=5, max_ir_samples=256)
     layer(tf.zeros([1, 1000]))
     assert layer.weights == [] and layer.count_params() == 0  # rebuilt from the config
@@ -376,8 +396,14 @@ def test_device_response_layer_test_folder(tmp_path):
     folder = tmp_path / "irs"
     _write_ir(folder, "a.wav", [0.9, 0.3, -0.1])
     _write_ir(folder, "b.wav", signal.firwin(9, 0.3))
-    run_layer_test(DeviceResponse, {"sample_rate": SR, "p": 0.6, "folder": str(folder), "seed": 2},
-                   (3, 1000), (3, 1000), tmp_path=tmp_path, trainable=False)
+    run_layer_test(
+        DeviceResponse,
+        {"sample_rate": SR, "p": 0.6, "folder": str(folder), "seed": 2},
+        (3, 1000),
+        (3, 1000),
+        tmp_path=tmp_path,
+        trainable=False,
+    )
 
 
 def _augmenting_model(layer_kwargs, samples=1500):
@@ -407,11 +433,19 @@ def test_device_response_save_load_without_the_folder(tmp_path):
     np.testing.assert_allclose(tf_keras.models.load_model(tmp_path / "gen.keras")(x).numpy(), first, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"sample_rate": 0}, "sample_rate"), ({"p": 2.0}, "p"), ({"n_generated": 0}, "n_generated"),
-    ({"max_ir_samples": 0}, "max_ir_samples"), ({"rms_normalize": 1}, "rms_normalize"), ({"folder": 3}, "folder"),
-    ({"bank_shape": [2, 9]}, "bank_shape"), ({"seed": -2}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"sample_rate": 0}, "sample_rate"),
+        ({"p": 2.0}, "p"),
+        ({"n_generated": 0}, "n_generated"),
+        ({"max_ir_samples": 0}, "max_ir_samples"),
+        ({"rms_normalize": 1}, "rms_normalize"),
+        ({"folder": 3}, "folder"),
+        ({"bank_shape": [2, 9]}, "bank_shape"),
+        ({"seed": -2}, "seed"),
+    ],
+)
 def test_device_response_rejects_bad_arguments(kwargs, name):
     base = {"sample_rate": SR, "n_generated": 2, "max_ir_samples": 16}
     with pytest.raises(ValueError, match=name):
@@ -423,8 +457,14 @@ def test_device_response_rejects_bad_arguments(kwargs, name):
 
 
 def _params(*extra):
-    base = ["audio.n_mels=32", "audio.clip_seconds=0.5", "model.channels=[8, 8, 16, 16]", "model.hidden_units=16",
-            "augment.device_response.max_ir_samples=1024", "augment.device_response.n_generated=8"]
+    base = [
+        "audio.n_mels=32",
+        "audio.clip_seconds=0.5",
+        "model.channels=[8, 8, 16, 16]",
+        "model.hidden_units=16",
+        "augment.device_response.max_ir_samples=1024",
+        "augment.device_response.n_generated=8",
+    ]
     return config.load(None, base + list(extra))
 
 
@@ -433,8 +473,7 @@ def test_model_places_the_layers_and_stays_clean_at_inference(tmp_path):
     off = _params()
     model, plain = asc.build_model(on), asc.build_model(off)
     names = [layer.name for layer in model.layers]
-    assert names[:6] == ["waveform", "device_response", "logmel", "time_shift", "freq_mixstyle",
-                         "input_specaugment"]
+    assert names[:6] == ["waveform", "device_response", "logmel", "time_shift", "freq_mixstyle", "input_specaugment"]
     assert not {"device_response", "freq_mixstyle"} & {layer.name for layer in plain.layers}
     seeds = {layer.name: layer.seed for layer in model.layers if hasattr(layer, "always_on")}
     assert seeds["device_response"] == on.seed + 17 and seeds["freq_mixstyle"] == on.seed + 13
@@ -453,8 +492,9 @@ def test_model_places_the_layers_and_stays_clean_at_inference(tmp_path):
     # The classifier, its export and a save/load round trip work with the layers in place.
     logmel = front(wave).numpy()
     exported = asc.export_classifier(model, on)
-    np.testing.assert_allclose(exported(logmel).numpy(), asc.get_classifier(model)(logmel, training=False).numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        exported(logmel).numpy(), asc.get_classifier(model)(logmel, training=False).numpy(), atol=1e-4
+    )
     model.save(tmp_path / "m.keras")
     loaded = tf_keras.models.load_model(tmp_path / "m.keras")
     assert [type(layer).__name__ for layer in loaded.layers] == [type(layer).__name__ for layer in model.layers]
@@ -480,7 +520,14 @@ def test_config_keys_and_defaults():
     fms, dr = p.augment.freq_mixstyle, p.augment.device_response
     assert (fms.enabled, fms.p, fms.alpha, fms.eps) == (False, 0.6, 0.3, 1e-6)
     assert (dr.enabled, dr.p, dr.folder, dr.n_generated, dr.max_ir_samples, dr.rms_normalize, dr.seed_offset) == (
-        False, 0.4, None, 64, 4096, True, 0)
+        False,
+        0.4,
+        None,
+        64,
+        4096,
+        True,
+        0,
+    )
     with pytest.raises(config.ConfigError, match="augment.freq_mixstyle.p"):
         config.load(None, ["augment.freq_mixstyle.p=1.5"])
     with pytest.raises(config.ConfigError, match="augment.device_response.max_ir_samples"):

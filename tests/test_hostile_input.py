@@ -11,15 +11,18 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.data import tau
 from pipeline.core import config, lock
+from pipeline.data import tau
 from pipeline.data.tau import DatasetError
+from tests.conftest import tiny_overrides
 from tests.tau_fixture import tone, write_tau
 
 # ----------------------------------------------------------------------------- config: finite floats, exit 2
 
-@pytest.mark.parametrize("key", ["train.learning_rate", "audio.fmin_hz", "model.dropout", "train.weight_decay",
-                                 "audio.clip_seconds"])
+
+@pytest.mark.parametrize(
+    "key", ["train.learning_rate", "audio.fmin_hz", "model.dropout", "train.weight_decay", "audio.clip_seconds"]
+)
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_config_values_are_refused_naming_the_key(key, value):
     with pytest.raises(config.ConfigError, match=rf"{key}: expected a finite number"):
@@ -48,8 +51,9 @@ _HOLDER = textwrap.dedent("""
 
 
 def _hold(workdir):
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True,
-                            cwd=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -58,8 +62,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     holder = _hold(tmp_path)
     try:
         start = time.monotonic()
-        with pytest.raises(lock.WorkdirLocked) as info, lock.workdir_lock(tmp_path, wait_seconds=0.6,
-                                                                          poll_seconds=0.1):
+        with pytest.raises(lock.WorkdirLocked) as info, lock.workdir_lock(tmp_path, wait_seconds=0.6, poll_seconds=0.1):
             pass
         assert time.monotonic() - start < 5
         message = str(info.value)
@@ -102,12 +105,18 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
         with lock.workdir_lock(tmp_path):
             pass
         # still held by this process, as far as other processes are concerned
-        other = subprocess.run([sys.executable, "-c", _HOLDER.replace("time.sleep(60)", ""), str(tmp_path)],
-                               check=False, capture_output=True, text=True, timeout=60)
+        other = subprocess.run(
+            [sys.executable, "-c", _HOLDER.replace("time.sleep(60)", ""), str(tmp_path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.returncode == 1 and f"in use by PID {os.getpid()}" in other.stderr
 
 
 # ----------------------------------------------------------------------------- environment errors: fast, named
+
 
 def test_preflight_names_the_option_and_the_path(tmp_path):
     from pipeline.running import preflight
@@ -143,8 +152,8 @@ def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path):
 
 
 def test_sigterm_unwinds_like_ctrl_c_and_removes_temporary_files(tmp_path):
-    from pipeline.running import preflight
     from pipeline.core import files
+    from pipeline.running import preflight
 
     target = tmp_path / "out.bin"
     with pytest.raises(preflight.Terminated), preflight.terminate_as_interrupt(), files.atomic_path(target) as tmp:
@@ -156,7 +165,6 @@ def test_sigterm_unwinds_like_ctrl_c_and_removes_temporary_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the dataset: paths, splits, samples
-
 
 
 @pytest.fixture()
@@ -240,13 +248,15 @@ def test_split_design_errors_and_warnings(tau_root, caplog):
     # evaluate clips at a training location; a label and a device that contradict the filename
     text = text.replace("lyon-200\t", "lyon-100\t", 3)
     text = text.replace("audio/bus-lyon-100-1000-0-a.wav\tbus", "audio/bus-lyon-100-1000-0-a.wav\ttram")
-    text = text.replace("audio/metro-lyon-100-1000-0-b.wav\tmetro\tlyon-100\tb",
-                        "audio/metro-lyon-100-1000-0-b.wav\tmetro\tlyon-100\tc")
+    text = text.replace(
+        "audio/metro-lyon-100-1000-0-b.wav\tmetro\tlyon-100\tb", "audio/metro-lyon-100-1000-0-b.wav\tmetro\tlyon-100\tc"
+    )
     meta.write_text(text)
     for split in ("train", "evaluate"):
         path = tau_root / "evaluation_setup" / f"fold1_{split}.csv"
-        path.write_text(path.read_text().replace("audio/bus-lyon-100-1000-0-a.wav\tbus",
-                                                 "audio/bus-lyon-100-1000-0-a.wav\ttram"))
+        path.write_text(
+            path.read_text().replace("audio/bus-lyon-100-1000-0-a.wav\tbus", "audio/bus-lyon-100-1000-0-a.wav\ttram")
+        )
     message = _problems(tau_root)
     assert "label_contradicts_filename: 'audio/bus-lyon-100-1000-0-a.wav' has scene_label 'tram'" in message
     assert "device_contradicts_filename: 'audio/metro-lyon-100-1000-0-b.wav' has source_label 'c'" in message
@@ -258,8 +268,10 @@ def test_location_overlap_and_unseen_devices_in_training_are_warnings_or_errors_
     meta.write_text(meta.read_text().replace("lyon-200\t", "lyon-100\t"))
     _, found = tau.inspect(tau_root)
     assert found.counts()["location_overlap"] == 1
-    assert "20 evaluate clip(s) were recorded at 1 training location(s) (lyon-100)" in found.warnings[
-        "location_overlap"][0]
+    assert (
+        "20 evaluate clip(s) were recorded at 1 training location(s) (lyon-100)"
+        in found.warnings["location_overlap"][0]
+    )
     message = _problems(tau_root, strict=True)
     assert "location_overlap (an error with data.strict_checks)" in message
 
@@ -271,8 +283,10 @@ def test_no_unseen_devices_and_one_class_training(tmp_path):
     assert found.counts()["unseen_devices_in_training"] == 1
     assert found.counts()["no_unseen_devices_in_evaluate"] == 1
     train = root / "evaluation_setup" / "fold1_train.csv"
-    train.write_text("\n".join(line for line in train.read_text().splitlines()
-                               if line.startswith("filename") or "\tairport" in line) + "\n")
+    train.write_text(
+        "\n".join(line for line in train.read_text().splitlines() if line.startswith("filename") or "\tairport" in line)
+        + "\n"
+    )
     message = _problems(root)
     assert "one_class_training: every training clip is 'airport'" in message
 
@@ -305,8 +319,10 @@ def test_the_audio_scan_finds_duplicates_non_finite_silent_clipped_and_loud_clip
     (audio / "tram-lyon-200-1000-0-a.wav").write_bytes(_wav_bytes(nan, float32=True))
 
     message = _problems(tau_root, scan_audio=True)
-    assert ("duplicate_across_splits: 'audio/airport-lyon-200-1000-0-a.wav' (evaluate) has the same samples as "
-            "'audio/airport-lyon-100-1000-0-a.wav' (train)") in message
+    assert (
+        "duplicate_across_splits: 'audio/airport-lyon-200-1000-0-a.wav' (evaluate) has the same samples as "
+        "'audio/airport-lyon-100-1000-0-a.wav' (train)"
+    ) in message
     assert f"non_finite_samples: {audio / 'tram-lyon-200-1000-0-a.wav'}: 1 NaN or inf sample(s)" in message
     (audio / "tram-lyon-200-1000-0-a.wav").write_bytes(_wav_bytes(tone(seed=77)))
     (audio / "airport-lyon-200-1000-0-a.wav").write_bytes(_wav_bytes(tone(seed=78)))
@@ -339,8 +355,9 @@ def test_messages_name_the_cause(tau_root, caplog):
 
 def test_csv_and_audio_problems_come_in_one_report(tau_root):
     meta = tau_root / "meta.csv"
-    meta.write_text(meta.read_text().replace("audio/park-lyon-100-1000-0-a.wav\tpark",
-                                             "audio/park-lyon-100-1000-0-a.wav\tbeach"))
+    meta.write_text(
+        meta.read_text().replace("audio/park-lyon-100-1000-0-a.wav\tpark", "audio/park-lyon-100-1000-0-a.wav\tbeach")
+    )
     (tau_root / "audio" / "tram-lyon-200-1000-0-a.wav").unlink()
     message = _problems(tau_root)
     assert "unknown scene_label 'beach'" in message
@@ -348,8 +365,6 @@ def test_csv_and_audio_problems_come_in_one_report(tau_root):
 
 
 # ----------------------------------------------------------------------------- runs: lock, SIGTERM, environment, swap
-
-from tests.conftest import tiny_overrides
 
 
 def _cli(workdir, dataset, stage, *extra, **overrides):
@@ -368,8 +383,9 @@ def test_environment_errors_exit_2_naming_the_option(tmp_path, tiny_dataset):
         (tmp_path / "w", {"tracking.uri": "http://127.0.0.1:9"}, "tracking.uri: the MLflow server http://127.0.0.1:9"),
     ):
         start = time.monotonic()
-        proc = subprocess.run(_cli(workdir, tiny_dataset, "prepare", **extra), capture_output=True, text=True,
-                              timeout=120, check=False)
+        proc = subprocess.run(
+            _cli(workdir, tiny_dataset, "prepare", **extra), capture_output=True, text=True, timeout=120, check=False
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert expected in proc.stderr
         assert "stage failed" not in proc.stderr and "error.txt" not in proc.stderr
@@ -381,11 +397,16 @@ def test_concurrent_runs_one_refuses_naming_the_holder_the_other_completes(tmp_p
 
     workdir = tmp_path / "w"
     holder = _hold(workdir)  # another writer holds the workdir
-    first = subprocess.Popen(_cli(workdir, tiny_dataset, "prepare", **{"train.epochs": 1}) + ["--wait-lock", "60"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # waits for it
+    first = subprocess.Popen(
+        _cli(workdir, tiny_dataset, "prepare", **{"train.epochs": 1}) + ["--wait-lock", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # waits for it
     try:
-        second = subprocess.run(_cli(workdir, tiny_dataset, "prepare"), capture_output=True, text=True, timeout=120,
-                                check=False)
+        second = subprocess.run(
+            _cli(workdir, tiny_dataset, "prepare"), capture_output=True, text=True, timeout=120, check=False
+        )
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"in use by PID {holder.pid}" in second.stderr and "--wait-lock" in second.stderr
         assert not (workdir / "prepare").exists()  # the refused run wrote nothing
@@ -403,8 +424,8 @@ def test_concurrent_runs_one_refuses_naming_the_holder_the_other_completes(tmp_p
 def test_a_failed_prepare_keeps_the_previous_good_outputs(tmp_path, tiny_dataset):
     import shutil
 
-    from pipeline.running import runner
     from pipeline.core import files
+    from pipeline.running import runner
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -426,8 +447,9 @@ def test_sigterm_during_train_ends_the_runs_killed_and_leaves_no_temporary_file(
     workdir = tmp_path / "w"
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_cli(workdir, tiny_dataset, "all", **{"train.epochs": 50}), stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            _cli(workdir, tiny_dataset, "all", **{"train.epochs": 50}), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     try:
         deadline = time.monotonic() + 240
         while not (workdir / "train" / "checkpoints").is_dir():  # training is under way
@@ -446,8 +468,9 @@ def test_sigterm_during_train_ends_the_runs_killed_and_leaves_no_temporary_file(
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.data.tags.get("stage"): r.info.status for r in runs}["train"] == "KILLED"
-    debris = [p for p in workdir.rglob(".*") if p.is_file() and p.name not in (".lock",)
-              and not p.name.startswith(".mlflow")]
+    debris = [
+        p for p in workdir.rglob(".*") if p.is_file() and p.name not in (".lock",) and not p.name.startswith(".mlflow")
+    ]
     assert not debris, debris
     assert (workdir / ".lock").read_text() == ""
 
@@ -474,15 +497,17 @@ def test_tf_data_refuses_a_clip_whose_decoded_length_is_not_the_indexed_one(tau_
     import soundfile as sf
     import tensorflow as tf
 
-    from pipeline.data import inputs
     from pipeline.core.params import AudioParams, DataParams
+    from pipeline.data import inputs
 
     index = tau.read_index(tau_root)
     name = index.filename.iloc[0]
     sf.write(tau_root / name, tone(seconds=0.5), 44100, subtype="PCM_24")  # changed after prepare
     ds = inputs.eval_dataset(index.iloc[:4], tau_root, AudioParams(), DataParams(), batch_size=4)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)decoded.*22050.*frames from.*"
-                                                             + name.split("/")[-1] + ".*header announces.*44100"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"(?s)decoded.*22050.*frames from.*" + name.split("/")[-1] + ".*header announces.*44100",
+    ):
         next(iter(ds))
 
 
@@ -495,8 +520,10 @@ def test_two_runs_creating_a_fresh_store_at_once_both_succeed(tmp_path):
                                     "tracking.artifact_root={tmp_path}/art", "tracking.experiment=e"])
         print(tracking.setup(params))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1  # one experiment, the same id for all
@@ -514,10 +541,21 @@ def test_wait_lock_must_be_finite_seconds(value, capsys):
 def test_a_global_batch_that_does_not_split_over_the_workers_exits_2(tmp_path, monkeypatch, capsys):
     from pipeline.running import cli as run
 
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
-                                    '"task": {"type": "worker", "index": 0}}')
-    code = run.main(["--stage", "train", "--workdir", str(tmp_path / "w"), "--set", "train.strategy=multi_worker",
-                     "--set", "train.batch_size=9"])
+    monkeypatch.setenv(
+        "TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}'
+    )
+    code = run.main(
+        [
+            "--stage",
+            "train",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--set",
+            "train.strategy=multi_worker",
+            "--set",
+            "train.batch_size=9",
+        ]
+    )
     assert code == 2 and "train.batch_size: 9 is the global batch" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 

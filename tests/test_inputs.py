@@ -5,9 +5,8 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from pipeline.data import tau
-from pipeline.data import inputs
 from pipeline.core.config import AudioParams, DataParams
+from pipeline.data import inputs, tau
 from tests.tau_fixture import tone, write_tau
 
 AUDIO = AudioParams()
@@ -19,11 +18,16 @@ def _one(tmp_path, name, x, rate, subtype):
     sf.write(path, x, rate, subtype=subtype)
     info = tau.read_wav_header(path)
     code = inputs._format_code(info.encoding, info.bits)
-    return inputs.load_clip(tf.constant(str(path)), tf.constant(code), tf.constant(info.sample_rate, tf.int64),
-                            target_rate=44100, clip_samples=44100).numpy()
+    return inputs.load_clip(
+        tf.constant(str(path)),
+        tf.constant(code),
+        tf.constant(info.sample_rate, tf.int64),
+        target_rate=44100,
+        clip_samples=44100,
+    ).numpy()
 
 
-@pytest.mark.parametrize("subtype, scale", [("PCM_16", 2 ** 15), ("PCM_24", 2 ** 23), ("PCM_32", 2 ** 31)])
+@pytest.mark.parametrize("subtype, scale", [("PCM_16", 2**15), ("PCM_24", 2**23), ("PCM_32", 2**31)])
 def test_pcm_decoding_matches_written_samples(tmp_path, subtype, scale):
     rng = np.random.default_rng(1)
     ints = rng.integers(-scale, scale, size=44100)
@@ -31,7 +35,7 @@ def test_pcm_decoding_matches_written_samples(tmp_path, subtype, scale):
     got = _one(tmp_path, "x.wav", x, 44100, subtype)
     # soundfile writes the integers themselves; decoding must give them back / scale
     written, _ = sf.read(tmp_path / "x.wav", dtype="int32")
-    expected = written.astype(np.float64) / 2 ** 31
+    expected = written.astype(np.float64) / 2**31
     np.testing.assert_allclose(got, expected, atol=1e-7)
     np.testing.assert_allclose(got, x, atol=1.0 / scale)
 
@@ -54,7 +58,7 @@ def test_stereo_is_downmixed_short_padded_long_cropped(tmp_path):
     short = tone(seconds=0.25)
     got = _one(tmp_path, "short.wav", short, 44100, "FLOAT")
     np.testing.assert_allclose(got[: short.size], short, atol=1e-7)
-    assert np.all(got[short.size:] == 0) and got.shape == (44100,)
+    assert np.all(got[short.size :] == 0) and got.shape == (44100,)
     long = tone(seconds=1.7, freq=300)
     np.testing.assert_allclose(_one(tmp_path, "long.wav", long, 44100, "FLOAT"), long[:44100], atol=1e-7)
 
@@ -82,12 +86,12 @@ def test_eval_dataset_order_shapes_dtypes(index):
     ds = inputs.eval_dataset(ev, root, AUDIO, DATA, batch_size=8)
     assert ds.element_spec[0].shape.as_list() == [None, 44100]
     assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.int32
-    waves, labels = zip(*ds.as_numpy_iterator())
+    waves, labels = zip(*ds.as_numpy_iterator(), strict=True)
     waves, labels = np.concatenate(waves), np.concatenate(labels)
     assert waves.shape == (len(ev), 44100)
     np.testing.assert_array_equal(labels, ev.label.to_numpy())
     first, _ = sf.read(root / ev.filename[0], dtype="float64")
-    np.testing.assert_allclose(waves[0], first, atol=2 ** -23)
+    np.testing.assert_allclose(waves[0], first, atol=2**-23)
 
 
 def _epochs(ds):
@@ -101,13 +105,13 @@ def test_train_order_is_seeded_reshuffled_and_resumable(index):
     assert steps == int(np.ceil(len(tr) / 8))
     batches = _epochs(ds)
     assert len(batches) == 3 * steps
-    epoch = [sum(batches[e * steps:(e + 1) * steps], []) for e in range(3)]
+    epoch = [sum(batches[e * steps : (e + 1) * steps], []) for e in range(3)]
     assert all(sorted(e) == sorted(tr.label.tolist()) for e in epoch)  # each epoch: every clip once
     assert epoch[0] != epoch[1]  # reshuffled
     again, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=0, epochs=3)
     assert _epochs(again) == batches  # same seed, same order
     resumed, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=2, epochs=3)
-    assert _epochs(resumed) == batches[2 * steps:]  # resume sees what the full run saw
+    assert _epochs(resumed) == batches[2 * steps :]  # resume sees what the full run saw
     other, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=4, start_epoch=0, epochs=1)
     assert _epochs(other) != batches[:steps]
 
@@ -116,9 +120,10 @@ def test_memory_cache_gives_the_same_batches(index):
     idx, root = index
     tr = idx[idx.split == "train"].reset_index(drop=True)
     plain, _ = inputs.train_dataset(tr, root, AUDIO, DATA, batch_size=8, seed=3, start_epoch=0, epochs=2)
-    cached, _ = inputs.train_dataset(tr, root, AUDIO, DataParams(cache="memory"), batch_size=8, seed=3,
-                                     start_epoch=0, epochs=2)
-    for (wa, la), (wb, lb) in zip(plain.as_numpy_iterator(), cached.as_numpy_iterator()):
+    cached, _ = inputs.train_dataset(
+        tr, root, AUDIO, DataParams(cache="memory"), batch_size=8, seed=3, start_epoch=0, epochs=2
+    )
+    for (wa, la), (wb, lb) in zip(plain.as_numpy_iterator(), cached.as_numpy_iterator(), strict=True):
         np.testing.assert_array_equal(la, lb)
         np.testing.assert_array_equal(wa, wb)
 
@@ -130,7 +135,7 @@ def _decoded(index, root) -> dict[str, np.ndarray]:
 
 def _which(wave, reference: dict[str, np.ndarray]) -> str:
     """The one clip of ``reference`` that ``wave`` decodes (24-bit PCM: within one step of 2**-23)."""
-    found = [f for f, ref in reference.items() if np.allclose(wave, ref, rtol=0, atol=2 ** -23)]
+    found = [f for f, ref in reference.items() if np.allclose(wave, ref, rtol=0, atol=2**-23)]
     assert len(found) == 1, found
     return found[0]
 
@@ -142,8 +147,7 @@ def test_pipelines_run_without_tf_data_autotuning(index):
     tr = idx[idx.split == "train"].reset_index(drop=True)
     pipelines = [inputs.eval_dataset(tr, root, AUDIO, DATA, batch_size=8)]
     for data in (DATA, DataParams(cache="memory"), DataParams(num_parallel_calls=1)):
-        pipelines.append(inputs.train_dataset(tr, root, AUDIO, data, batch_size=8, seed=3, start_epoch=0,
-                                              epochs=2)[0])
+        pipelines.append(inputs.train_dataset(tr, root, AUDIO, data, batch_size=8, seed=3, start_epoch=0, epochs=2)[0])
     for ds in pipelines:
         assert ds.options().autotune.enabled is False
     # and a stream dropped in the middle is released at once, as Keras does after each fit
@@ -152,15 +156,18 @@ def test_pipelines_run_without_tf_data_autotuning(index):
     del it
     # without the autotuner every pipeline still gives the clips themselves: each element is one clip as
     # soundfile decodes it, with that clip's label, and each epoch holds every clip once
-    reference, label = _decoded(tr, root), dict(zip(tr.filename, tr.label))
+    reference, label = _decoded(tr, root), dict(zip(tr.filename, tr.label, strict=True))
     for ds in pipelines:
-        seen = [(_which(w, reference), int(y)) for waves, labels in ds.as_numpy_iterator()
-                for w, y in zip(waves, labels)]
+        seen = [
+            (_which(w, reference), int(y))
+            for waves, labels in ds.as_numpy_iterator()
+            for w, y in zip(waves, labels, strict=True)
+        ]
         assert all(label[f] == y for f, y in seen)
         epochs = len(seen) // len(tr)
         assert len(seen) == epochs * len(tr) and epochs in (1, 2)
         for e in range(epochs):
-            assert sorted(f for f, _ in seen[e * len(tr):(e + 1) * len(tr)]) == sorted(tr.filename)
+            assert sorted(f for f, _ in seen[e * len(tr) : (e + 1) * len(tr)]) == sorted(tr.filename)
 
 
 def test_representative_waveforms(index):

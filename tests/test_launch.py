@@ -23,21 +23,25 @@ import mlflow
 import pytest
 from conftest import tiny_overrides
 
-from pipeline.scaling import launch
-from pipeline.running import cli as run
-from pipeline.running import runner
-from pipeline.running import stages
-from pipeline.scaling import sweep
 from pipeline.core import config
+from pipeline.running import cli as run
+from pipeline.running import runner, stages
+from pipeline.running import state as run_state
+from pipeline.scaling import launch, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"train.progress_bar": "false", "train.connect_timeout_seconds": 60, "train.collective_timeout_seconds": 60,
-        "train.worker_wait_seconds": 120}
+FAST = {
+    "train.progress_bar": "false",
+    "train.connect_timeout_seconds": 60,
+    "train.collective_timeout_seconds": 60,
+    "train.worker_wait_seconds": 120,
+}
 
 
 @pytest.fixture
 def no_workers(monkeypatch):
     """Starting a worker fails the test: every check must come before."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"a worker group was started: {args}")
 
@@ -47,12 +51,15 @@ def no_workers(monkeypatch):
 # --------------------------------------------------------------------------- checks before any worker
 
 
-@pytest.mark.parametrize("host, reason", [
-    ("no-such-host.invalid", "cannot resolve it to an IPv4 address"),
-    ("192.0.2.1", "it is not an address of this machine"),  # TEST-NET-1: never a local address
-    ("::1", "cannot resolve it to an IPv4 address"),
-    ("", "give an IPv4 address or a name of this machine"),
-])
+@pytest.mark.parametrize(
+    "host, reason",
+    [
+        ("no-such-host.invalid", "cannot resolve it to an IPv4 address"),
+        ("192.0.2.1", "it is not an address of this machine"),  # TEST-NET-1: never a local address
+        ("::1", "cannot resolve it to an IPv4 address"),
+        ("", "give an IPv4 address or a name of this machine"),
+    ],
+)
 def test_bad_host_is_one_line_and_status_2(host, reason, no_workers, capsys):
     code = launch.main(["--workers", "2", "--host", host, "--", "--stage", "train"])
     err = capsys.readouterr().err
@@ -61,9 +68,17 @@ def test_bad_host_is_one_line_and_status_2(host, reason, no_workers, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("option, value", [("--workers", "1000"), ("--workers", "0"), ("--workers", "-3"),
-                                           ("--workers", "max+1"), ("--max-restarts", "1000"),
-                                           ("--max-restarts", "-1")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--workers", "1000"),
+        ("--workers", "0"),
+        ("--workers", "-3"),
+        ("--workers", "max+1"),
+        ("--max-restarts", "1000"),
+        ("--max-restarts", "-1"),
+    ],
+)
 def test_bounds_are_refused_naming_the_value(option, value, no_workers, capsys):
     value = str(launch.max_workers() + 1) if value == "max+1" else value
     argv = ["--workers", "2", option, value] if option != "--workers" else [option, value]
@@ -84,21 +99,25 @@ def test_the_bounds_follow_the_machine(no_workers):
         launch.launch(2, ["--stage", "train"], max_restarts=21)
 
 
-@pytest.mark.parametrize("run_args, named", [
-    (["--sweep", "train.epochs=1,2"], "--sweep"),
-    (["--sweep=train.epochs=1,2"], "--sweep=train.epochs=1,2"),
-    (["--seeds", "0,1"], "--seeds"),
-    (["--see", "0,1"], "--see"),  # argparse takes unique abbreviations
-    (["--shard", "1/2", "--sweep", "seed=1"], "--shard"),
-    (["--summary-only"], "--summary-only"),
-    (["--su"], "--su"),
-])
+@pytest.mark.parametrize(
+    "run_args, named",
+    [
+        (["--sweep", "train.epochs=1,2"], "--sweep"),
+        (["--sweep=train.epochs=1,2"], "--sweep=train.epochs=1,2"),
+        (["--seeds", "0,1"], "--seeds"),
+        (["--see", "0,1"], "--see"),  # argparse takes unique abbreviations
+        (["--shard", "1/2", "--sweep", "seed=1"], "--shard"),
+        (["--summary-only"], "--summary-only"),
+        (["--su"], "--su"),
+    ],
+)
 def test_sweep_options_are_refused_before_any_worker(run_args, named, no_workers, capsys):
     code = launch.main(["--workers", "2", "--", "--stage", "train", *run_args])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"error: the pipeline.run arguments select a sweep ({named}); the launcher runs one "
-                          "multi-worker job"), err
+    assert err.startswith(
+        f"error: the pipeline.run arguments select a sweep ({named}); the launcher runs one multi-worker job"
+    ), err
     assert "python -m pipeline.run ... --sweep" in err
 
 
@@ -110,20 +129,28 @@ def test_options_that_only_look_like_sweeps_pass():
 
 
 def _tf_config(index: int, n: int = 2) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{2222 + i}" for i in range(n)]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{2222 + i}" for i in range(n)]}, "task": {"type": "worker", "index": index}}
+    )
 
 
-@pytest.mark.parametrize("tf_config, extra, message", [
-    (_tf_config(1), ["--set", "train.strategy=multi_worker"],
-     "TF_CONFIG names 2 tasks and makes this process a non-chief task (worker 1)"),
-    (_tf_config(0), [], "TF_CONFIG names 2 tasks and makes this process the chief (worker 0)"),
-    ("{oops", [], "TF_CONFIG is set: TF_CONFIG is not valid JSON"),
-    (None, ["--set", "train.strategy=multi_worker"], "train.strategy=multi_worker in every cell of the sweep"),
-    (None, ["--sweep", "train.strategy=default,multi_worker"], "train.strategy=multi_worker in cell(s) c1-seed"),
-])
-def test_run_refuses_a_sweep_under_multi_worker_before_the_lock(tf_config, extra, message, tmp_path, tiny_dataset,
-                                                                 monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "tf_config, extra, message",
+    [
+        (
+            _tf_config(1),
+            ["--set", "train.strategy=multi_worker"],
+            "TF_CONFIG names 2 tasks and makes this process a non-chief task (worker 1)",
+        ),
+        (_tf_config(0), [], "TF_CONFIG names 2 tasks and makes this process the chief (worker 0)"),
+        ("{oops", [], "TF_CONFIG is set: TF_CONFIG is not valid JSON"),
+        (None, ["--set", "train.strategy=multi_worker"], "train.strategy=multi_worker in every cell of the sweep"),
+        (None, ["--sweep", "train.strategy=default,multi_worker"], "train.strategy=multi_worker in cell(s) c1-seed"),
+    ],
+)
+def test_run_refuses_a_sweep_under_multi_worker_before_the_lock(
+    tf_config, extra, message, tmp_path, tiny_dataset, monkeypatch, capsys
+):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
@@ -162,15 +189,26 @@ if os.environ.get("STUBBORN"):
 print("ready", flush=True)
 time.sleep(120)
 """
-LAUNCHER = ("import sys; from pipeline.scaling import launch; "
-            "sys.exit(launch.launch(2, ['--stage', 'train'], grace=60, command=[sys.executable, '-c', {worker!r}]))")
+LAUNCHER = (
+    "import sys; from pipeline.scaling import launch; "
+    "sys.exit(launch.launch(2, ['--stage', 'train'], grace=60, command=[sys.executable, '-c', {worker!r}]))"
+)
 
 
 def _start_launcher(stubborn: bool = False, nohup: bool = False):
     env = {**os.environ, **({"STUBBORN": "1"} if stubborn else {})}
-    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); " if nohup else "") + LAUNCHER
-    proc = subprocess.Popen([sys.executable, "-c", code.format(worker=WORKER)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Started as under nohup, or with SIGHUP at its default whatever this test runner inherited
+    # (a test suite run under nohup would otherwise hand its ignored SIGHUP down to the launcher).
+    hup = "signal.SIG_IGN" if nohup else "signal.SIG_DFL"
+    code = f"import signal; signal.signal(signal.SIGHUP, {hup}); " + LAUNCHER
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code.format(worker=WORKER)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -181,8 +219,9 @@ def _start_launcher(stubborn: bool = False, nohup: bool = False):
     return proc, lines, reader
 
 
-@pytest.mark.parametrize("sent, forwarded", [(signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"),
-                                             (signal.SIGHUP, "SIGTERM")])
+@pytest.mark.parametrize(
+    "sent, forwarded", [(signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGTERM")]
+)
 def test_launcher_forwards_signals_and_exits_128_plus(sent, forwarded):
     proc, lines, reader = _start_launcher()
     proc.send_signal(sent)
@@ -247,8 +286,14 @@ except preflight.Terminated as exc:
 def test_sigterm_reaches_python_once_the_strategy_runs():
     # MultiWorkerMirroredStrategy's runtime installs a C++ SIGTERM handler (a preemption notice) that
     # swallows the signal; distributed.strategy() gives SIGTERM back to Python.
-    proc = subprocess.run([sys.executable, "-c", STRATEGY_THEN_SIGTERM], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", STRATEGY_THEN_SIGTERM],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0 and "unwound: terminated by signal SIGTERM" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -258,15 +303,29 @@ def test_sigterm_reaches_python_once_the_strategy_runs():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, tiny_dataset):
     workdir = tmp_path_factory.mktemp("launch-prepared")
-    runner.run_stages(config.load(None, tiny_overrides(workdir, tiny_dataset, **FAST)), workdir, ["prepare"],
-                      track=False)
+    runner.run_stages(
+        config.load(None, tiny_overrides(workdir, tiny_dataset, **FAST)), workdir, ["prepare"], track=False
+    )
     return workdir
 
 
 def _launch_cmd(workdir, dataset, grace):
     overrides = tiny_overrides(workdir, dataset, **{**FAST, "train.epochs": 4})
-    return [sys.executable, "-m", "pipeline.launch", "--workers", "2", "--grace-seconds", str(grace), "--",
-            "--stage", "train", "--workdir", str(workdir), *[a for kv in overrides for a in ("--set", kv)]]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.launch",
+        "--workers",
+        "2",
+        "--grace-seconds",
+        str(grace),
+        "--",
+        "--stage",
+        "train",
+        "--workdir",
+        str(workdir),
+        *[a for kv in overrides for a in ("--set", kv)],
+    ]
 
 
 @pytest.mark.slow
@@ -274,8 +333,9 @@ def test_sigterm_unwinds_the_workers_like_ctrl_c(prepared, tmp_path, tiny_datase
     workdir = tmp_path / "work"
     shutil.copytree(prepared / "prepare", workdir / "prepare")
     grace = 60  # far beyond a clean stop: SIGKILL must not be what ends the workers
-    proc = subprocess.Popen(_launch_cmd(workdir, tiny_dataset, grace), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _launch_cmd(workdir, tiny_dataset, grace), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -311,14 +371,15 @@ def test_sigterm_unwinds_the_workers_like_ctrl_c(prepared, tmp_path, tiny_datase
     assert "error.txt" in [a.path for a in client.list_artifacts(train_run.info.run_id)]
     # What a rerun resumes from stays: the checkpoints and the marker naming the KILLED run; nothing complete.
     left = {p.name for p in (workdir / "train").iterdir()}
-    assert {runner.RUNNING, "checkpoints", "history.json"} <= left and not {"_SUCCESS.json", "model.keras"} & left
-    assert json.loads((workdir / "train" / runner.RUNNING).read_text())["run_id"] == train_run.info.run_id
+    assert {run_state.RUNNING, "checkpoints", "history.json"} <= left and not {"_SUCCESS.json", "model.keras"} & left
+    assert json.loads((workdir / "train" / run_state.RUNNING).read_text())["run_id"] == train_run.info.run_id
 
     # ... and the runner resumes from it: the state a rerun of the same command reads (resuming end to end:
     # test_multiworker.test_killed_worker_restarts_and_resumes).
-    params = config.load(None, [*tiny_overrides(workdir, tiny_dataset, **{**FAST, "train.epochs": 4}),
-                                "train.strategy=multi_worker"])
+    params = config.load(
+        None, [*tiny_overrides(workdir, tiny_dataset, **{**FAST, "train.epochs": 4}), "train.strategy=multi_worker"]
+    )
     train = stages.get("train")
-    state = runner.running_state(train, workdir / "train", runner.stage_key(train, params, workdir), force=False)
+    state = run_state.running_state(train, workdir / "train", run_state.stage_key(train, params, workdir), force=False)
     assert state is not None and state["run_id"] == train_run.info.run_id
     print(f"SIGTERM after {t0 - started:.0f} s (epoch 1 of 4 done); the launcher exited {seconds:.1f} s later")

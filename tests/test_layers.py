@@ -1,6 +1,5 @@
 """Tests of models.layers (SeparableBlock, CoordAttention) and models.quantize (QAT configs)."""
 
-
 import subprocess
 import sys
 
@@ -146,9 +145,7 @@ def test_separable_block_hand_computed_5x5():
     np.testing.assert_array_equal(y, expected)
 
 
-@pytest.mark.parametrize(
-    "time_kernel,freq_kernel,time_dilation,freq_dilation", [(3, 3, 2, 2), (5, 3, 1, 3)]
-)
+@pytest.mark.parametrize("time_kernel,freq_kernel,time_dilation,freq_dilation", [(3, 3, 2, 2), (5, 3, 1, 3)])
 def test_separable_block_matches_numpy(time_kernel, freq_kernel, time_dilation, freq_dilation):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 7, 9, 3)).astype("float32")
@@ -248,9 +245,16 @@ def test_coord_attention_parameter_count(channels, reduction, min_channels, mip)
     assert non_trainable == 2 * mip  # BN moving mean and variance
     assert sorted("/".join(w.name.split("/")[-2:]) for w in layer.weights) == sorted(
         [
-            "conv_reduce/kernel:0", "conv_reduce/bias:0", "bn/gamma:0", "bn/beta:0",
-            "bn/moving_mean:0", "bn/moving_variance:0", "conv_time/kernel:0",
-            "conv_time/bias:0", "conv_freq/kernel:0", "conv_freq/bias:0",
+            "conv_reduce/kernel:0",
+            "conv_reduce/bias:0",
+            "bn/gamma:0",
+            "bn/beta:0",
+            "bn/moving_mean:0",
+            "bn/moving_variance:0",
+            "conv_time/kernel:0",
+            "conv_time/bias:0",
+            "conv_freq/kernel:0",
+            "conv_freq/bias:0",
         ]
     )
 
@@ -293,16 +297,12 @@ def test_coord_attention_training_uses_concatenation_statistics():
     expected, batch_mean = coord_attention_reference(x, weights, training=True)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
     # Moving mean updated with Keras momentum 0.9 (PyTorch's 0.1) from the concatenation's mean.
-    np.testing.assert_allclose(
-        layer.bn.moving_mean.numpy(), 0.9 * weights[8] + 0.1 * batch_mean, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(layer.bn.moving_mean.numpy(), 0.9 * weights[8] + 0.1 * batch_mean, rtol=1e-5, atol=1e-6)
 
 
 def test_hard_swish_values():
     x = np.array([-4.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0], "float32")
-    np.testing.assert_allclose(
-        hard_swish(tf.constant(x)).numpy(), [0.0, 0.0, -1 / 3, 0.0, 2 / 3, 3.0, 5.0], atol=1e-6
-    )
+    np.testing.assert_allclose(hard_swish(tf.constant(x)).numpy(), [0.0, 0.0, -1 / 3, 0.0, 2 / 3, 3.0, 5.0], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -365,9 +365,7 @@ def _convert(model, representative=None):
 
 
 def _run_tflite(content, x):
-    interpreter = tf.lite.Interpreter(
-        model_content=content, experimental_op_resolver_type=NO_DELEGATES
-    )
+    interpreter = tf.lite.Interpreter(model_content=content, experimental_op_resolver_type=NO_DELEGATES)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
@@ -391,18 +389,20 @@ def test_layers_are_prunable():
     assert isinstance(att, tfmot.sparsity.keras.PrunableLayer)
     assert [w.name.split("/", 1)[1] for w in sep.get_prunable_weights()] == ["pointwise/kernel:0"]
     assert [w.name.split("/", 1)[1] for w in att.get_prunable_weights()] == [
-        "conv_reduce/kernel:0", "conv_time/kernel:0", "conv_freq/kernel:0",
+        "conv_reduce/kernel:0",
+        "conv_time/kernel:0",
+        "conv_freq/kernel:0",
     ]
 
     sparsity = tfmot.sparsity.keras
     pruned = sparsity.prune_low_magnitude(
         model, pruning_schedule=sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1)
     )
-    pruned.compile(optimizer=tf_keras.optimizers.SGD(1e-2),
-                   loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.compile(
+        optimizer=tf_keras.optimizers.SGD(1e-2), loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x = _inputs(4)
-    pruned.fit(x, np.arange(4) % 5, batch_size=2, epochs=1, verbose=0,
-               callbacks=[sparsity.UpdatePruningStep()])
+    pruned.fit(x, np.arange(4) % 5, batch_size=2, epochs=1, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
     stripped = sparsity.strip_pruning(pruned)
     sep, att = stripped.layers[1], stripped.layers[2]
     assert type(sep) is SeparableBlock and type(att) is CoordAttention
@@ -430,8 +430,18 @@ def test_post_training_int8_conversion():
     assert np.mean(np.abs(got - expected)) < 0.06 * np.ptp(expected)
     assert np.max(np.abs(got - expected)) < 0.3 * np.ptp(expected)
     assert set(ops) == {
-        "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION",
-        "HARD_SWISH", "SPLIT_V", "LOGISTIC", "MUL", "MEAN", "FULLY_CONNECTED",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "ADD",
+        "AVERAGE_POOL_2D",
+        "RESHAPE",
+        "CONCATENATION",
+        "HARD_SWISH",
+        "SPLIT_V",
+        "LOGISTIC",
+        "MUL",
+        "MEAN",
+        "FULLY_CONNECTED",
     }, ops  # no TRANSPOSE, no SPACE_TO_BATCH_ND (dilations fused at batch 1), no Flex ops
     assert ops.count("MEAN") == 1  # only the model's GlobalAveragePooling2D
     assert {np.dtype(t["dtype"]) for t in tensors} <= {np.dtype(np.int8), np.dtype(np.int32)}
@@ -456,18 +466,16 @@ def test_quantization_aware_training_and_int8_conversion(tmp_path):
 
     x = _inputs(8, seed=7)
     y = np.arange(8) % 5
-    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-3),
-                loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.compile(
+        optimizer=tf_keras.optimizers.Adam(1e-3), loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     before = [w.numpy().copy() for w in wrappers["SeparableBlock"].layer.trainable_weights]
     history = qat.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     after = wrappers["SeparableBlock"].layer.trainable_weights
-    assert all(not np.array_equal(b, a.numpy()) for b, a in zip(before, after))
+    assert all(not np.array_equal(b, a.numpy()) for b, a in zip(before, after, strict=True))
     # The per-channel depthwise range has one entry per channel and was set by training.
-    dw_max = [
-        w for w in wrappers["SeparableBlock"].weights
-        if "depthwise_time_depthwise_kernel_max" in w.name
-    ]
+    dw_max = [w for w in wrappers["SeparableBlock"].weights if "depthwise_time_depthwise_kernel_max" in w.name]
     assert dw_max[0].shape == (8,) and not np.allclose(dw_max[0].numpy(), 6.0)
 
     # Fake quantization is active in inference: the QAT model differs slightly from float.
@@ -506,8 +514,12 @@ def test_quantize_config_lookup_and_scope():
     assert type(config_for(CoordAttention())) is quantize.CoordAttentionQuantizeConfig
     assert config_for(tf_keras.layers.Dense(3)) is None
     objects = quantize.quantize_scope_objects()
-    for name in ("SeparableBlockQuantizeConfig", "asc>CoordAttentionQuantizeConfig",
-                 "asc>SeparableBlock", "CoordAttention"):
+    for name in (
+        "SeparableBlockQuantizeConfig",
+        "asc>CoordAttentionQuantizeConfig",
+        "asc>SeparableBlock",
+        "CoordAttention",
+    ):
         assert name in objects
     config = tf_keras.saving.serialize_keras_object(quantize.SeparableBlockQuantizeConfig())
     restored = tf_keras.saving.deserialize_keras_object(config)

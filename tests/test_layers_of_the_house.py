@@ -69,15 +69,22 @@ def test_foundations_import_no_tensorflow_or_mlflow():
 
 
 def test_tf_use_legacy_keras_is_set_in_one_place():
-    hits = [p.relative_to(ROOT) for d in ("pipeline", "models", "augment", "evaluate", "tests", "benchmarks")
-            for p in (ROOT / d).rglob("*.py") if 'os.environ["TF_USE_LEGACY_KERAS"]' in p.read_text()
-            and p.name != Path(__file__).name]
+    hits = [
+        p.relative_to(ROOT)
+        for d in ("pipeline", "models", "augment", "evaluate", "tests", "benchmarks")
+        for p in (ROOT / d).rglob("*.py")
+        if 'os.environ["TF_USE_LEGACY_KERAS"]' in p.read_text() and p.name != Path(__file__).name
+    ]
     assert [str(h) for h in hits] == ["pipeline/core/env.py"]
 
 
 def test_no_source_file_above_500_lines():
-    long = [(str(p.relative_to(ROOT)), n) for d in ("pipeline", "models", "augment", "evaluate")
-            for p in (ROOT / d).rglob("*.py") if (n := len(p.read_text().splitlines())) > 500]
+    long = [
+        (str(p.relative_to(ROOT)), n)
+        for d in ("pipeline", "models", "augment", "evaluate")
+        for p in (ROOT / d).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    ]
     assert not long, long
 
 
@@ -85,15 +92,27 @@ def test_no_source_file_above_500_lines():
 # A new import across groups must be added here (and to the README's layout table) on purpose.
 GROUPS = {
     "pipeline.data": ("pipeline.core", "pipeline.data", "pipeline.inference.asc_infer"),
-    "pipeline.running": ("pipeline.core", "pipeline.data", "pipeline.running", "pipeline.inference.asc_infer",
-                         "models", "augment", "evaluate",
-                         "pipeline.scaling.distributed",  # the worker role: the runner and task ask the cluster
-                         "pipeline.scaling.sweep",  # the CLI hands --sweep/--seeds over
-                         "pipeline.inference.package",  # the compress stage builds the package
-                         "pipeline.inference.serving"),  # tracking registers the served model
+    "pipeline.running": (
+        "pipeline.core",
+        "pipeline.data",
+        "pipeline.running",
+        "pipeline.inference.asc_infer",
+        "models",
+        "augment",
+        "evaluate",
+        "pipeline.scaling.distributed",  # the worker role: the runner and task ask the cluster
+        "pipeline.scaling.sweep",  # the CLI hands --sweep/--seeds over
+        "pipeline.inference.package",  # the compress stage builds the package
+        "pipeline.inference.serving",
+    ),  # tracking registers the served model
     "pipeline.scaling": ("pipeline.core", "pipeline.scaling", "pipeline.running", "evaluate"),
-    "pipeline.inference": ("pipeline.core", "pipeline.inference", "models", "augment",
-                           "pipeline.running.preflight"),  # environment checks before TensorFlow starts
+    "pipeline.inference": (
+        "pipeline.core",
+        "pipeline.inference",
+        "models",
+        "augment",
+        "pipeline.running.preflight",
+    ),  # environment checks before TensorFlow starts
 }
 
 
@@ -126,8 +145,17 @@ def test_each_group_of_the_pipeline_package_imports_what_the_architecture_says()
 
 def test_the_top_of_pipeline_holds_only_the_three_commands_and_the_groups():
     top = sorted(p.name for p in (ROOT / "pipeline").iterdir() if p.name != "__pycache__")
-    assert top == ["__init__.py", "core", "data", "inference", "launch.py", "predict.py", "run.py", "running",
-                   "scaling"]
+    assert top == [
+        "__init__.py",
+        "core",
+        "data",
+        "inference",
+        "launch.py",
+        "predict.py",
+        "run.py",
+        "running",
+        "scaling",
+    ]
     for command in ("run", "predict", "launch"):
         names = _imports(ROOT / "pipeline" / f"{command}.py") - {"sys"}
         assert len(names) == 2 and all(n.startswith("pipeline.") for n in names), names  # module and its main

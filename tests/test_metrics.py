@@ -13,6 +13,7 @@ The worked example (3 classes x, y, z; 6 clips; devices A, B, S1, S4):
 Class z is never predicted; devices B and S4 have one clip each; clip 5 has
 probabilities exactly 0 and 1.
 """
+
 import json
 
 import numpy as np
@@ -51,13 +52,19 @@ def approx(x):
 
 def test_constants():
     assert M.CLASSES == (
-        "airport", "bus", "metro", "metro_station", "park", "public_square",
-        "shopping_mall", "street_pedestrian", "street_traffic", "tram",
+        "airport",
+        "bus",
+        "metro",
+        "metro_station",
+        "park",
+        "public_square",
+        "shopping_mall",
+        "street_pedestrian",
+        "street_traffic",
+        "tram",
     )
     assert M.DEVICES == ("A", "B", "C", "S1", "S2", "S3", "S4", "S5", "S6")
-    assert M.DEVICE_GROUPS == {
-        "real": ("A", "B", "C"), "seen": ("S1", "S2", "S3"), "unseen": ("S4", "S5", "S6")
-    }
+    assert M.DEVICE_GROUPS == {"real": ("A", "B", "C"), "seen": ("S1", "S2", "S3"), "unseen": ("S4", "S5", "S6")}
 
 
 def test_overall(m):
@@ -87,22 +94,34 @@ def test_per_device(m):
     # lower-case names normalised; order follows DEVICES
     assert list(pd_) == ["A", "B", "S1", "S4"]
     assert pd_["A"] == {
-        "n": 2, "accuracy": 1.0, "macro_accuracy": 1.0,
-        "log_loss": approx((L07 + L06) / 2), "macro_log_loss": approx((L07 + L06) / 2),
+        "n": 2,
+        "accuracy": 1.0,
+        "macro_accuracy": 1.0,
+        "log_loss": approx((L07 + L06) / 2),
+        "macro_log_loss": approx((L07 + L06) / 2),
     }
     # one clip each
     assert pd_["B"] == {
-        "n": 1, "accuracy": 0.0, "macro_accuracy": 0.0,
-        "log_loss": approx(L_CLIP), "macro_log_loss": approx(L_CLIP),
+        "n": 1,
+        "accuracy": 0.0,
+        "macro_accuracy": 0.0,
+        "log_loss": approx(L_CLIP),
+        "macro_log_loss": approx(L_CLIP),
     }
     assert pd_["S4"] == {
-        "n": 1, "accuracy": 0.0, "macro_accuracy": 0.0,
-        "log_loss": approx(L025), "macro_log_loss": approx(L025),
+        "n": 1,
+        "accuracy": 0.0,
+        "macro_accuracy": 0.0,
+        "log_loss": approx(L025),
+        "macro_log_loss": approx(L025),
     }
     # S1: x wrong, y right -> recall 0 and 1
     assert pd_["S1"] == {
-        "n": 2, "accuracy": 0.5, "macro_accuracy": 0.5,
-        "log_loss": approx((L04 + L06) / 2), "macro_log_loss": approx((L04 + L06) / 2),
+        "n": 2,
+        "accuracy": 0.5,
+        "macro_accuracy": 0.5,
+        "log_loss": approx((L04 + L06) / 2),
+        "macro_log_loss": approx((L04 + L06) / 2),
     }
 
 
@@ -130,9 +149,7 @@ def test_device_groups(m):
     assert g["seen"]["macro_accuracy"] == approx(0.5)
     assert g["unseen"]["devices"] == ["S4"]
     assert g["unseen"]["accuracy"] == 0.0
-    assert m["per_device_group_class"]["real"]["x"] == {
-        "n": 2, "accuracy": 1.0, "log_loss": approx((L07 + L06) / 2)
-    }
+    assert m["per_device_group_class"]["real"]["x"] == {"n": 2, "accuracy": 1.0, "log_loss": approx((L07 + L06) / 2)}
 
 
 def test_only_present_groups():
@@ -144,12 +161,15 @@ def test_only_present_groups():
 
 def test_schema_and_json(m):
     assert set(m) == {
-        "class_names", "overall", "per_device", "per_device_group", "per_device_class",
-        "per_device_group_class", "confusion_matrix",
+        "class_names",
+        "overall",
+        "per_device",
+        "per_device_group",
+        "per_device_class",
+        "per_device_group_class",
+        "confusion_matrix",
     }
-    assert set(m["overall"]) == {
-        "n", "accuracy", "macro_accuracy", "log_loss", "macro_log_loss", "per_class"
-    }
+    assert set(m["overall"]) == {"n", "accuracy", "macro_accuracy", "log_loss", "macro_log_loss", "per_class"}
     for s in m["per_device"].values():
         assert set(s) == {"n", "accuracy", "macro_accuracy", "log_loss", "macro_log_loss"}
     # strict JSON: no NaN, only builtin types
@@ -189,8 +209,7 @@ def test_ten_classes_uniform_and_perfect():
 
 def test_class_absent_from_y_true_is_left_out_of_macro():
     # class z has no clip but is predicted once: macro over x and y only
-    m = M.compute_metrics([0, 1, 1], [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]],
-                          class_names=NAMES)
+    m = M.compute_metrics([0, 1, 1], [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]], class_names=NAMES)
     assert m["overall"]["macro_accuracy"] == approx((1.0 + 0.5) / 2)
     assert m["overall"]["per_class"]["z"] == {"n": 0, "accuracy": None, "log_loss": None}
     l08, l01 = 0.2231435513142097, 2.3025850929940455  # -ln 0.8, -ln 0.1

@@ -26,16 +26,18 @@ import tensorflow as tf
 import tf_keras
 from conftest import tiny_overrides
 
-from pipeline.scaling import distributed
-from pipeline.data import inputs
-from pipeline.scaling import launch
-from pipeline.running import runner
-from pipeline.running import training
 from pipeline.core import config
+from pipeline.data import inputs
+from pipeline.running import runner, training
+from pipeline.scaling import distributed, launch
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"train.progress_bar": "false", "train.connect_timeout_seconds": 60, "train.collective_timeout_seconds": 60,
-        "train.worker_wait_seconds": 120}
+FAST = {
+    "train.progress_bar": "false",
+    "train.connect_timeout_seconds": 60,
+    "train.collective_timeout_seconds": 60,
+    "train.worker_wait_seconds": 120,
+}
 
 
 def _overrides(workdir, dataset, **extra):
@@ -61,8 +63,22 @@ def _set_args(overrides):
 
 
 def _launch_cmd(workdir, dataset, *launcher_args, **extra):
-    return [sys.executable, "-m", "pipeline.launch", "--workers", "2", "--grace-seconds", "3", *launcher_args, "--",
-            "--stage", "train", "--workdir", str(workdir), *_set_args(_overrides(workdir, dataset, **extra))]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.launch",
+        "--workers",
+        "2",
+        "--grace-seconds",
+        "3",
+        *launcher_args,
+        "--",
+        "--stage",
+        "train",
+        "--workdir",
+        str(workdir),
+        *_set_args(_overrides(workdir, dataset, **extra)),
+    ]
 
 
 def _train_runs(workdir):
@@ -82,8 +98,9 @@ def _files(folder: Path) -> set[str]:
 def test_two_workers_train_like_one(prepared, tmp_path, tiny_dataset):
     workdir = _workdir(prepared, tmp_path)
     t0 = time.perf_counter()
-    proc = subprocess.run(_launch_cmd(workdir, tiny_dataset), check=False, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        _launch_cmd(workdir, tiny_dataset), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     seconds = time.perf_counter() - t0
     log = proc.stdout
     assert proc.returncode == 0, log[-4000:]
@@ -100,11 +117,24 @@ def test_two_workers_train_like_one(prepared, tmp_path, tiny_dataset):
     assert not Path(scratch).exists() and not Path(scratch).is_relative_to(workdir)
     assert "stage train (non-chief worker 1)" in log
     assert not re.search(r"^\[worker 1\] .*(pipeline\.runner: stage train|MLflow .*run)", log, re.MULTILINE)
-    assert {"model.keras", "best.keras", "history.json", "curves.png", "params.yaml", "_SUCCESS.json",
-            "checkpoints/latest.json"} <= _files(workdir / "train")
+    assert {
+        "model.keras",
+        "best.keras",
+        "history.json",
+        "curves.png",
+        "params.yaml",
+        "_SUCCESS.json",
+        "checkpoints/latest.json",
+    } <= _files(workdir / "train")
     # the chief's workdir lock and the store's creation lock, then the outputs
-    assert sorted(p.name for p in workdir.iterdir()) == [".lock", ".mlflow.db.lock", "mlflow.db", "mlruns", "prepare",
-                                                          "train"]
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        ".lock",
+        ".mlflow.db.lock",
+        "mlflow.db",
+        "mlruns",
+        "prepare",
+        "train",
+    ]
     client, runs = _train_runs(workdir)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     losses = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)]
@@ -122,10 +152,14 @@ def test_two_workers_train_like_one(prepared, tmp_path, tiny_dataset):
     runner.run_stages(config.load(None, _overrides(single, tiny_dataset)), single, ["train"], track=False)
     reference = json.loads((single / "train/history.json").read_text())["history"]
     assert np.allclose(history["loss"], reference["loss"], atol=0.05), (history["loss"], reference["loss"])
-    assert np.allclose(history["val_loss"], reference["val_loss"], atol=0.02), (history["val_loss"],
-                                                                               reference["val_loss"])
-    print(f"2 workers: {seconds:.0f} s; loss {history['loss']} vs one worker {reference['loss']}; "
-          f"val_loss {history['val_loss']} vs {reference['val_loss']}")
+    assert np.allclose(history["val_loss"], reference["val_loss"], atol=0.02), (
+        history["val_loss"],
+        reference["val_loss"],
+    )
+    print(
+        f"2 workers: {seconds:.0f} s; loss {history['loss']} vs one worker {reference['loss']}; "
+        f"val_loss {history['val_loss']} vs {reference['val_loss']}"
+    )
 
 
 @pytest.mark.slow
@@ -141,8 +175,13 @@ def test_killed_worker_restarts_and_resumes(prepared, tmp_path, tiny_dataset):
     deadline = time.monotonic() + 240
     while killed_at is None and proc.poll() is None and time.monotonic() < deadline:
         if latest.is_file() and json.loads(latest.read_text())["epoch"] >= 1:
-            pid = int(next(re.search(r"worker 1: pid (\d+)", x).group(1) for x in list(lines)
-                           if re.search(r"worker 1: pid (\d+)", x)))
+            pid = int(
+                next(
+                    re.search(r"worker 1: pid (\d+)", x).group(1)
+                    for x in list(lines)
+                    if re.search(r"worker 1: pid (\d+)", x)
+                )
+            )
             os.kill(pid, signal.SIGKILL)
             killed_at = json.loads(latest.read_text())["epoch"]
         time.sleep(0.05)
@@ -173,27 +212,47 @@ def test_killed_worker_restarts_and_resumes(prepared, tmp_path, tiny_dataset):
     # keeps its own and a checkpoint stores their mean, so after a restore both workers continue from the
     # mean; they end within float rounding (measured <= 1e-6) of the uninterrupted run's.
     other = _workdir(prepared, tmp_path / "uninterrupted")
-    done = subprocess.run(_launch_cmd(other, tiny_dataset, **{"train.epochs": 4}), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        _launch_cmd(other, tiny_dataset, **{"train.epochs": 4}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     resumed = tf_keras.models.load_model(workdir / "train/model.keras", compile=False)
     straight = tf_keras.models.load_model(other / "train/model.keras", compile=False)
-    for a, b in zip(resumed.trainable_weights, straight.trainable_weights):
+    for a, b in zip(resumed.trainable_weights, straight.trainable_weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
-    for a, b in zip(resumed.non_trainable_weights, straight.non_trainable_weights):
+    for a, b in zip(resumed.non_trainable_weights, straight.non_trainable_weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=a.name)
     assert history["loss"] == json.loads((other / "train/history.json").read_text())["history"]["loss"]
 
 
 def test_bad_tf_config_fails_fast_with_exit_2(prepared, tmp_path, tiny_dataset):
     workdir = _workdir(prepared, tmp_path)
-    env = {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:2222"]}, "task": {"type": "worker", '
-                                      '"index": 3}}'}
-    args = ["--stage", "train", "--workdir", str(workdir),
-            *_set_args(_overrides(workdir, tiny_dataset, **{"train.strategy": "multi_worker"}))]
+    env = {
+        **os.environ,
+        "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:2222"]}, "task": {"type": "worker", "index": 3}}',
+    }
+    args = [
+        "--stage",
+        "train",
+        "--workdir",
+        str(workdir),
+        *_set_args(_overrides(workdir, tiny_dataset, **{"train.strategy": "multi_worker"})),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "TF_CONFIG: task.index 3 is not in 0..0" in proc.stderr
     assert time.perf_counter() - t0 < 60
@@ -203,14 +262,31 @@ def test_bad_tf_config_fails_fast_with_exit_2(prepared, tmp_path, tiny_dataset):
 def test_unreachable_peer_fails_within_the_timeout(prepared, tmp_path, tiny_dataset):
     workdir = _workdir(prepared, tmp_path)
     me, absent = launch.free_ports(2)
-    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{me}", f"127.0.0.1:{absent}"]},
-                                                  "task": {"type": "worker", "index": 0}})}
-    args = ["--stage", "train", "--workdir", str(workdir),
-            *_set_args(_overrides(workdir, tiny_dataset, **{"train.strategy": "multi_worker",
-                                                            "train.connect_timeout_seconds": 3}))]
+    env = {
+        **os.environ,
+        "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{me}", f"127.0.0.1:{absent}"]}, "task": {"type": "worker", "index": 0}}
+        ),
+    }
+    args = [
+        "--stage",
+        "train",
+        "--workdir",
+        str(workdir),
+        *_set_args(
+            _overrides(workdir, tiny_dataset, **{"train.strategy": "multi_worker", "train.connect_timeout_seconds": 3})
+        ),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"did not come up within train.connect_timeout_seconds=3 s: 127.0.0.1:{absent}" in proc.stderr
     assert time.perf_counter() - t0 < 60
@@ -234,19 +310,22 @@ def test_tf_config_roles():
     assert all(p.addresses == parsed[0].addresses for p in parsed)
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "TF_CONFIG environment variable"),
-    ("{not json", "TF_CONFIG is not valid JSON"),
-    ('{"task": {"type": "worker", "index": 0}}', "'cluster' object"),
-    (_config({"ps": ["h:1"], "worker": ["h:2"]}), "task type(s) ['ps']"),
-    (_config({"worker": []}), "cluster.worker must be a non-empty list"),
-    (_config({"worker": ["h:2", "nohostport"]}), "cluster.worker[1] must be a 'host:port'"),
-    (_config({"worker": ["h:2", "h:99999"]}), "port in 1..65535"),
-    (_config({"worker": ["h:2", "h:2"]}), "names an address twice"),
-    (_config({"worker": ["h:2"]}, "chief", 0), "task.type 'chief' is not a task type"),
-    (_config({"worker": ["h:2"]}, "worker", 1), "task.index 1 is not in 0..0"),
-    (_config({"chief": ["h:1", "h:3"], "worker": ["h:2"]}), "exactly one"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "TF_CONFIG environment variable"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', "'cluster' object"),
+        (_config({"ps": ["h:1"], "worker": ["h:2"]}), "task type(s) ['ps']"),
+        (_config({"worker": []}), "cluster.worker must be a non-empty list"),
+        (_config({"worker": ["h:2", "nohostport"]}), "cluster.worker[1] must be a 'host:port'"),
+        (_config({"worker": ["h:2", "h:99999"]}), "port in 1..65535"),
+        (_config({"worker": ["h:2", "h:2"]}), "names an address twice"),
+        (_config({"worker": ["h:2"]}, "chief", 0), "task.type 'chief' is not a task type"),
+        (_config({"worker": ["h:2"]}, "worker", 1), "task.index 1 is not in 0..0"),
+        (_config({"chief": ["h:1", "h:3"], "worker": ["h:2"]}), "exactly one"),
+    ],
+)
 def test_bad_tf_config_is_named(text, message):
     with pytest.raises(distributed.TFConfigError) as err:
         distributed.parse_tf_config(text)
@@ -262,7 +341,7 @@ def test_peer_probe_meets_and_times_out():
     def probe(index):
         try:
             distributed.wait_for_peers(distributed.parse_tf_config(_config(cluster, "worker", index)), timeout=20)
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=probe, args=(i,)) for i in (0, 1)]
@@ -296,7 +375,7 @@ def test_sharded_batches_are_the_single_worker_batches_split(prepared):
     batches = list(single.as_numpy_iterator())
     parts = [list(ds.as_numpy_iterator()) for ds, _ in shards]
     assert len(batches) == len(parts[0]) == len(parts[1]) == 2 * steps
-    for whole, a, b in zip(batches, *parts):
+    for whole, a, b in zip(batches, *parts, strict=True):
         b_size = len(whole[1])
         assert len(a[1]) == b_size // 2 and len(a[1]) + len(b[1]) == b_size  # [b*w//W, b*(w+1)//W)
         np.testing.assert_array_equal(np.concatenate([a[0], b[0]]), whole[0])

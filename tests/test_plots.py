@@ -2,6 +2,7 @@
 
 The figures were also inspected by eye when written (see the module docstrings).
 """
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -55,8 +56,7 @@ def test_confusion_matrix(metrics, tmp_path):
     out2 = P.plot_confusion_matrix(np.eye(3) * 7, ["p", "q", "r"], tmp_path / "eye.png")
     assert _count(_read(out2), DARKEST_BLUE) > 3 * 1000
     # unnormalised counts: max cell 7 also maps to the darkest colour
-    out3 = P.plot_confusion_matrix(np.eye(3) * 7, ["p", "q", "r"], tmp_path / "raw.png",
-                                   normalize=False)
+    out3 = P.plot_confusion_matrix(np.eye(3) * 7, ["p", "q", "r"], tmp_path / "raw.png", normalize=False)
     assert _count(_read(out3), DARKEST_BLUE) > 3 * 1000
     # the 270-clip matrix has no cell at 1.0
     assert _count(img, DARKEST_BLUE) < _count(_read(out2), DARKEST_BLUE)
@@ -92,8 +92,9 @@ def test_training_curves(tmp_path):
         "val_accuracy": list(np.linspace(0.1, 0.45, epochs)),
     }
     two = _read(P.plot_training_curves(hist, tmp_path / "two.png"))
-    three = _read(P.plot_training_curves({**hist, "lr": [1e-3 * 0.9**i for i in range(epochs)]},
-                                         tmp_path / "three.png"))
+    three = _read(
+        P.plot_training_curves({**hist, "lr": [1e-3 * 0.9**i for i in range(epochs)]}, tmp_path / "three.png")
+    )
     # the learning-rate panel is a third panel of the same size: wider image
     assert three.shape[1] > two.shape[1] * 1.3
     assert abs(three.shape[0] - two.shape[0]) < 20
@@ -117,7 +118,6 @@ def test_size_vs_accuracy(tmp_path):
     no_ref = _read(P.plot_size_vs_accuracy(pts, tmp_path / "noref.png", include_reference=False))
     assert img.shape != no_ref.shape or not np.array_equal(img, no_ref)
     with pytest.raises(ValueError, match=r"accuracy 60.3 not in \[0, 1\]"):
-        P.plot_size_vs_accuracy([{"name": "x", "size_bytes": 1, "accuracy": 60.3}],
-                                tmp_path / "x.png")
+        P.plot_size_vs_accuracy([{"name": "x", "size_bytes": 1, "accuracy": 60.3}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="missing key 'size_bytes'"):
         P.plot_size_vs_accuracy([{"name": "x", "accuracy": 0.3}], tmp_path / "x.png")

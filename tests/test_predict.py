@@ -19,11 +19,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline.inference import asc_infer
-from pipeline.inference import package
-from pipeline.inference import predict
-from pipeline.inference.asc_infer.resample import Resampler
 from pipeline.core.labels import CLASSES
+from pipeline.inference import asc_infer, package, predict
+from pipeline.inference.asc_infer.resample import Resampler
 from tests.tflite_reference import reference_probabilities
 
 N = len(CLASSES)
@@ -62,8 +60,19 @@ def _read_csv(path):
 def cli_run(shipped_workdir, recordings, tmp_path_factory):
     workdir, _ = shipped_workdir
     out = tmp_path_factory.mktemp("cli")
-    code = predict.main([str(recordings), "--model", str(workdir), "--output", str(out / "p.csv"),
-                         "--windows-output", str(out / "w.csv"), "--log-level", "WARNING"])
+    code = predict.main(
+        [
+            str(recordings),
+            "--model",
+            str(workdir),
+            "--output",
+            str(out / "p.csv"),
+            "--windows-output",
+            str(out / "w.csv"),
+            "--log-level",
+            "WARNING",
+        ]
+    )
     return code, _read_csv(out / "p.csv"), _read_csv(out / "w.csv")
 
 
@@ -80,9 +89,19 @@ def test_cli_predicts_good_files_and_names_bad_ones(cli_run, shipped_workdir, re
         assert probs.sum() == pytest.approx(1.0, abs=1e-9)
         assert row["scene"] == CLASSES[int(np.argmax(probs))]
     # the failures are reported on stderr at the end, with their reasons
-    code2 = predict.main([str(recordings / "corrupt.wav"), str(recordings / "notes.txt"), str(recordings / "short.wav"),
-                          "--model", str(shipped_workdir[0]), "--output", str(recordings.parent / "x.csv"),
-                          "--log-level", "WARNING"])
+    code2 = predict.main(
+        [
+            str(recordings / "corrupt.wav"),
+            str(recordings / "notes.txt"),
+            str(recordings / "short.wav"),
+            "--model",
+            str(shipped_workdir[0]),
+            "--output",
+            str(recordings.parent / "x.csv"),
+            "--log-level",
+            "WARNING",
+        ]
+    )
     err = capfd.readouterr().err
     assert code2 == 1
     assert "2 input(s) failed" in err
@@ -180,8 +199,14 @@ def test_built_package_imports_in_isolation(shipped_workdir, recordings):
     pkg = shipped_workdir[0] / "compress" / "package"
     paths = [str(recordings / "short.wav"), str(recordings / "stereo48.wav")]
     code = f"import sys; sys.path.insert(0, {str(pkg)!r})\n" + _ISOLATED  # -I: no cwd, no PYTHONPATH
-    done = subprocess.run([sys.executable, "-I", "-B", "-c", code, *paths], cwd=pkg, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-B", "-c", code, *paths],
+        cwd=pkg,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["pipeline"] == []
@@ -194,6 +219,7 @@ def test_built_package_imports_in_isolation(shipped_workdir, recordings):
 def test_reads_only_window_sized_ranges(shipped_workdir, recordings, monkeypatch):
     """Memory stays bounded: each read asks for about one window of input, never the whole file."""
     calls = []
+
     def spy_on(name):  # mono files are read with read_mono, others with read_frames (checked before the downmix)
         real = getattr(asc_infer.recording, name)
 
@@ -240,14 +266,17 @@ def test_windows_equal_the_resampled_whole_signal_and_never_run_past_its_end(rat
     assert len(rec) == math.ceil(len(whole) / 44100) == 4
     starts = [rec.start(i) for i in range(len(rec))]
     assert starts == [0, 44100, 88200, len(whole) - 44100]  # the last one moved back to end at the end
-    for start, (_, window) in zip(starts, rec.windows()):
+    for start, (_, window) in zip(starts, rec.windows(), strict=True):
         assert len(window) == 44100
-        np.testing.assert_allclose(window, whole[start:start + 44100], rtol=0, atol=2e-6)
+        np.testing.assert_allclose(window, whole[start : start + 44100], rtol=0, atol=2e-6)
     assert rec.source.asked < 1.1 * rate
     # the moved-back window and its neighbour share the samples both cover: every sample counts once
     overlap = (88200 + 44100 - (len(whole) - 44100)) / len(whole)
-    np.testing.assert_allclose(rec.weights(), np.array([44100, 44100, 44100 - overlap * len(whole) / 2,
-                                                        44100 - overlap * len(whole) / 2]) / len(whole), rtol=1e-12)
+    np.testing.assert_allclose(
+        rec.weights(),
+        np.array([44100, 44100, 44100 - overlap * len(whole) / 2, 44100 - overlap * len(whole) / 2]) / len(whole),
+        rtol=1e-12,
+    )
     half = asc_infer.Recording("x", ArraySource(x, rate), 44100, 44100, 22050)
     assert len(half) == 1 + math.ceil((len(whole) - 44100) / 22050)
     np.testing.assert_allclose(half.window(1)[:22050], whole[22050:44100], rtol=0, atol=2e-6)
@@ -257,9 +286,26 @@ def test_windows_equal_the_resampled_whole_signal_and_never_run_past_its_end(rat
 def test_window_and_hop_options(shipped_workdir, recordings, tmp_path):
     workdir = shipped_workdir[0]
     out = tmp_path / "p.csv"
-    assert predict.main([str(recordings / "stereo48.wav"), "--model", str(workdir), "--window-seconds", "2",
-                         "--hop-seconds", "0.5", "--output", str(out), "--windows-output", str(tmp_path / "w.csv"),
-                         "--log-level", "WARNING"]) == 0
+    assert (
+        predict.main(
+            [
+                str(recordings / "stereo48.wav"),
+                "--model",
+                str(workdir),
+                "--window-seconds",
+                "2",
+                "--hop-seconds",
+                "0.5",
+                "--output",
+                str(out),
+                "--windows-output",
+                str(tmp_path / "w.csv"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     row = _read_csv(out)[0]
     assert int(row["windows"]) == 1 + math.ceil((10 - 2) / 0.5)
     wrows = _read_csv(tmp_path / "w.csv")
@@ -278,8 +324,12 @@ def test_flac_and_ogg_through_soundfile(shipped_workdir, tmp_path):
     sf.write(tmp_path / "a.flac", x, 44100, subtype="PCM_16")
     sf.write(tmp_path / "a.ogg", x, 44100, format="OGG", subtype="VORBIS")
     out = tmp_path / "p.csv"
-    assert predict.main([str(tmp_path / "a.*"), "--model", str(shipped_workdir[0]), "--output", str(out),
-                         "--log-level", "WARNING"]) == 0
+    assert (
+        predict.main(
+            [str(tmp_path / "a.*"), "--model", str(shipped_workdir[0]), "--output", str(out), "--log-level", "WARNING"]
+        )
+        == 0
+    )
     rows = {Path(r["file"]).suffix: np.array([float(r[c]) for c in CLASSES]) for r in _read_csv(out)}
     assert set(rows) == {".wav", ".flac", ".ogg"}
     np.testing.assert_allclose(rows[".flac"], rows[".wav"], rtol=0, atol=1e-6)  # lossless: the same samples
@@ -296,8 +346,10 @@ def test_usage_errors_exit_2(shipped_workdir, recordings, tmp_path, capfd):
     assert predict.main([str(recordings), "--model", str(workdir), "--hop-seconds", "-1", *base]) == 2
     assert predict.main([str(tmp_path / "none*.wav"), "--model", str(workdir), *base]) == 2
     assert "no input files found" in capfd.readouterr().err
-    assert predict.main([str(recordings), "--model", str(workdir / "train" / "model.keras"), "--engine", "int8",
-                         *base]) == 2
+    assert (
+        predict.main([str(recordings), "--model", str(workdir / "train" / "model.keras"), "--engine", "int8", *base])
+        == 2
+    )
     assert predict.main([str(recordings), "--model", str(tmp_path), *base]) == 2  # an empty folder is no model
     assert not (tmp_path / "p.csv").exists()
     empty = tmp_path / "empty.wav"
@@ -324,9 +376,9 @@ def decisive(shipped_workdir, tmp_path_factory):
 
     from evaluate import compress as cz
     from models import asc
+    from pipeline.core import config
     from pipeline.data import inputs
     from pipeline.running import training
-    from pipeline.core import config
 
     workdir, params = shipped_workdir
     out = tmp_path_factory.mktemp("decisive")
@@ -336,8 +388,9 @@ def decisive(shipped_workdir, tmp_path_factory):
     tuned = config.apply_overrides(params, ["train.learning_rate=1e-2", "train.schedule=constant"])
     training.seed_everything(params.seed, True)
     model = tf_keras.models.load_model(workdir / "train" / "model.keras")
-    ds, steps = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=8, seed=1, start_epoch=0,
-                                     epochs=15)
+    ds, steps = inputs.train_dataset(
+        tr, root, params.audio, params.data, batch_size=8, seed=1, start_epoch=0, epochs=15
+    )
     training.compile_model(model, training.make_optimizer(tuned.train, steps))
     model.fit(ds, epochs=15, steps_per_epoch=steps, verbose=0)
     (out / "train").mkdir()
@@ -347,8 +400,14 @@ def decisive(shipped_workdir, tmp_path_factory):
     rep = frontend(inputs.representative_waveforms(tr, root, params.audio, 8, params.seed), training=False).numpy()
     int8 = cz.to_tflite(asc.export_classifier(model, params), rep)
     cx = json.loads((workdir / "compress" / "package" / "asc_infer" / "model" / "complexity.json").read_text())
-    package.build_package(out / "compress", frontend_tflite=cz.frontend_tflite(frontend), classifier_tflite=int8,
-                          params=params, metrics={}, complexity=cx)
+    package.build_package(
+        out / "compress",
+        frontend_tflite=cz.frontend_tflite(frontend),
+        classifier_tflite=int8,
+        params=params,
+        metrics={},
+        complexity=cx,
+    )
     return out, index[index.split == "evaluate"], root
 
 
@@ -357,13 +416,19 @@ def test_int8_and_float_engines_agree_on_argmax(decisive):
     """Measured on the 18 synthetic evaluate clips: 16/18 agree (0.89; tiny fine-tuned model); the bound is 0.75."""
     out, ev, root = decisive
     engines = predict.Int8Engine(out / "compress" / "package"), predict.FloatEngine(out / "train" / "model.keras")
-    probs = [np.array([predict.predict_file(e, root / f, window_seconds=None, hop_seconds=None).probabilities
-                       for f in ev.filename]) for e in engines]
+    probs = [
+        np.array(
+            [
+                predict.predict_file(e, root / f, window_seconds=None, hop_seconds=None).probabilities
+                for f in ev.filename
+            ]
+        )
+        for e in engines
+    ]
     # decided enough for argmax to mean something: top probability well above 0.1, several classes predicted
     assert probs[1].max(axis=1).mean() > 0.2 and len(set(probs[1].argmax(1))) >= 3
     agreement = float(np.mean(probs[0].argmax(1) == probs[1].argmax(1)))
     assert agreement >= 0.75, agreement
-
 
 
 def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run, recordings, tmp_path):
@@ -371,8 +436,23 @@ def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run
     out = tmp_path / "p.csv"
     uri = f"models:/{params.tracking.registered_model}/latest"
     long = recordings / "sub" / "long.wav"
-    assert predict.main([str(recordings / "short.wav"), str(long), "--model", uri, "--tracking-uri",
-                         params.tracking.uri, "--output", str(out), "--log-level", "WARNING"]) == 0
+    assert (
+        predict.main(
+            [
+                str(recordings / "short.wav"),
+                str(long),
+                "--model",
+                uri,
+                "--tracking-uri",
+                params.tracking.uri,
+                "--output",
+                str(out),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     rows = {r["file"]: r for r in _read_csv(out)}
     got = rows[str(recordings / "short.wav")]
     want = next(r for r in cli_run[1] if r["file"] == str(recordings / "short.wav"))
@@ -380,8 +460,24 @@ def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run
     # the registered model's answer equals an independent reference: the shipped TFLite files run directly
     ref = reference_probabilities(shipped_workdir[0] / "compress" / "package" / "asc_infer" / "model", long)
     np.testing.assert_allclose([float(rows[str(long)][c]) for c in CLASSES], ref, rtol=0, atol=1e-6)
-    assert predict.main([str(recordings / "short.wav"), "--model", uri, "--engine", "float", "--tracking-uri",
-                         params.tracking.uri, "--output", str(out), "--log-level", "WARNING"]) == 2
+    assert (
+        predict.main(
+            [
+                str(recordings / "short.wav"),
+                "--model",
+                uri,
+                "--engine",
+                "float",
+                "--tracking-uri",
+                params.tracking.uri,
+                "--output",
+                str(out),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow

@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.inference import asc_infer
-from pipeline.inference import predict
-from pipeline.inference.asc_infer import recording
 from pipeline.core.labels import CLASSES
+from pipeline.inference import asc_infer, predict
+from pipeline.inference.asc_infer import recording
 
 
 def _read_csv(path):
@@ -48,8 +47,9 @@ def _float_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
 
 def _run(args, tmp_path, workdir, *extra):
     out = tmp_path / "p.csv"
-    code = predict.main([*map(str, args), "--model", str(workdir), "--output", str(out), "--log-level", "WARNING",
-                         *extra])
+    code = predict.main(
+        [*map(str, args), "--model", str(workdir), "--output", str(out), "--log-level", "WARNING", *extra]
+    )
     return code, (_read_csv(out) if out.is_file() else None)
 
 
@@ -67,8 +67,24 @@ def test_a_window_longer_than_the_recording_scores_only_the_recording(workdir, t
     code, plain = _run([clip], tmp_path, workdir)
     assert code == 0
     out = tmp_path / "ten.csv"
-    assert predict.main([str(clip), "--model", str(workdir), "--window-seconds", "10", "--output", str(out),
-                         "--windows-output", str(tmp_path / "w.csv"), "--log-level", "WARNING"]) == 0
+    assert (
+        predict.main(
+            [
+                str(clip),
+                "--model",
+                str(workdir),
+                "--window-seconds",
+                "10",
+                "--output",
+                str(out),
+                "--windows-output",
+                str(tmp_path / "w.csv"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     ten = _read_csv(out)[0]
     np.testing.assert_allclose(_probs(ten), _probs(plain[0]), rtol=0, atol=1e-12)
     assert (int(ten["windows"]), float(ten["padded_seconds"])) == (1, 0.0)
@@ -79,8 +95,24 @@ def test_a_window_longer_than_the_recording_scores_only_the_recording(workdir, t
 def test_a_hop_never_places_a_window_past_the_end(workdir, tmp_path):
     """``--hop-seconds 5`` on a 10-s file: windows at 0 and 5 s, and the last moved back to 9-10 s (not 10-10 s)."""
     clip = _float_wav(tmp_path / "ten.wav", _tone(10.0, 44100), 44100)
-    assert predict.main([str(clip), "--model", str(workdir), "--hop-seconds", "5", "--output", str(tmp_path / "p.csv"),
-                         "--windows-output", str(tmp_path / "w.csv"), "--log-level", "WARNING"]) == 0
+    assert (
+        predict.main(
+            [
+                str(clip),
+                "--model",
+                str(workdir),
+                "--hop-seconds",
+                "5",
+                "--output",
+                str(tmp_path / "p.csv"),
+                "--windows-output",
+                str(tmp_path / "w.csv"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     rows = _read_csv(tmp_path / "w.csv")
     assert [(float(r["start_s"]), float(r["end_s"])) for r in rows] == [(0.0, 1.0), (5.0, 6.0), (9.0, 10.0)]
     assert all(float(r["end_s"]) <= 10.0 for r in rows)
@@ -134,8 +166,7 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(workdir, tmp_path
     alias = tmp_path.parent / f"{tmp_path.name}-alias"
     alias.symlink_to(tmp_path, target_is_directory=True)
     for output in (clip, alias / "good.wav"):
-        code = predict.main([str(tmp_path), "--model", str(workdir), "--output", str(output), "--log-level",
-                             "WARNING"])
+        code = predict.main([str(tmp_path), "--model", str(workdir), "--output", str(output), "--log-level", "WARNING"])
         assert code == 2
         assert f"--output {output} is one of the inputs" in capfd.readouterr().err
     assert clip.read_bytes() == before
@@ -149,10 +180,13 @@ def test_outputs_that_are_not_regular_files_are_refused(workdir, tmp_path, capfd
     link.symlink_to(tmp_path / "target.csv")
     folder = tmp_path / "folder"
     folder.mkdir()
-    cases = [(["--output", str(fifo)], "FIFO"), (["--output", str(link)], "symbolic link"),
-             (["--output", str(folder)], "is a folder"),
-             (["--output", str(tmp_path / "a.csv"), "--windows-output", str(tmp_path / "a.csv")], "the same file"),
-             (["--output", str(tmp_path / "nope" / "a.csv")], "does not exist")]
+    cases = [
+        (["--output", str(fifo)], "FIFO"),
+        (["--output", str(link)], "symbolic link"),
+        (["--output", str(folder)], "is a folder"),
+        (["--output", str(tmp_path / "a.csv"), "--windows-output", str(tmp_path / "a.csv")], "the same file"),
+        (["--output", str(tmp_path / "nope" / "a.csv")], "does not exist"),
+    ]
     for extra, expected in cases:
         start = time.monotonic()
         assert predict.main([str(clip), "--model", str(workdir), "--log-level", "WARNING", *extra]) == 2, extra
@@ -166,13 +200,37 @@ def test_an_output_inside_a_scanned_folder_is_not_an_input_next_time(workdir, tm
     out = tmp_path / "predictions.csv"
     windows = tmp_path / "windows.csv"
     for _ in range(2):
-        code = predict.main([str(tmp_path), "--model", str(workdir), "--output", str(out), "--windows-output",
-                             str(windows), "--log-level", "WARNING"])
+        code = predict.main(
+            [
+                str(tmp_path),
+                "--model",
+                str(workdir),
+                "--output",
+                str(out),
+                "--windows-output",
+                str(windows),
+                "--log-level",
+                "WARNING",
+            ]
+        )
         assert code == 0, capfd.readouterr().err
         assert [r["file"] for r in _read_csv(out)] == [str(clip)]
     # named explicitly, a CSV is an input like any other file (and is not audio)
-    assert predict.main([str(out), str(clip), "--model", str(workdir), "--output", str(tmp_path / "x.csv"),
-                         "--log-level", "WARNING"]) == 1
+    assert (
+        predict.main(
+            [
+                str(out),
+                str(clip),
+                "--model",
+                str(workdir),
+                "--output",
+                str(tmp_path / "x.csv"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 1
+    )
     assert f"{out}: not a RIFF/WAVE file" in capfd.readouterr().err
 
 
@@ -312,8 +370,10 @@ def test_named_empty_folders_and_a_folder_named_like_a_file_are_listed(workdir, 
 def test_expand_inputs_reports_every_path():
     files, problems, skipped = predict.expand_inputs(["/nonexistent/a.wav", "/nonexistent/*.wav"])
     assert files == [] and skipped == 0
-    assert problems == [("/nonexistent/a.wav", "no such file or folder"),
-                        ("/nonexistent/*.wav", "the pattern matches no file")]
+    assert problems == [
+        ("/nonexistent/a.wav", "no such file or folder"),
+        ("/nonexistent/*.wav", "the pattern matches no file"),
+    ]
 
 
 # ---------------------------------------------------------------- 9. window and hop bounds
@@ -338,8 +398,17 @@ def test_an_unreachable_tracking_server_fails_in_seconds(tmp_path, capfd):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    code = predict.main([str(tmp_path), "--model", "models:/asc-scene-classifier/1", "--tracking-uri",
-                         f"http://127.0.0.1:{port}", "--output", str(tmp_path / "p.csv")])
+    code = predict.main(
+        [
+            str(tmp_path),
+            "--model",
+            "models:/asc-scene-classifier/1",
+            "--tracking-uri",
+            f"http://127.0.0.1:{port}",
+            "--output",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     assert code == 2 and time.monotonic() - start < 10
     assert f"--tracking-uri: the MLflow server http://127.0.0.1:{port} did not answer" in capfd.readouterr().err
 
@@ -430,16 +499,31 @@ def test_an_earlier_output_with_any_name_is_not_an_input(workdir, tmp_path, capf
     clip = _good_clip(tmp_path)
     out = tmp_path / "out.txt"
     for _ in range(2):
-        assert predict.main([str(tmp_path), "--model", str(workdir), "--output", str(out), "--log-level",
-                             "WARNING"]) == 0, capfd.readouterr().err
+        assert (
+            predict.main([str(tmp_path), "--model", str(workdir), "--output", str(out), "--log-level", "WARNING"]) == 0
+        ), capfd.readouterr().err
         assert [r["file"] for r in _read_csv(out)] == [str(clip)]
 
 
 def test_windows_output_equal_to_an_input_is_refused(workdir, tmp_path, capfd):
     clip = _good_clip(tmp_path)
     before = clip.read_bytes()
-    assert predict.main([str(clip), "--model", str(workdir), "--output", str(tmp_path / "p.csv"), "--windows-output",
-                         str(clip), "--log-level", "WARNING"]) == 2
+    assert (
+        predict.main(
+            [
+                str(clip),
+                "--model",
+                str(workdir),
+                "--output",
+                str(tmp_path / "p.csv"),
+                "--windows-output",
+                str(clip),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 2
+    )
     assert f"--windows-output {clip} is one of the inputs" in capfd.readouterr().err
     assert clip.read_bytes() == before
 

@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 
-from pipeline.running import runner
-from pipeline.inference import serving
-from pipeline.running import stages as registry
 from pipeline.core import config
+from pipeline.inference import serving
+from pipeline.running import runner
+from pipeline.running import stages as registry
 from pipeline.running.stages.base import Context, MemoryRecorder, StageError
 from pipeline.running.stages.register import package_digest, register
 
@@ -37,8 +37,15 @@ def copy(shipped_workdir, tmp_path):
 
 
 def _with(params, uri, artifacts, name):
-    return config.apply_overrides(params, [f"tracking.uri={uri}", f"tracking.artifact_root={artifacts}",
-                                           "tracking.experiment=registry", f"tracking.registered_model='{name}'"])
+    return config.apply_overrides(
+        params,
+        [
+            f"tracking.uri={uri}",
+            f"tracking.artifact_root={artifacts}",
+            "tracking.experiment=registry",
+            f"tracking.registered_model='{name}'",
+        ],
+    )
 
 
 def test_changing_the_registered_model_reruns_register_alone(copy):
@@ -66,8 +73,9 @@ def test_changing_the_registered_model_reruns_register_alone(copy):
     assert b1.tags["package_digest"] == package_digest(workdir / "compress" / "package")
     assert b1.tags["compress_run_id"] == _marker(workdir / "compress")["run_id"]
     shipped = json.loads((workdir / "compress" / "package" / "asc_infer" / "model" / "metrics.json").read_text())
-    assert float(b1.tags["int8_macro_accuracy"]) == pytest.approx(shipped["int8"]["overall"]["macro_accuracy"],
-                                                                  abs=5e-5)
+    assert float(b1.tags["int8_macro_accuracy"]) == pytest.approx(
+        shipped["int8"]["overall"]["macro_accuracy"], abs=5e-5
+    )
     written = json.loads((workdir / "register" / "registered.json").read_text())
     assert written["registered_model"] == "scenes-b" and written["version"] == str(b1.version) == "1"
     assert written["model_uri"] == "models:/scenes-b/1" and written["run_id"] == b1.run_id
@@ -95,9 +103,15 @@ def test_empty_name_logs_the_pyfunc_without_registering(copy, tmp_path):
 
 def _context(params, workdir, out, recorder):
     out.mkdir(parents=True, exist_ok=True)
-    return Context(params=params, workdir=workdir, out=out, inputs={"compress": workdir / "compress"},
-                   record=recorder, data_name=registry.data_name(params),
-                   outputs={"compress": registry.get("compress").outputs})
+    return Context(
+        params=params,
+        workdir=workdir,
+        out=out,
+        inputs={"compress": workdir / "compress"},
+        record=recorder,
+        data_name=registry.data_name(params),
+        outputs={"compress": registry.get("compress").outputs},
+    )
 
 
 def test_register_reads_the_tags_from_the_package(shipped_workdir, tmp_path):

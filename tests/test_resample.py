@@ -44,7 +44,7 @@ def _snr(got, ref):
 
 
 def _inner(y):
-    return y[EDGE:len(y) - EDGE]
+    return y[EDGE : len(y) - EDGE]
 
 
 def _sine(rate, freq, n, amp=0.5):
@@ -92,7 +92,7 @@ def test_images_of_upsampling(orig):
     r = Resampler(orig, TARGET)
     n = 32768
     for freq in (300.0, 0.3 * orig / 2, 0.7 * orig / 2, 0.9 * orig / 2):
-        y = r(_sine(orig, freq, orig))[1000:1000 + n]
+        y = r(_sine(orig, freq, orig))[1000 : 1000 + n]
         spec = np.abs(np.fft.rfft(y * np.kaiser(n, 20)))
         image = spec[np.fft.rfftfreq(n, 1 / TARGET) > orig / 2].max()
         assert 20 * np.log10(image / spec.max()) < -100, freq
@@ -135,7 +135,7 @@ def test_window_equals_the_full_call_and_reads_only_near_the_window(orig):
     n_out = len(full)
     chunk_in = rs.CHUNK_OUTPUT // r.up * r.down + r.frame_len  # input samples one chunk reads
     windows = [(0, 10), (0, n_out), (n_out - 5, 100), (n_out + 3, 10), (12345, 0)]
-    windows += [(int(s), int(c)) for s, c in zip(rng.integers(0, n_out, 12), rng.integers(1, 60000, 12))]
+    windows += [(int(s), int(c)) for s, c in zip(rng.integers(0, n_out, 12), rng.integers(1, 60000, 12), strict=True)]
     for start, count in windows:
         reads = []
 
@@ -145,7 +145,7 @@ def test_window_equals_the_full_call_and_reads_only_near_the_window(orig):
             return x[a:b]
 
         got = r.window(read, len(x), start, count)
-        np.testing.assert_array_equal(got, full[start:start + count])
+        np.testing.assert_array_equal(got, full[start : start + count])
         read_total = sum(b - a for a, b in reads)
         assert read_total <= min(count, n_out) * orig / TARGET + 2 * chunk_in + 1, (start, count, read_total)
 
@@ -169,11 +169,13 @@ def test_tensorflow_path_equals_numpy(orig):
     r = Resampler(orig, TARGET)
     x = np.random.default_rng(2).uniform(-1, 1, 30011).astype(np.float32)
     np.testing.assert_allclose(inputs.polyphase_resample(tf.constant(x), r).numpy(), r(x), atol=3e-6, rtol=0)
-    np.testing.assert_allclose(inputs.polyphase_resample(tf.constant(x), r, max_out=5000).numpy(), r(x)[:5000],
-                               atol=3e-6, rtol=0)
+    np.testing.assert_allclose(
+        inputs.polyphase_resample(tf.constant(x), r, max_out=5000).numpy(), r(x)[:5000], atol=3e-6, rtol=0
+    )
     # the run-time switch over several source rates picks the right design
-    got = inputs.resample(tf.constant(x), tf.constant(orig, tf.int64), target_rate=TARGET,
-                          source_rates=(8000, 16000, 22050, 48000)).numpy()
+    got = inputs.resample(
+        tf.constant(x), tf.constant(orig, tf.int64), target_rate=TARGET, source_rates=(8000, 16000, 22050, 48000)
+    ).numpy()
     np.testing.assert_allclose(got, r(x), atol=3e-6, rtol=0)
 
 
@@ -185,12 +187,24 @@ def test_tf_data_load_clip_equals_numpy_reader_and_resampler(tmp_path):
         path = tmp_path / name
         expected = Resampler(48000, TARGET)(wavfile.read_mono(path))[:TARGET]
         expected = np.pad(expected, (0, TARGET - len(expected)))
-        got = inputs.load_clip(tf.constant(str(path)), tf.constant(1), tf.constant(48000, tf.int64),
-                               target_rate=TARGET, clip_samples=TARGET, source_rates=(48000,)).numpy()
+        got = inputs.load_clip(
+            tf.constant(str(path)),
+            tf.constant(1),
+            tf.constant(48000, tf.int64),
+            target_rate=TARGET,
+            clip_samples=TARGET,
+            source_rates=(48000,),
+        ).numpy()
         np.testing.assert_allclose(got, expected, atol=3e-6, rtol=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="no resampler for sample rate"):
-        inputs.load_clip(tf.constant(str(tmp_path / "short.wav")), tf.constant(1), tf.constant(48000, tf.int64),
-                         target_rate=TARGET, clip_samples=TARGET, source_rates=(16000,))
+        inputs.load_clip(
+            tf.constant(str(tmp_path / "short.wav")),
+            tf.constant(1),
+            tf.constant(48000, tf.int64),
+            target_rate=TARGET,
+            clip_samples=TARGET,
+            source_rates=(16000,),
+        )
 
 
 def test_eval_dataset_resamples_each_file_from_its_own_rate(tmp_path):
@@ -204,11 +218,16 @@ def test_eval_dataset_resamples_each_file_from_its_own_rate(tmp_path):
         name = f"f{i}.wav"
         sf.write(tmp_path / name, rng.uniform(-0.5, 0.5, size=(rate, 2)), rate, subtype=subtype)
         info = wavfile.read_info(tmp_path / name)
-        rows.append({"filename": name, "encoding": info.encoding, "bits": info.bits, "sample_rate": rate,
-                     "label": i})
+        rows.append({"filename": name, "encoding": info.encoding, "bits": info.bits, "sample_rate": rate, "label": i})
     index = pd.DataFrame(rows)
-    waves = np.concatenate([w for w, _ in inputs.eval_dataset(index, tmp_path, AudioParams(), DataParams(),
-                                                              batch_size=4).as_numpy_iterator()])
-    for row, wave in zip(rows, waves):
+    waves = np.concatenate(
+        [
+            w
+            for w, _ in inputs.eval_dataset(
+                index, tmp_path, AudioParams(), DataParams(), batch_size=4
+            ).as_numpy_iterator()
+        ]
+    )
+    for row, wave in zip(rows, waves, strict=True):
         expected = Resampler(row["sample_rate"], TARGET)(wavfile.read_mono(tmp_path / row["filename"]))[:TARGET]
         np.testing.assert_allclose(wave, expected, atol=3e-6, rtol=0, err_msg=row["filename"])

@@ -7,17 +7,20 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.running import runner
-from pipeline.running import stages
 from pipeline.core import config, files
+from pipeline.running import runner, stages
 from pipeline.running.stages import Context, MemoryRecorder, Stage, StageError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _params(tmp_path, **extra):
-    sets = {"tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "tracking.artifact_root": f"{tmp_path}/mlruns",
-            "tracking.experiment": "toy", **extra}
+    sets = {
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "tracking.artifact_root": f"{tmp_path}/mlruns",
+        "tracking.experiment": "toy",
+        **extra,
+    }
     return config.load(None, [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -52,8 +55,7 @@ def _broken(ctx: Context) -> dict:
 
 TOY = (
     Stage("count", _count, main_output="count.txt", settings=("train.epochs",), headline=("count",)),
-    Stage("double", _double, upstream=("count",), main_output="double.txt", settings=("seed",),
-          headline=("double",)),
+    Stage("double", _double, upstream=("count",), main_output="double.txt", settings=("seed",), headline=("double",)),
     Stage("broken", _broken, upstream=("count",), main_output="never.txt", settings=()),
 )
 
@@ -77,7 +79,8 @@ def test_toy_stage_runs_through_reuse_markers_and_mlflow(tmp_path):
     assert run.info.status == "FINISHED" and run.data.metrics["double"] == 6.0
     assert "stage_seconds" in run.data.metrics
     parent = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(
-        run.data.tags["mlflow.parentRunId"])
+        run.data.tags["mlflow.parentRunId"]
+    )
     assert parent.data.metrics["double"] == 6.0 and parent.data.metrics["count"] == 3.0
     assert {"stage_seconds_count", "stage_seconds_double"} <= set(parent.data.metrics)
     assert parent.data.tags["dataset.toy"] == "yes"
@@ -119,8 +122,9 @@ def test_missing_main_output_is_an_error(tmp_path):
 
 def test_stages_run_without_mlflow(tmp_path):
     CALLS.clear()
-    results = runner.run_stages(_params(tmp_path, **{"train.epochs": 2}), tmp_path, ["count", "double"],
-                                stages=TOY, track=False)
+    results = runner.run_stages(
+        _params(tmp_path, **{"train.epochs": 2}), tmp_path, ["count", "double"], stages=TOY, track=False
+    )
     assert results["double"]["value"] == 4
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -156,8 +160,9 @@ def test_readme_stage_table_is_made_from_the_records():
     holders = [doc for doc in documents if "| stage | reads | writes under `--workdir`" in doc.read_text()]
     assert holders, f"no stage table in {', '.join(str(d) for d in documents)}"
     for doc in holders:
-        assert stages.table() in doc.read_text(), (f"{doc.name}'s stage table is stale: paste `python -m "
-                                                    "pipeline.running.stages` into it")
+        assert stages.table() in doc.read_text(), (
+            f"{doc.name}'s stage table is stale: paste `python -m pipeline.running.stages` into it"
+        )
 
 
 def test_every_stage_function_is_free_of_mlflow_and_markers():

@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.inference import asc_infer
-from pipeline.inference import serving
+from pipeline.inference import asc_infer, serving
 from pipeline.running import stages as registry
-from pipeline.scaling.launch import free_ports
 from pipeline.running.stages.base import MemoryRecorder, PrefixedRecorder
+from pipeline.scaling.launch import free_ports
 from tests.tflite_reference import reference_probabilities
 
 SERVE_DEADLINE_S = 180.0
@@ -69,8 +68,10 @@ BAD_FILES = {  # name: (the bytes, words of the reader's reason)
     "truncated": (_clips()[1][:3000], "truncated: header announces"),
     "float 1e30": (_float_wav(np.full(8000, 1e30), 16000), "samples far beyond full scale"),
     # a 12 KB WAV whose header claims 10 MHz (issue #21 item 8: it drove memory to gigabytes)
-    "10 MHz": (serving.wav_bytes(0.1 * np.ones(6000), 10_000_000),
-               "sample rate 10000000 Hz is outside the supported 1000..384000 Hz"),
+    "10 MHz": (
+        serving.wav_bytes(0.1 * np.ones(6000), 10_000_000),
+        "sample rate 10000000 Hz is outside the supported 1000..384000 Hz",
+    ),
 }
 
 
@@ -101,8 +102,11 @@ def _registered(workdir: Path) -> dict:
 def shipped_version(client, params, workdir: Path) -> str:
     """The registry version of the shipped workdir's register run."""
     run_id = _registered(workdir)["run_id"]
-    found = [str(v.version) for v in client.search_model_versions(f"name='{params.tracking.registered_model}'")
-             if v.run_id == run_id]
+    found = [
+        str(v.version)
+        for v in client.search_model_versions(f"name='{params.tracking.registered_model}'")
+        if v.run_id == run_id
+    ]
     assert len(found) == 1, f"register run {run_id} registered versions {found}"
     return found[0]
 
@@ -157,8 +161,9 @@ def pyfunc(store):
     import mlflow
 
     workdir, params, client = store
-    return mlflow.pyfunc.load_model(f"models:/{params.tracking.registered_model}/"
-                                    f"{shipped_version(client, params, workdir)}")
+    return mlflow.pyfunc.load_model(
+        f"models:/{params.tracking.registered_model}/{shipped_version(client, params, workdir)}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +192,12 @@ def test_pyfunc_in_process_equals_runtime_api(pyfunc, runtime_model):
     assert [r.samples for r in recordings] == [70560, 13230, 110250]
     assert got["windows"].tolist() == [len(r) for r in recordings] == [2, 1, 3]
     one = serving.wav_bytes(0.4 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100), 44100)  # 1 s, 44.1 kHz
-    np.testing.assert_allclose(pyfunc.predict(pd.DataFrame({"audio": [one]}))[model.labels].to_numpy()[0],
-                               reference_probabilities(model.folder, one), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        pyfunc.predict(pd.DataFrame({"audio": [one]}))[model.labels].to_numpy()[0],
+        reference_probabilities(model.folder, one),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_FILES))
@@ -218,13 +227,20 @@ def test_a_header_claiming_10_mhz_is_answered_at_once(pyfunc, runtime_model):
     assert seconds < AT_ONCE_S, f"a 10 MHz header took {seconds:.1f} s"
 
 
-@pytest.mark.parametrize("error, words", [
-    (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
-     "MemoryError: Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
-    (MemoryError(), "MemoryError"),
-    (RuntimeError("tensorflow/lite/kernels/conv.cc:92 failed; model at /srv/my models/asc/model_int8.tflite"),
-     "RuntimeError: <path> failed; model at <path> <path>"),  # every word holding a path separator goes
-])
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (
+            MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
+            "MemoryError: Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64",
+        ),
+        (MemoryError(), "MemoryError"),
+        (
+            RuntimeError("tensorflow/lite/kernels/conv.cc:92 failed; model at /srv/my models/asc/model_int8.tflite"),
+            "RuntimeError: <path> failed; model at <path> <path>",
+        ),  # every word holding a path separator goes
+    ],
+)
 def test_any_failure_of_one_file_keeps_the_others(pyfunc, runtime_model, monkeypatch, error, words):
     """Issue #21 item 8: a MemoryError (or anything else) on one file: that row's error, the other rows predicted."""
     labels = runtime_model.labels
@@ -254,12 +270,18 @@ def test_values_that_are_not_files_fail_their_rows(pyfunc, runtime_model):
     good = _clips()[0]
     got = pyfunc.predict(pd.DataFrame({"audio": [good, "hello world!", 5, None, base64.encodebytes(good).decode()]}))
     assert len(got) == 5
-    _assert_failed_row(got.iloc[1], labels, "not base64-encoded audio (Only base64 data is allowed); in JSON each "
-                                            "value of 'audio' is a whole WAV file, base64-encoded")
-    _assert_failed_row(got.iloc[2], labels, "holds a value of type int, not an audio file (bytes; in JSON a "
-                                            "base64-encoded string)")
-    _assert_failed_row(got.iloc[3], labels, "holds null (no value), not an audio file (bytes; in JSON a "
-                                            "base64-encoded string)")
+    _assert_failed_row(
+        got.iloc[1],
+        labels,
+        "not base64-encoded audio (Only base64 data is allowed); in JSON each "
+        "value of 'audio' is a whole WAV file, base64-encoded",
+    )
+    _assert_failed_row(
+        got.iloc[2], labels, "holds a value of type int, not an audio file (bytes; in JSON a base64-encoded string)"
+    )
+    _assert_failed_row(
+        got.iloc[3], labels, "holds null (no value), not an audio file (bytes; in JSON a base64-encoded string)"
+    )
     _assert_same_row(got.iloc[4], got.iloc[0], labels, 0.0)
     assert got["error"].iloc[0] == ""
 
@@ -299,15 +321,38 @@ def served(store, tmp_path_factory):
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text('raise ImportError("a served model must not import pipeline")\n')
     bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn by name
-    env = dict(os.environ, MLFLOW_TRACKING_URI=params.tracking.uri, PYTHONPATH=str(shim.parent),
-               PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=params.tracking.uri,
+        PYTHONPATH=str(shim.parent),
+        PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+    )
     (port,) = free_ports(1)
     log = home / "serve.log"
     started = time.monotonic()
     with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
-                                   "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=home,
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            cwd=home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         while True:
             try:
@@ -343,8 +388,9 @@ def test_mlflow_models_serve_answers_like_the_pyfunc(served, pyfunc):
     for answer in (split, records, lines):
         served_frame = pd.DataFrame(answer)
         assert list(served_frame.columns) == list(expected.columns)
-        np.testing.assert_allclose(served_frame[labels].to_numpy(float), expected[labels].to_numpy(), rtol=0,
-                                   atol=JSON_ATOL)
+        np.testing.assert_allclose(
+            served_frame[labels].to_numpy(float), expected[labels].to_numpy(), rtol=0, atol=JSON_ATOL
+        )
         assert served_frame["scene"].tolist() == expected["scene"].tolist()
         assert served_frame["windows"].tolist() == expected["windows"].tolist() == [2, 1]
         assert served_frame["error"].tolist() == ["", ""]
@@ -364,8 +410,17 @@ def test_mlflow_models_serve_answers_bad_rows_with_their_reason(served, pyfunc, 
     labels = runtime_model.labels
     good = _clips()
     garbage, truncated, loud = (BAD_FILES[k][0] for k in ("garbage", "truncated", "float 1e30"))
-    rows = [_encoded(good[0]), _encoded(garbage), _encoded(good[2]), _encoded(truncated), _encoded(b"not a wav"),
-            _encoded(loud), "hello world!", 5, None]
+    rows = [
+        _encoded(good[0]),
+        _encoded(garbage),
+        _encoded(good[2]),
+        _encoded(truncated),
+        _encoded(b"not a wav"),
+        _encoded(loud),
+        "hello world!",
+        5,
+        None,
+    ]
     body = _post_text(url, {"dataframe_split": {"columns": ["audio"], "data": [[r] for r in rows]}})
     _assert_no_server_detail(body, home, workdir)
     got = pd.DataFrame(json.loads(body)["predictions"])
@@ -400,8 +455,12 @@ def test_mlflow_models_serve_answers_a_10_mhz_header_at_once(served, pyfunc, run
     assert words in json.loads(body)["predictions"][0]["error"]
     assert seconds < AT_ONCE_S, f"the server took {seconds:.1f} s"
     good = _clips()[0]
-    got = pd.DataFrame(_post(url, {"dataframe_records": [{"audio": _encoded(good)}, {"audio": _encoded(data)},
-                                                         {"audio": _encoded(good)}]})["predictions"])
+    got = pd.DataFrame(
+        _post(
+            url,
+            {"dataframe_records": [{"audio": _encoded(good)}, {"audio": _encoded(data)}, {"audio": _encoded(good)}]},
+        )["predictions"]
+    )
     alone = pyfunc.predict(pd.DataFrame({"audio": [good]})).iloc[0]
     _assert_same_row(got.iloc[0], alone, labels, JSON_ATOL)
     _assert_same_row(got.iloc[2], alone, labels, JSON_ATOL)
@@ -416,10 +475,14 @@ def test_package_from_registry_round_trips(store, tmp_path):
     run_id = client.get_model_version(name, version).run_id
     for i, uri in enumerate([f"models:/{name}/{version}", f"runs:/{run_id}/model"]):
         folder = serving.package_from_registry(uri, params.tracking.uri, dst=tmp_path / str(i))
-        shipped = sorted(p.relative_to(source) for p in source.rglob("*")
-                         if p.is_file() and "__pycache__" not in p.parts)
-        fetched = sorted(p.relative_to(folder / "asc_infer") for p in (folder / "asc_infer").rglob("*")
-                         if p.is_file() and "__pycache__" not in p.parts)
+        shipped = sorted(
+            p.relative_to(source) for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
+        fetched = sorted(
+            p.relative_to(folder / "asc_infer")
+            for p in (folder / "asc_infer").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
         assert fetched == shipped, uri
         for rel in shipped:
             assert (folder / "asc_infer" / rel).read_bytes() == (source / rel).read_bytes(), (uri, rel)
@@ -427,8 +490,9 @@ def test_package_from_registry_round_trips(store, tmp_path):
     assert model.labels == asc_infer.load_model(workdir / "compress" / "package").labels
 
 
-@pytest.mark.parametrize("uri", ["models:/asc-scene-classifier/99", "models:/no-such-model/1",
-                                 "models:/asc-scene-classifier@no-such-alias"])
+@pytest.mark.parametrize(
+    "uri", ["models:/asc-scene-classifier/99", "models:/no-such-model/1", "models:/asc-scene-classifier@no-such-alias"]
+)
 def test_missing_model_uri_is_a_clear_error(store, uri, tmp_path, monkeypatch):
     import tempfile
 
@@ -453,8 +517,9 @@ def test_second_compress_run_registers_the_next_version(shipped_workdir, tmp_pat
     workdir, params = shipped_workdir
     copy = tmp_path / "w"
     shutil.copytree(workdir, copy, symlinks=True)
-    tracking = dataclasses.replace(params.tracking, uri=f"sqlite:///{copy}/mlflow.db",
-                                   artifact_root=str(copy / "mlruns"), experiment="tiny-again")
+    tracking = dataclasses.replace(
+        params.tracking, uri=f"sqlite:///{copy}/mlflow.db", artifact_root=str(copy / "mlruns"), experiment="tiny-again"
+    )
     # PTQ only (no QAT epoch): the second run is about the registry, not about quantization
     again = dataclasses.replace(params, tracking=tracking, compress=dataclasses.replace(params.compress, qat=False))
     client = mlflow.MlflowClient(tracking.uri)
@@ -473,11 +538,13 @@ def test_second_compress_run_registers_the_next_version(shipped_workdir, tmp_pat
     assert marker["compress_run_id"] == json.loads((copy / "compress" / "_SUCCESS.json").read_text())["run_id"]
     metrics = json.loads((copy / "compress" / "package" / "asc_infer" / "model" / "metrics.json").read_text())
     assert float(versions[new].tags["int8_macro_accuracy"]) == pytest.approx(
-        metrics["int8"]["overall"]["macro_accuracy"], abs=5e-5)
+        metrics["int8"]["overall"]["macro_accuracy"], abs=5e-5
+    )
     client.set_registered_model_alias(name, "champion", str(new))
     folder = serving.package_from_registry(f"models:/{name}@champion", tracking.uri, dst=tmp_path / "fetched")
-    assert ((folder / "asc_infer" / "model" / "model_int8.tflite").read_bytes()
-            == (copy / "compress" / "package" / "asc_infer" / "model" / "model_int8.tflite").read_bytes())
+    assert (folder / "asc_infer" / "model" / "model_int8.tflite").read_bytes() == (
+        copy / "compress" / "package" / "asc_infer" / "model" / "model_int8.tflite"
+    ).read_bytes()
 
 
 def test_empty_registered_model_logs_without_registering(shipped_workdir, tmp_path):
@@ -491,10 +558,15 @@ def test_empty_registered_model_logs_without_registering(shipped_workdir, tmp_pa
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        assert serving.log_package(workdir / "compress" / "package", run_id=run.info.run_id, registered_model="",
-                                   tags={"config": "tiny"}) is None
+        assert (
+            serving.log_package(
+                workdir / "compress" / "package", run_id=run.info.run_id, registered_model="", tags={"config": "tiny"}
+            )
+            is None
+        )
         got = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(
-            pd.DataFrame({"audio": serving.example_clips()}))
+            pd.DataFrame({"audio": serving.example_clips()})
+        )
     finally:
         mlflow.set_tracking_uri(before)
     assert client.search_registered_models() == []

@@ -10,9 +10,7 @@ import tf_keras
 
 from pipeline.core import config
 from pipeline.running import cli as run
-from pipeline.running import runner
-from pipeline.running import stages
-from pipeline.running import training
+from pipeline.running import runner, stages, training
 from tests.conftest import tiny_overrides
 from tests.tflite_reference import reference_probabilities
 
@@ -48,11 +46,26 @@ def full_run(tmp_path_factory, tiny_dataset):
 @pytest.mark.slow
 def test_every_stage_writes_its_outputs(full_run):
     workdir, params, _ = full_run
-    for rel in ("prepare/index.csv", "prepare/summary.json", "train/model.keras", "train/best.keras",
-                "train/curves.png", "evaluate/metrics.json", "evaluate/per_device.csv", "evaluate/per_class.csv",
-                "evaluate/predictions.csv", "evaluate/predictions_tta.csv", "evaluate/confusion_matrix.png",
-                "evaluate/device_accuracy.png", "evaluate/size_vs_accuracy.png", "compress/model_int8.tflite",
-                "compress/frontend.tflite", "compress/metrics.json", "report/report.md", "report/report.html"):
+    for rel in (
+        "prepare/index.csv",
+        "prepare/summary.json",
+        "train/model.keras",
+        "train/best.keras",
+        "train/curves.png",
+        "evaluate/metrics.json",
+        "evaluate/per_device.csv",
+        "evaluate/per_class.csv",
+        "evaluate/predictions.csv",
+        "evaluate/predictions_tta.csv",
+        "evaluate/confusion_matrix.png",
+        "evaluate/device_accuracy.png",
+        "evaluate/size_vs_accuracy.png",
+        "compress/model_int8.tflite",
+        "compress/frontend.tflite",
+        "compress/metrics.json",
+        "report/report.md",
+        "report/report.html",
+    ):
         assert (workdir / rel).is_file(), rel
     for stage in _active(params):
         assert (workdir / stage / "_SUCCESS.json").is_file()
@@ -128,8 +141,10 @@ def test_mlflow_records_every_stage(full_run):
     client = _client(workdir)
     parents = [r for r in _runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
     parent = min(parents, key=lambda r: r.info.start_time)  # the first invocation of this module's workdir
-    assert parent.data.tags["dataset.fingerprint"] == json.loads(
-        (workdir / "prepare/_SUCCESS.json").read_text())["fingerprint"]
+    assert (
+        parent.data.tags["dataset.fingerprint"]
+        == json.loads((workdir / "prepare/_SUCCESS.json").read_text())["fingerprint"]
+    )
     assert parent.data.metrics["macro_accuracy"] >= 0.0 and "int8_size_bytes" in parent.data.metrics
     assert parent.data.params["train.epochs"] == "2"
     for stage in _active(params):
@@ -138,7 +153,10 @@ def test_mlflow_records_every_stage(full_run):
     (train_run,) = [r for r in _runs(workdir, "train") if r.data.tags.get("reused") != "true"]
     assert set(train_run.data.tags) >= {"version.tensorflow", "version.mlflow", "model", "config", "data", "seed"}
     assert (train_run.data.tags["model"], train_run.data.tags["config"], train_run.data.tags["seed"]) == (
-        "asc", "default", str(params.seed))
+        "asc",
+        "default",
+        str(params.seed),
+    )
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         history = client.get_metric_history(train_run.info.run_id, key)
         assert [h.step for h in history] == [1, 2], key
@@ -149,8 +167,9 @@ def test_mlflow_records_every_stage(full_run):
     assert len(prep.data.tags["dataset.fingerprint"]) == 16
     ev = [r for r in _runs(workdir, "evaluate") if r.data.tags.get("reused") != "true"][0]
     assert {"macro_accuracy", "tta_macro_accuracy", "device_S4_accuracy"} <= set(ev.data.metrics)
-    assert {"tta_masks_macro_accuracy", "tta_masks_log_loss", "tta_macs_per_clip",
-            "tta_masks_macs_per_clip"} <= set(ev.data.metrics)
+    assert {"tta_masks_macro_accuracy", "tta_masks_log_loss", "tta_macs_per_clip", "tta_masks_macs_per_clip"} <= set(
+        ev.data.metrics
+    )
     assert ev.data.metrics["tta_masks_macs_per_clip"] == 3 * ev.data.metrics["model_macs"]
     assert ev.data.tags["tta.variants"] == "tta=shift,tta_masks=masks"
     plots = {a.path for a in client.list_artifacts(ev.info.run_id, "plots")}
@@ -158,8 +177,9 @@ def test_mlflow_records_every_stage(full_run):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_matches_uninterrupted_with_the_same_losses(full_run, tmp_path, tiny_dataset,
-                                                                              monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted_with_the_same_losses(
+    full_run, tmp_path, tiny_dataset, monkeypatch
+):
     workdir, params, _ = full_run
     reference = tf_keras.models.load_model(workdir / "train/model.keras").get_weights()
     params2 = _params(tmp_path, tiny_dataset)
@@ -200,7 +220,7 @@ def test_resume_after_interruption_matches_uninterrupted_with_the_same_losses(fu
     history = _client(tmp_path).get_metric_history(resumed.info.run_id, "loss")
     assert sorted(h.step for h in history) == [1, 2]
     weights = tf_keras.models.load_model(tmp_path / "train/model.keras").get_weights()
-    for a, b in zip(reference, weights):
+    for a, b in zip(reference, weights, strict=True):
         np.testing.assert_array_equal(a, b)
     # same seed, same losses: this second training (another workdir, killed and resumed) reproduces every
     # loss of full_run's (this replaces a test that retrained the same run a third time)
@@ -231,8 +251,17 @@ def test_cli_config_error_fails_before_any_work(tmp_path, capsys):
 
 def test_cli_bad_dataset_is_reported(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
-    code = run.main(["--stage", "prepare", "--workdir", str(tmp_path / "w"), "--data", str(tmp_path / "bad"),
-                     *[f"--set={o}" for o in tiny_overrides(tmp_path, tmp_path / "bad")[-3:]]])
+    code = run.main(
+        [
+            "--stage",
+            "prepare",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--data",
+            str(tmp_path / "bad"),
+            *[f"--set={o}" for o in tiny_overrides(tmp_path, tmp_path / "bad")[-3:]],
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "meta.csv: missing file" in err
@@ -301,9 +330,13 @@ def test_report_shows_the_seen_unseen_gap_and_an_ablation(full_run, tmp_path):
     workdir, params, _ = full_run
     text = (workdir / "report/report.md").read_text()
     assert "Seen/unseen gap" in text and "Recipe ablation" not in text  # one run: no ablation yet
-    runs = [{"params": {"model.name": "asc", "distill.enabled": str(kd)},
-             "metrics": {"macro_accuracy": acc, "group_unseen_macro_accuracy": acc - 0.1}}
-            for kd, acc in ((False, 0.5), (False, 0.6), (True, 0.7))]
+    runs = [
+        {
+            "params": {"model.name": "asc", "distill.enabled": str(kd)},
+            "metrics": {"macro_accuracy": acc, "group_unseen_macro_accuracy": acc - 0.1},
+        }
+        for kd, acc in ((False, 0.5), (False, 0.6), (True, 0.7))
+    ]
     inputs = rep.ReportInputs(workdir / "prepare/summary.json", workdir / "evaluate/metrics.json")
     out = rep.build_report(inputs, params.to_yaml(), tmp_path, ablation=ablation(runs))
     text = out["markdown"].read_text()

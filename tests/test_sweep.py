@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.config import ConfigError
 from pipeline.running import cli as run
 from pipeline.scaling import sweep
-from pipeline.core.config import ConfigError
 from tests.conftest import SWEEP_GRID, sweep_overrides
 
 GRID = SWEEP_GRID
@@ -50,10 +50,16 @@ def test_values_split_on_commas_outside_brackets_and_quotes():
     dim = sweep.parse_sweep("model.channels=[8,8,16,16],[16,16,32,32]")
     assert dim.key == "model.channels" and dim.values == [[8, 8, 16, 16], [16, 16, 32, 32]]
     assert sweep.parse_sweep("train.learning_rate=1e-3,0.01").values == ["1e-3", 0.01]  # as --set parses them
-    for bad, named in (("model.channels=[8,8", "unclosed bracket"), ("train.epochs=1,,2", "empty value"),
-                       ("train.epochs=1]", "unbalanced"), ("train.epochs", "expected KEY=V1,V2"),
-                       ("seed=1,2", "--seeds"), ("tracking.uri=a,b", "cannot be swept"),
-                       ("train.epochs=2,2", "duplicate"), ("train..epochs=1", "malformed key")):
+    for bad, named in (
+        ("model.channels=[8,8", "unclosed bracket"),
+        ("train.epochs=1,,2", "empty value"),
+        ("train.epochs=1]", "unbalanced"),
+        ("train.epochs", "expected KEY=V1,V2"),
+        ("seed=1,2", "--seeds"),
+        ("tracking.uri=a,b", "cannot be swept"),
+        ("train.epochs=2,2", "duplicate"),
+        ("train..epochs=1", "malformed key"),
+    ):
         with pytest.raises(ConfigError, match=named) as info:
             sweep.parse_sweep(bad)
         assert repr(bad) in str(info.value)
@@ -63,12 +69,15 @@ def test_values_split_on_commas_outside_brackets_and_quotes():
             sweep.parse_seeds(bad)
 
 
-@pytest.mark.parametrize("arg, spellings, typed", [
-    ('train.learning_rate=0.001,"0.001"', ['"0.001"', "0.001"], "0.001"),  # a quoted number is a string to YAML
-    ("train.learning_rate=1e-3,0.001,0.01", ["0.001", "1e-3"], "0.001"),  # YAML 1.1 reads 1e-3 as a string
-    ("model.channels=[8,8,16,16],'8,8,16,16'", ["'8,8,16,16'", "[8,8,16,16]"], "(8, 8, 16, 16)"),
-    ("train.deterministic=true,True", ["True", "true"], "True"),
-])
+@pytest.mark.parametrize(
+    "arg, spellings, typed",
+    [
+        ('train.learning_rate=0.001,"0.001"', ['"0.001"', "0.001"], "0.001"),  # a quoted number is a string to YAML
+        ("train.learning_rate=1e-3,0.001,0.01", ["0.001", "1e-3"], "0.001"),  # YAML 1.1 reads 1e-3 as a string
+        ("model.channels=[8,8,16,16],'8,8,16,16'", ["'8,8,16,16'", "[8,8,16,16]"], "(8, 8, 16, 16)"),
+        ("train.deterministic=true,True", ["True", "true"], "True"),
+    ],
+)
 def test_values_equal_after_type_conversion_are_duplicates(arg, spellings, typed):
     """Two spellings of one setting would plan two identical cells: refused, naming the key and both spellings."""
     with pytest.raises(ConfigError, match="duplicate value") as info:
@@ -107,24 +116,27 @@ def test_plan_validates_every_combination_and_the_id_is_deterministic(tmp_path, 
     assert a.params["c1-seed1"].evaluate.batch_size == 8 and a.params["c1-seed1"].seed == 1
     assert a.params["c0-seed0"].tracking.run_name == f"sweep-{a.sweep_id[:6]}-c0-seed0"
     assert _plan(tmp_path / "elsewhere", tiny_dataset, GRID).sweep_id == a.sweep_id  # store and workdir: same id
-    assert _plan(tmp_path, tiny_dataset, ["--sweep", "evaluate.batch_size=16,4", "--seeds", "0,1"]).sweep_id \
-        != a.sweep_id
-    assert _plan(tmp_path, tiny_dataset, ["--sweep", "evaluate.batch_size=16,8", "--seeds", "0"]).sweep_id \
-        != a.sweep_id
+    assert (
+        _plan(tmp_path, tiny_dataset, ["--sweep", "evaluate.batch_size=16,4", "--seeds", "0,1"]).sweep_id != a.sweep_id
+    )
+    assert _plan(tmp_path, tiny_dataset, ["--sweep", "evaluate.batch_size=16,8", "--seeds", "0"]).sweep_id != a.sweep_id
     with pytest.raises(ConfigError, match=r"combination audio.n_mels=8 \(seed 0\).*audio"):
         _plan(tmp_path, tiny_dataset, ["--sweep", "audio.n_mels=32,8", "--seeds", "0"])
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--sweep", "train.epochs=1,abc"], "train.epochs"),
-    (["--sweep", "model.channels=[8,8,16,16],[8,8"], "unclosed bracket"),
-    (["--sweep", "train.nope=1,2"], "train.nope"),
-    (["--sweep", "train.epochs=1,2", "--sweep", "train.epochs=3"], "given twice"),
-    (["--seeds", "0,x"], "--seeds"),
-    (["--sweep", "train.epochs=1,2", "--shard", "3/2"], "--shard"),
-    (["--shard", "1/2"], "need a sweep"),
-    (["--sweep", "train.learning_rate=1e-3,0.001"], "duplicate value"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--sweep", "train.epochs=1,abc"], "train.epochs"),
+        (["--sweep", "model.channels=[8,8,16,16],[8,8"], "unclosed bracket"),
+        (["--sweep", "train.nope=1,2"], "train.nope"),
+        (["--sweep", "train.epochs=1,2", "--sweep", "train.epochs=3"], "given twice"),
+        (["--seeds", "0,x"], "--seeds"),
+        (["--sweep", "train.epochs=1,2", "--shard", "3/2"], "--shard"),
+        (["--shard", "1/2"], "need a sweep"),
+        (["--sweep", "train.learning_rate=1e-3,0.001"], "duplicate value"),
+    ],
+)
 def test_bad_sweep_exits_2_naming_it_before_any_work(tmp_path, tiny_dataset, capsys, args, named):
     code = run.main(["--stage", "evaluate", "--workdir", str(tmp_path), *_sets(tmp_path, tiny_dataset), *args])
     assert code == 2
@@ -185,7 +197,8 @@ def test_stages_with_equal_keys_are_shared_across_combinations(swept):
     assert [len(list((stages / s).iterdir())) for s in ("prepare", "train", "evaluate")] == [1, 2, 4]
     cell = swept["root"] / "runs" / "c1-seed0"
     assert (cell / "train").is_symlink() and (cell / "train").resolve() == (
-        swept["root"] / "runs" / "c0-seed0" / "train").resolve()
+        swept["root"] / "runs" / "c0-seed0" / "train"
+    ).resolve()
     trained = _runs(swept["workdir"], "tags.stage = 'train'")
     assert len(trained) == 4 and sum(r.data.tags.get("reused") != "true" for r in trained) == 2
 
@@ -207,8 +220,17 @@ def test_rerun_reuses_everything(swept, caplog):
 @pytest.mark.slow
 def test_a_failing_combination_is_recorded_and_the_others_finish(tmp_path, tiny_dataset, caplog):
     # evaluate.splits=[test]: the tiny set has no labelled test clips, so that cell's evaluate fails.
-    args = ["--stage", "evaluate", "--workdir", str(tmp_path), *_sets(tmp_path, tiny_dataset),
-            "--sweep", "evaluate.splits=[evaluate],[test]", "--seeds", "0"]
+    args = [
+        "--stage",
+        "evaluate",
+        "--workdir",
+        str(tmp_path),
+        *_sets(tmp_path, tiny_dataset),
+        "--sweep",
+        "evaluate.splits=[evaluate],[test]",
+        "--seeds",
+        "0",
+    ]
     assert run.main(args) == 1
     sid = _plan(tmp_path, tiny_dataset, args).sweep_id
     root = tmp_path / "sweeps" / sid
@@ -244,16 +266,26 @@ def test_summary_only_rewrites_the_grid_summary_from_mlflow(swept):
     summary.unlink()
     assert run.main([*swept["base"], "--summary-only"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(summary), before)  # the same numbers, read back again
-    assert len(_runs(swept["workdir"], f"tags.sweep_id = '{swept['plan'].sweep_id}' and "
-                                       "tags.sweep_role = 'summary' and tags.sweep_scope = 'grid'")) == 1
+    assert (
+        len(
+            _runs(
+                swept["workdir"],
+                f"tags.sweep_id = '{swept['plan'].sweep_id}' and "
+                "tags.sweep_role = 'summary' and tags.sweep_scope = 'grid'",
+            )
+        )
+        == 1
+    )
 
 
 def test_sweep_plot_draws_mean_and_std_per_setting(tmp_path):
     from evaluate.plots import plot_sweep
 
-    path = plot_sweep(["c0: a=1 (n=2)", "c1: a=2 (n=1)"],
-                      [("macro accuracy", [0.5, 0.6], [0.01, float("nan")]), ("log loss", [1.2, 1.1], [0.1, 0.0])],
-                      tmp_path / "sweep.png")
+    path = plot_sweep(
+        ["c0: a=1 (n=2)", "c1: a=2 (n=1)"],
+        [("macro accuracy", [0.5, 0.6], [0.01, float("nan")]), ("log loss", [1.2, 1.1], [0.1, 0.0])],
+        tmp_path / "sweep.png",
+    )
     assert path.stat().st_size > 5_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="'log loss' has 1 means"):
         plot_sweep(["a", "b"], [("log loss", [1.0], [0.1])], tmp_path / "bad.png")
@@ -272,4 +304,4 @@ def test_force_reruns_each_shared_stage_folder_once_per_invocation(tmp_path):
     files.mark_complete(path, key="k1")  # (the runner wrote it again)
     assert folders("train", "k1") == path and files.read_marker(path) == {"key": "k1"}  # next cells: reuse
     files.mark_complete(path, key="k1")
-    assert files.read_marker(sweep._SharedFolders(tmp_path, force=False)("train", "k1") ) == {"key": "k1"}
+    assert files.read_marker(sweep._SharedFolders(tmp_path, force=False)("train", "k1")) == {"key": "k1"}

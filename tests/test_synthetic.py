@@ -9,6 +9,7 @@ WAV files are read back with the stdlib ``wave`` module and an independent 24-bi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -24,8 +25,10 @@ from pipeline.data import synthetic
 
 SMALL = dict(n_clips=200, seed=1, sample_rate_hz=16000, clip_seconds=0.5, n_cities=6)
 TINY = dict(n_clips=30, seed=3, sample_rate_hz=8000, clip_seconds=0.25, n_cities=3)
-FILENAME = re.compile(r"^audio/(?P<scene>[a-z_]+)-(?P<city>[a-z]+)-(?P<location>\d+)"
-                      r"-(?P<segment>\d+)-(?P<sub>\d+)-(?P<device>a|b|c|s[1-6])\.wav$")
+FILENAME = re.compile(
+    r"^audio/(?P<scene>[a-z_]+)-(?P<city>[a-z]+)-(?P<location>\d+)"
+    r"-(?P<segment>\d+)-(?P<sub>\d+)-(?P<device>a|b|c|s[1-6])\.wav$"
+)
 PEAK = 10.0 ** (-1.0 / 20.0)
 
 
@@ -50,13 +53,16 @@ def read_pcm24(path: Path) -> tuple[np.ndarray, int]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def meta_rows(root: Path) -> list[dict]:
     header, rows = read_tsv(root / "meta.csv")
-    return [dict(zip(header, r)) for r in rows]
+    return [dict(zip(header, r, strict=True)) for r in rows]
 
 
 def split_of(root: Path) -> dict[str, str]:
@@ -74,8 +80,8 @@ def band_features(x: np.ndarray, sr: int) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
     freqs = np.fft.rfftfreq(n, 1.0 / sr)
     edges = np.geomspace(50.0, sr / 2.0, 33)
-    bands = np.stack([power[:, (freqs >= lo) & (freqs < hi)].sum(1)
-                      for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    bands = [power[:, (freqs >= lo) & (freqs < hi)].sum(1) for lo, hi in itertools.pairwise(edges)]
+    bands = np.stack(bands, axis=1)
     log = np.log(bands + 1e-12)
     mean = log.mean(0)
     return np.concatenate([mean - mean.mean(), log.std(0)])
@@ -93,8 +99,9 @@ def small(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full_rate(tmp_path_factory) -> Path:
     """The real format (44.1 kHz, 1 s, 24-bit) at the smallest allowed size."""
-    return synthetic.generate(tmp_path_factory.mktemp("full") / "set", n_clips=synthetic.MIN_CLIPS,
-                              seed=7, workers=1, progress=False)
+    return synthetic.generate(
+        tmp_path_factory.mktemp("full") / "set", n_clips=synthetic.MIN_CLIPS, seed=7, workers=1, progress=False
+    )
 
 
 # --------------------------------------------------------------------------- layout
@@ -122,13 +129,19 @@ def test_generator_tables_cover_the_label_lists():
 
 def test_layout_and_csv_headers(small):
     assert sorted(p.name for p in small.iterdir()) == sorted(
-        [".complete.json", ".synthetic.json", "audio", "evaluation_setup", "meta.csv"])
+        [".complete.json", ".synthetic.json", "audio", "evaluation_setup", "meta.csv"]
+    )
     assert sorted(p.name for p in (small / "evaluation_setup").iterdir()) == [
-        "fold1_evaluate.csv", "fold1_test.csv", "fold1_train.csv"]
-    expected = {"meta.csv": ["filename", "scene_label", "identifier", "source_label"],
-                "evaluation_setup/fold1_train.csv": ["filename", "scene_label"],
-                "evaluation_setup/fold1_evaluate.csv": ["filename", "scene_label"],
-                "evaluation_setup/fold1_test.csv": ["filename"]}
+        "fold1_evaluate.csv",
+        "fold1_test.csv",
+        "fold1_train.csv",
+    ]
+    expected = {
+        "meta.csv": ["filename", "scene_label", "identifier", "source_label"],
+        "evaluation_setup/fold1_train.csv": ["filename", "scene_label"],
+        "evaluation_setup/fold1_evaluate.csv": ["filename", "scene_label"],
+        "evaluation_setup/fold1_test.csv": ["filename"],
+    }
     for name, columns in expected.items():
         header, rows = read_tsv(small / name)
         assert header == columns, name
@@ -136,15 +149,14 @@ def test_layout_and_csv_headers(small):
         assert [r[0] for r in rows] == sorted(r[0] for r in rows), f"{name} not sorted"
         assert len({r[0] for r in rows}) == len(rows), f"{name} has duplicates"
     marker = json.loads((small / ".complete.json").read_text())
-    assert marker["params"] == {"generator": "pipeline.data.synthetic",
-                                "version": synthetic.GENERATOR_VERSION, **SMALL}
+    assert marker["params"] == {"generator": "pipeline.data.synthetic", "version": synthetic.GENERATOR_VERSION, **SMALL}
     assert marker["counts"]["clips"] == SMALL["n_clips"]
 
 
 def test_filenames_agree_with_meta_and_exist(small):
     rows = meta_rows(small)
     assert len(rows) == SMALL["n_clips"]
-    cities = set(synthetic.CITIES[:SMALL["n_cities"]])
+    cities = set(synthetic.CITIES[: SMALL["n_cities"]])
     for row in rows:
         m = FILENAME.match(row["filename"])
         assert m, row["filename"]
@@ -181,15 +193,17 @@ def test_full_rate_minimum_set(full_rate):
     for row in rows:
         samples, sr = read_pcm24(full_rate / row["filename"])
         assert sr == 44100 and samples.shape == (44100,)
-        assert np.abs(samples).max() <= PEAK * 2 ** 23
-        assert np.abs(samples).max() > 2 ** 12  # not silent
+        assert np.abs(samples).max() <= PEAK * 2**23
+        assert np.abs(samples).max() > 2**12  # not silent
     for s in ("train", "evaluate"):
         classes = {r["scene_label"] for r in rows if split[r["filename"]] == s}
         assert classes == set(synthetic.CLASSES)
     assert {r["source_label"] for r in rows if split[r["filename"]] == "evaluate"} == {
-        d.lower() for d in synthetic.DEVICES}
+        d.lower() for d in synthetic.DEVICES
+    }
     assert {r["source_label"] for r in rows if split[r["filename"]] == "train"} == {
-        d.lower() for d in synthetic.SEEN_DEVICES}
+        d.lower() for d in synthetic.SEEN_DEVICES
+    }
 
 
 def test_reader_accepts_the_set(small):
@@ -222,8 +236,11 @@ def test_split_sizes_and_devices(small):
     eval_dev = Counter(r["source_label"] for r in evaluate)
     assert train_dev["a"] == 70  # one A clip per train recording: half of the split
     assert set(train_dev) == {"a", "b", "c", "s1", "s2", "s3"}
-    assert max(train_dev[d] for d in ("b", "c", "s1", "s2", "s3")) - min(
-        train_dev[d] for d in ("b", "c", "s1", "s2", "s3")) <= 1
+    assert (
+        max(train_dev[d] for d in ("b", "c", "s1", "s2", "s3"))
+        - min(train_dev[d] for d in ("b", "c", "s1", "s2", "s3"))
+        <= 1
+    )
     assert set(eval_dev) == {d.lower() for d in synthetic.DEVICES}
     assert max(eval_dev.values()) - min(eval_dev.values()) <= 1  # nine devices equally
 
@@ -246,8 +263,7 @@ def test_test_csv_lists_the_evaluate_files(small):
 def test_locations_disjoint_and_classes_in_both_splits(small):
     rows = meta_rows(small)
     split = split_of(small)
-    locations = {s: {r["identifier"] for r in rows if split[r["filename"]] == s}
-                 for s in ("train", "evaluate")}
+    locations = {s: {r["identifier"] for r in rows if split[r["filename"]] == s} for s in ("train", "evaluate")}
     assert locations["train"] and locations["evaluate"]
     assert not locations["train"] & locations["evaluate"]
     for s in ("train", "evaluate"):
@@ -274,12 +290,11 @@ def test_one_recording_is_heard_through_several_devices(small):
     def envelope(f):
         x, _ = read_pcm24(small / f)
         frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(float)
-        return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1.0)
+        return 10 * np.log10(np.mean(frames**2, axis=1) + 1.0)
 
     pairs = [v[:2] for v in groups.values() if len(v) >= 2][:40]
     same = [np.corrcoef(envelope(a), envelope(b))[0, 1] for a, b in pairs]
-    other = [np.corrcoef(envelope(pairs[i][0]), envelope(pairs[i + 1][1]))[0, 1]
-             for i in range(len(pairs) - 1)]
+    other = [np.corrcoef(envelope(pairs[i][0]), envelope(pairs[i + 1][1]))[0, 1] for i in range(len(pairs) - 1)]
     assert np.median(same) > 0.6
     assert abs(np.median(other)) < 0.3
 
@@ -291,8 +306,8 @@ def test_no_clipping_and_levels_vary(small):
     rms_db = []
     for row in meta_rows(small):
         x, _ = read_pcm24(small / row["filename"])
-        assert np.abs(x).max() <= PEAK * 2 ** 23
-        rms_db.append(20 * np.log10(np.sqrt(np.mean(x.astype(float) ** 2)) / 2 ** 23))
+        assert np.abs(x).max() <= PEAK * 2**23
+        rms_db.append(20 * np.log10(np.sqrt(np.mean(x.astype(float) ** 2)) / 2**23))
     assert max(rms_db) < -10.0
     assert np.percentile(rms_db, 90) - np.percentile(rms_db, 10) > 6.0
     assert min(rms_db) > -70.0
@@ -307,7 +322,8 @@ def test_devices_have_distinct_band_limits(small):
         power = np.abs(np.fft.rfft(x.astype(float))) ** 2
         freqs = np.fft.rfftfreq(len(x), 1.0 / sr)
         ratio[row["source_label"]].append(
-            10 * np.log10(power[freqs > 7000].sum() / power[(freqs > 1000) & (freqs < 3000)].sum()))
+            10 * np.log10(power[freqs > 7000].sum() / power[(freqs > 1000) & (freqs < 3000)].sum())
+        )
     mean = {d: float(np.mean(v)) for d, v in ratio.items()}
     assert mean["a"] - mean["s5"] > 12.0
     assert abs(mean["a"] - mean["b"]) < 5.0
@@ -316,10 +332,9 @@ def test_devices_have_distinct_band_limits(small):
 def test_wav_writer_round_trip(tmp_path):
     """24-bit packing: exact integers back through the stdlib reader and soundfile."""
     sf = pytest.importorskip("soundfile")
-    codes = np.array([0, 1, -1, 255, 256, -256, 65535, -65536, 2 ** 23 - 1, -(2 ** 23 - 1), 123456,
-                      -7654321])
+    codes = np.array([0, 1, -1, 255, 256, -256, 65535, -65536, 2**23 - 1, -(2**23 - 1), 123456, -7654321])
     path = tmp_path / "x.wav"
-    synthetic.write_wav24(path, codes / (2 ** 23 - 1), 22050)
+    synthetic.write_wav24(path, codes / (2**23 - 1), 22050)
     back, sr = read_pcm24(path)
     assert sr == 22050
     np.testing.assert_array_equal(back, codes)
@@ -338,8 +353,7 @@ def test_same_seed_same_bytes_any_worker_count(small, tmp_path):
 
 
 def test_different_seed_different_audio(small, tmp_path):
-    other = synthetic.generate(tmp_path / "other", workers=1, progress=False,
-                               **{**SMALL, "seed": 2})
+    other = synthetic.generate(tmp_path / "other", workers=1, progress=False, **{**SMALL, "seed": 2})
     a, b = tree_digest(small), tree_digest(other)
     assert a["meta.csv"] != b["meta.csv"]
     audio_a = {v for k, v in a.items() if k.startswith("audio/")}
@@ -385,8 +399,7 @@ def test_regenerated_when_parameters_change(tmp_path):
     assert on_disk == sorted(r["filename"] for r in rows)
     assert old_files - {r["filename"] for r in rows}  # the old set is gone, not merged
     assert synthetic.read_completion_record(root)["params"]["seed"] == 4
-    synthetic.generate(root, workers=1, progress=False,
-                       **{**TINY, "n_clips": 40, "seed": 4, "clip_seconds": 0.5})
+    synthetic.generate(root, workers=1, progress=False, **{**TINY, "n_clips": 40, "seed": 4, "clip_seconds": 0.5})
     with wave.open(str(root / rows[0]["filename"])) as w:
         assert w.getnframes() == 4000
 
@@ -400,10 +413,21 @@ def test_refuses_a_foreign_directory(tmp_path):
     assert (foreign / "meta.csv").read_text() == "precious\n"
 
 
-@pytest.mark.parametrize("key, value", [
-    ("n_clips", 29), ("n_clips", 100.0), ("seed", -1), ("n_cities", 0), ("n_cities", 11),
-    ("sample_rate_hz", 4000), ("clip_seconds", 0.0), ("clip_seconds", float("nan")),
-    ("clip_seconds", 0.01), ("workers", -1)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("n_clips", 29),
+        ("n_clips", 100.0),
+        ("seed", -1),
+        ("n_cities", 0),
+        ("n_cities", 11),
+        ("sample_rate_hz", 4000),
+        ("clip_seconds", 0.0),
+        ("clip_seconds", float("nan")),
+        ("clip_seconds", 0.01),
+        ("workers", -1),
+    ],
+)
 def test_bad_arguments_name_the_argument(tmp_path, key, value):
     with pytest.raises(ValueError, match=f"^{key}="):
         synthetic.generate(tmp_path / "d", progress=False, **{**TINY, key: value})
@@ -420,13 +444,11 @@ def test_classes_learnable_but_not_trivially(tmp_path):
     logistic regression on log-mel mean/std features reaches about 0.58 on a 2,000-clip set
     (about 0.65 on seen devices, 0.3-0.55 on the unseen S4-S6).
     """
-    root = synthetic.generate(tmp_path / "l", n_clips=300, seed=0, sample_rate_hz=22050, workers=1,
-                              progress=False)
+    root = synthetic.generate(tmp_path / "l", n_clips=300, seed=0, sample_rate_hz=22050, workers=1, progress=False)
     feats, labels = {}, {}
     for split in ("train", "evaluate"):
         _, rows = read_tsv(root / "evaluation_setup" / f"fold1_{split}.csv")
-        feats[split] = np.array([band_features(read_pcm24(root / r[0])[0] / 2.0 ** 23, 22050)
-                                 for r in rows])
+        feats[split] = np.array([band_features(read_pcm24(root / r[0])[0] / 2.0**23, 22050) for r in rows])
         labels[split] = np.array([synthetic.CLASSES.index(r[1]) for r in rows])
     mu, sd = feats["train"].mean(0), feats["train"].std(0) + 1e-9
     z = {s: (f - mu) / sd for s, f in feats.items()}
@@ -442,11 +464,12 @@ def test_worker_failure_raises_instead_of_hanging(tmp_path):
     import sys
 
     script = tmp_path / "unguarded.py"
-    script.write_text("from pipeline.data import synthetic\n"
-                      f"synthetic.generate({str(tmp_path / 'd')!r}, n_clips=30, seed=0,"
-                      " sample_rate_hz=8000, clip_seconds=0.25, workers=2, progress=False)\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120)
+    script.write_text(
+        "from pipeline.data import synthetic\n"
+        f"synthetic.generate({str(tmp_path / 'd')!r}, n_clips=30, seed=0,"
+        " sample_rate_hz=8000, clip_seconds=0.25, workers=2, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "worker process died" in proc.stderr and "__main__" in proc.stderr
     assert not (tmp_path / "d" / ".complete.json").exists()

@@ -8,8 +8,8 @@ import soundfile as sf
 import tensorflow as tf
 
 from pipeline.data import inputs
-from pipeline.inference.asc_infer import wavfile
 from pipeline.data.synthetic.wav import write_wav24
+from pipeline.inference.asc_infer import wavfile
 
 RATE = 16000
 
@@ -36,7 +36,7 @@ def _fix_riff_size(raw: bytes) -> bytes:
 def _expected_pcm(path) -> np.ndarray:
     """soundfile's left-aligned int32 samples, scaled as the tf.data decoder scales them."""
     ints, _ = sf.read(path, dtype="int32", always_2d=True)
-    return ints.astype(np.float32) * np.float32(2.0 ** -31)
+    return ints.astype(np.float32) * np.float32(2.0**-31)
 
 
 @pytest.mark.parametrize("subtype, bits", [("PCM_16", 16), ("PCM_24", 24), ("PCM_32", 32)])
@@ -45,7 +45,12 @@ def test_pcm_values_and_header(tmp_path, subtype, bits, channels):
     path = _write(tmp_path / "x.wav", subtype, channels)
     info = wavfile.read_info(path)
     assert (info.sample_rate, info.channels, info.bits, info.encoding, info.frames) == (
-        RATE, channels, bits, "pcm", 4001)
+        RATE,
+        channels,
+        bits,
+        "pcm",
+        4001,
+    )
     assert info.block_align == channels * bits // 8 and info.seconds == pytest.approx(4001 / RATE)
     got = wavfile.read_frames(path)
     assert got.dtype == np.float32 and got.shape == (4001, channels)
@@ -69,7 +74,7 @@ def test_synthetic_writer_24_bit_equals_the_tf_data_decoder(tmp_path):
     write_wav24(tmp_path / "s.wav", y, 44100)
     tf_frames = inputs.decode_wav(tf.io.read_file(str(tmp_path / "s.wav")), tf.constant(1)).numpy()
     np.testing.assert_array_equal(wavfile.read_frames(tmp_path / "s.wav"), tf_frames)
-    np.testing.assert_allclose(wavfile.read_mono(tmp_path / "s.wav"), y, atol=2.0 ** -23)
+    np.testing.assert_allclose(wavfile.read_mono(tmp_path / "s.wav"), y, atol=2.0**-23)
 
 
 @pytest.mark.parametrize("subtype, bits", [("FLOAT", 32), ("DOUBLE", 64)])
@@ -128,19 +133,22 @@ def test_list_chunk_after_data_and_partial_last_frame(tmp_path):
     np.testing.assert_array_equal(wavfile.read_frames(ragged), wavfile.read_frames(clean)[:4000])
 
 
-@pytest.mark.parametrize("case, error, match", [
-    ("empty", wavfile.WavError, "empty file"),
-    ("random", wavfile.WavError, "not a RIFF/WAVE file"),
-    ("rf64", wavfile.WavError, "RF64"),
-    ("short_header", wavfile.WavError, "truncated header"),
-    ("truncated_data", wavfile.WavError, "truncated: header announces"),
-    ("no_frames", wavfile.WavError, "no audio samples"),
-    ("data_before_fmt", wavfile.WavError, "'data' chunk before 'fmt '"),
-    ("8bit", wavfile.WavError, "unsupported PCM bit depth 8"),
-    ("alaw", wavfile.WavError, "A-law"),
-    ("directory", IsADirectoryError, "bad.wav"),
-    ("missing", FileNotFoundError, "bad.wav"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("empty", wavfile.WavError, "empty file"),
+        ("random", wavfile.WavError, "not a RIFF/WAVE file"),
+        ("rf64", wavfile.WavError, "RF64"),
+        ("short_header", wavfile.WavError, "truncated header"),
+        ("truncated_data", wavfile.WavError, "truncated: header announces"),
+        ("no_frames", wavfile.WavError, "no audio samples"),
+        ("data_before_fmt", wavfile.WavError, "'data' chunk before 'fmt '"),
+        ("8bit", wavfile.WavError, "unsupported PCM bit depth 8"),
+        ("alaw", wavfile.WavError, "A-law"),
+        ("directory", IsADirectoryError, "bad.wav"),
+        ("missing", FileNotFoundError, "bad.wav"),
+    ],
+)
 def test_bad_files_say_what_is_wrong(tmp_path, case, error, match):
     path = tmp_path / "bad.wav"
     good = _write(tmp_path / "good.wav", "PCM_16").read_bytes()
@@ -174,13 +182,15 @@ def test_bytes_input_equals_path_input(tmp_path):
     path = _write(tmp_path / "x.wav", "PCM_24", channels=2)
     raw = path.read_bytes()
     assert wavfile.read_info(raw) == wavfile.read_info(path)
-    np.testing.assert_array_equal(wavfile.read_frames(raw, start=7, count=100),
-                                  wavfile.read_frames(path, start=7, count=100))
+    np.testing.assert_array_equal(
+        wavfile.read_frames(raw, start=7, count=100), wavfile.read_frames(path, start=7, count=100)
+    )
     np.testing.assert_array_equal(wavfile.read_mono(raw), wavfile.read_mono(path))
 
 
-@pytest.mark.parametrize("start, count", [(0, None), (0, 1), (1000, 17), (3990, 50), (4001, 5), (9000, None),
-                                          (4000, None), (5, 0)])
+@pytest.mark.parametrize(
+    "start, count", [(0, None), (0, 1), (1000, 17), (3990, 50), (4001, 5), (9000, None), (4000, None), (5, 0)]
+)
 def test_frame_ranges_equal_a_full_read_sliced(tmp_path, start, count):
     path = _write(tmp_path / "x.wav", "PCM_32", channels=2)
     info = wavfile.read_info(path)
@@ -208,8 +218,9 @@ def test_file_shortened_after_the_header_was_read(tmp_path):
         wavfile.read_frames(path, info)
 
 
-@pytest.mark.parametrize("case", ["odd_chunk_before_data", "odd_data_with_pad", "list_after_odd_data",
-                                  "extensible", "ragged_data"])
+@pytest.mark.parametrize(
+    "case", ["odd_chunk_before_data", "odd_data_with_pad", "list_after_odd_data", "extensible", "ragged_data"]
+)
 def test_tf_data_decodes_what_the_reader_reads(tmp_path, case):
     # tensorflow-io 0.37.1 alone decodes the first case to 0 frames and fails on the next two
     # ("EOF reached"): pipeline.data.inputs.canonical_wav rewrites the bytes before it decodes them.
@@ -234,8 +245,14 @@ def test_load_clip_checks_the_decoded_length_against_the_header(tmp_path):
     path = _write(tmp_path / "c.wav", "PCM_16", frames=4000)
 
     def load(frames):
-        return inputs.load_clip(tf.constant(str(path)), tf.constant(0), tf.constant(RATE, tf.int64),
-                                target_rate=RATE, clip_samples=RATE, frames=tf.constant(frames, tf.int64)).numpy()
+        return inputs.load_clip(
+            tf.constant(str(path)),
+            tf.constant(0),
+            tf.constant(RATE, tf.int64),
+            target_rate=RATE,
+            clip_samples=RATE,
+            frames=tf.constant(frames, tf.int64),
+        ).numpy()
 
     np.testing.assert_array_equal(load(4000)[:4000], wavfile.read_mono(path))
     with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)decoded.*c.wav.*header announces"):

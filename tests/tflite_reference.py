@@ -49,7 +49,7 @@ def reference_probabilities(model_folder: str | Path, audio: str | Path | bytes,
     classifier.allocate_tensors()
     probs = []
     for start in range(0, len(samples), window):
-        logits = _invoke(classifier, _invoke(frontend, samples[start:start + window]))
+        logits = _invoke(classifier, _invoke(frontend, samples[start : start + window]))
         e = np.exp(logits - logits.max())
         probs.append(e / e.sum())
     return np.mean(probs, axis=0)

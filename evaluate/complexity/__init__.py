@@ -13,11 +13,15 @@ the official figures. The TensorFlow-dependent parts load on first use.
 
 from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
 
-__all__ = ["MAX_BYTES", "MAX_MACS", "count_file", "format_table", "keras_complexity", "main",
-           "tflite_complexity"]
+__all__ = ["MAX_BYTES", "MAX_MACS", "count_file", "format_table", "keras_complexity", "main", "tflite_complexity"]
 
-_LAZY = {"keras_complexity": "keras", "tflite_complexity": "tflite", "count_file": "cli",
-         "format_table": "cli", "main": "cli"}
+_LAZY = {
+    "keras_complexity": "keras",
+    "tflite_complexity": "tflite",
+    "count_file": "cli",
+    "format_table": "cli",
+    "main": "cli",
+}
 
 
 def __getattr__(name: str):

@@ -14,8 +14,7 @@ from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
 logger = logging.getLogger(__name__)
 
 # Project modules that register the custom layers a saved .keras model needs.
-_REGISTERING_MODULES = ("models.frontend", "models.layers", "models.asc", "models.baseline",
-                        "augment")
+_REGISTERING_MODULES = ("models.frontend", "models.layers", "models.asc", "models.baseline", "augment")
 
 
 def _register_project_layers() -> None:
@@ -71,21 +70,29 @@ def _shorten(name: str, width: int = 64) -> str:
     if len(name) <= width:
         return name
     left = (width - 3) // 2
-    return name[:left] + "..." + name[len(name) - (width - 3 - left):]
+    return name[:left] + "..." + name[len(name) - (width - 3 - left) :]
 
 
 def format_table(result: dict) -> str:
     """A plain-text per-layer table with totals and the verdict on the DCASE2022 limits."""
-    header = ("name", "type", "output shape", "params", "bytes", "MACs (NeSsi)",
-              "MACs (dense corr.)")
-    body = [(_shorten(r["name"]), r["type"], r["output_shape"], f"{r['params']:,}",
-             f"{r['size_bytes']:,}", f"{r['macs']:,}", f"{r['macs_dense_corrected']:,}")
-            for r in result["layers"]]
+    header = ("name", "type", "output shape", "params", "bytes", "MACs (NeSsi)", "MACs (dense corr.)")
+    body = [
+        (
+            _shorten(r["name"]),
+            r["type"],
+            r["output_shape"],
+            f"{r['params']:,}",
+            f"{r['size_bytes']:,}",
+            f"{r['macs']:,}",
+            f"{r['macs_dense_corrected']:,}",
+        )
+        for r in result["layers"]
+    ]
     widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
     right = (False, False, False, True, True, True, True)
 
     def line(row):
-        cells = [str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(row, widths, right)]
+        cells = [str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -102,8 +109,9 @@ def format_table(result: dict) -> str:
         structural = result["structural_bytes"]
         lines.append(f"  integer shape/axis operands not counted: {structural:,} bytes")
     lines.append(f"MACs per 1-s clip (NeSsi, official): {result['macs']:,} (limit {MAX_MACS:,})")
-    lines.append(f"MACs with fully connected layers counted by their kernel's input size: "
-                 f"{result['macs_dense_corrected']:,}")
+    lines.append(
+        f"MACs with fully connected layers counted by their kernel's input size: {result['macs_dense_corrected']:,}"
+    )
     lines.append("within DCASE2022 limits: " + ("yes" if result["within_limits"] else "NO"))
     return "\n".join(lines)
 
@@ -112,8 +120,7 @@ def _parse_shape(text: str) -> tuple:
     try:
         shape = tuple(int(d) for d in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--input-shape must be comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--input-shape must be comma-separated integers, got {text!r}") from None
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"--input-shape must be positive integers, got {text!r}")
     return shape
@@ -127,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{MAX_MACS:,} MACs); also the MACs with fully connected layers counted by their "
         "kernel's input size.",
     )
-    parser.add_argument("path",
-                        help="a .tflite file or a .keras model (its 'classifier' layer is counted)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of a table")
-    parser.add_argument("--input-shape", type=_parse_shape, default=None,
-                        help="classifier input without batch, e.g. 51,40,1 (when the model "
-                        "leaves it open)")
+    parser.add_argument("path", help="a .tflite file or a .keras model (its 'classifier' layer is counted)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--input-shape",
+        type=_parse_shape,
+        default=None,
+        help="classifier input without batch, e.g. 51,40,1 (when the model leaves it open)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -43,9 +43,12 @@ _UNATTRIBUTED = "(unattributed)"
 
 def _strip_pruning(model: tf_keras.Model) -> tf_keras.Model:
     """``model`` without TFMOT ``PruneLowMagnitude`` wrappers (sharing its layers), or itself."""
+
     def wrapped(m):
-        return any(type(layer).__name__ == "PruneLowMagnitude"
-                   or (isinstance(layer, tf_keras.Model) and wrapped(layer)) for layer in m.layers)
+        return any(
+            type(layer).__name__ == "PruneLowMagnitude" or (isinstance(layer, tf_keras.Model) and wrapped(layer))
+            for layer in m.layers
+        )
 
     if not wrapped(model):
         return model
@@ -65,7 +68,7 @@ def _generic_weights(model: tf_keras.Model):
             v.assign(rng.uniform(0.5, 1.5, tuple(v.shape)).astype(v.dtype.as_numpy_dtype))
         yield
     finally:
-        for v, value in zip(variables, saved):
+        for v, value in zip(variables, saved, strict=True):
             v.assign(value)
 
 
@@ -109,21 +112,28 @@ def _keras_shape(layer) -> list | None:
 
 def _layer_rows(counted, shown, scope: str, prefix: str, rows: list, scopes: dict) -> None:
     """A row per leaf layer of ``shown``; ``scopes`` maps ``counted``'s name scopes to rows."""
-    pairs = list(zip(counted.layers, shown.layers))
+    pairs = list(zip(counted.layers, shown.layers, strict=False))
     if len(counted.layers) != len(shown.layers):
         pairs = [(layer, layer) for layer in counted.layers]
     for layer, original in pairs:
         if isinstance(layer, tf_keras.layers.InputLayer):
             continue
         if isinstance(layer, tf_keras.Model):
-            _layer_rows(layer, original, f"{scope}/{layer.name}", f"{prefix}{original.name}/", rows,
-                        scopes)
+            _layer_rows(layer, original, f"{scope}/{layer.name}", f"{prefix}{original.name}/", rows, scopes)
             continue
         scopes[f"{scope}/{layer.name}"] = len(rows)
-        rows.append({"name": prefix + original.name, "type": type(original).__name__,
-                     "output_shape": _keras_shape(original),
-                     "params": int(original.count_params()) if original.built else 0,
-                     "size_bytes": 0, "structural_bytes": 0, "macs": 0, "macs_dense_corrected": 0})
+        rows.append(
+            {
+                "name": prefix + original.name,
+                "type": type(original).__name__,
+                "output_shape": _keras_shape(original),
+                "params": int(original.count_params()) if original.built else 0,
+                "size_bytes": 0,
+                "structural_bytes": 0,
+                "macs": 0,
+                "macs_dense_corrected": 0,
+            }
+        )
 
 
 def _row_of(component: str, scopes: dict) -> int | None:
@@ -188,8 +198,7 @@ def keras_complexity(model, input_shape=None) -> dict:
     with _generic_weights(model):
         content, graph, output_op = _float_tflite(counted, shape, model.inputs[0].dtype)
     _, operators, graph_outputs = tflite.read_graph(content)
-    logger.debug("converted %r to float TFLite and read it in %.2f s", model.name,
-                 time.perf_counter() - start)
+    logger.debug("converted %r to float TFLite and read it in %.2f s", model.name, time.perf_counter() - start)
 
     rows: list[dict] = []
     scopes: dict[str, int] = {}
@@ -202,9 +211,18 @@ def keras_complexity(model, input_shape=None) -> dict:
         index = _attribute(op.type, names, scopes, rows)
         if index is None:
             if not rows or rows[-1]["name"] != _UNATTRIBUTED:
-                rows.append({"name": _UNATTRIBUTED, "type": "", "output_shape": None, "params": 0,
-                             "size_bytes": 0, "structural_bytes": 0, "macs": 0,
-                             "macs_dense_corrected": 0})
+                rows.append(
+                    {
+                        "name": _UNATTRIBUTED,
+                        "type": "",
+                        "output_shape": None,
+                        "params": 0,
+                        "size_bytes": 0,
+                        "structural_bytes": 0,
+                        "macs": 0,
+                        "macs_dense_corrected": 0,
+                    }
+                )
             index = len(rows) - 1
             logger.warning("operator %s %r is not attributed to a layer", op.type, op.name)
         for key, value in tflite.operator_row(op, int8_estimate=True).items():
@@ -217,8 +235,15 @@ def keras_complexity(model, input_shape=None) -> dict:
 
     trainable = int(sum(rules.n_elements(w.shape) for w in model.trainable_weights))
     non_trainable = int(sum(rules.n_elements(w.shape) for w in model.non_trainable_weights))
-    result = {"source": "keras", "model": model.name, "input_shape": list(shape),
-              "params": trainable + non_trainable, "trainable_params": trainable,
-              "non_trainable_params": non_trainable, **tflite.totals(rows), "layers": rows}
+    result = {
+        "source": "keras",
+        "model": model.name,
+        "input_shape": list(shape),
+        "params": trainable + non_trainable,
+        "trainable_params": trainable,
+        "non_trainable_params": non_trainable,
+        **tflite.totals(rows),
+        "layers": rows,
+    }
     result["within_limits"] = rules.within_limits(result)
     return result

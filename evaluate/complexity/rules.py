@@ -44,18 +44,30 @@ MAX_BYTES = 128_000
 MAX_MACS = 30_000_000
 
 TYPE_BYTES = {
-    "FLOAT32": 4, "FLOAT16": 2, "FLOAT64": 8, "BFLOAT16": 2, "COMPLEX64": 8, "COMPLEX128": 16,
-    "INT32": 4, "UINT32": 4, "INT64": 8, "UINT64": 8, "INT16": 2, "UINT16": 2,
-    "INT8": 1, "UINT8": 1, "INT4": 1, "BOOL": 1, "STRING": 1,
+    "FLOAT32": 4,
+    "FLOAT16": 2,
+    "FLOAT64": 8,
+    "BFLOAT16": 2,
+    "COMPLEX64": 8,
+    "COMPLEX128": 16,
+    "INT32": 4,
+    "UINT32": 4,
+    "INT64": 8,
+    "UINT64": 8,
+    "INT16": 2,
+    "UINT16": 2,
+    "INT8": 1,
+    "UINT8": 1,
+    "INT4": 1,
+    "BOOL": 1,
+    "STRING": 1,
 }
 _INTEGER = {"INT32", "UINT32", "INT64", "UINT64", "INT16"}
 _FLOAT = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 
 #: Operand positions of weights and bias of the operators that hold parameters.
-WEIGHTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1,
-           "CONV_3D": 1}
-BIAS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
-        "CONV_3D": 2}
+WEIGHTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
+BIAS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3, "CONV_3D": 2}
 #: Operators the int8 converter always gives a bias (with or without ``use_bias``).
 _ALWAYS_BIASED = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"}
 

@@ -53,10 +53,9 @@ def _read_bytes(path_or_bytes) -> tuple[bytes, str]:
 def _resolved_shapes(model_bytes: bytes) -> dict[int, list[int]]:
     """Tensor shapes of subgraph 0 after ``allocate_tensors()``, where the interpreter has them."""
     try:
-        interpreter = tf.lite.Interpreter(model_content=model_bytes,
-                                          experimental_op_resolver_type=_NO_DELEGATES)
+        interpreter = tf.lite.Interpreter(model_content=model_bytes, experimental_op_resolver_type=_NO_DELEGATES)
         interpreter.allocate_tensors()
-    except Exception as err:  # noqa: BLE001 - fall back to the flatbuffer shapes
+    except Exception as err:
         logger.warning("TFLite interpreter cannot allocate the model (%s); using file shapes", err)
         return {}
     return {int(d["index"]): [int(s) for s in d["shape"]] for d in interpreter.get_tensor_details()}
@@ -80,8 +79,7 @@ def read_graph(path_or_bytes) -> tuple[str, list[Operator], list[Tensor]]:
     if not model.subgraphs:
         raise ValueError(f"{where}: the TFLite model has no subgraph")
     if len(model.subgraphs) > 1:
-        logger.warning("%s: %d subgraphs; only the main one is counted (as NeSsi does)", where,
-                       len(model.subgraphs))
+        logger.warning("%s: %d subgraphs; only the main one is counted (as NeSsi does)", where, len(model.subgraphs))
     op_names = _enum_names(schema.BuiltinOperator)
     type_names = _enum_names(schema.TensorType)
     subgraph = model.subgraphs[0]
@@ -92,8 +90,9 @@ def read_graph(path_or_bytes) -> tuple[str, list[Operator], list[Tensor]]:
     for i, t in enumerate(subgraph.tensors or []):
         shape = resolved.get(i, [] if t.shape is None else [int(d) for d in t.shape])
         constant = i not in produced and i not in graph_inputs
-        tensors.append(Tensor(shape=shape, type=type_names.get(int(t.type), "FLOAT32"),
-                              constant=constant, name=_text(t.name)))
+        tensors.append(
+            Tensor(shape=shape, type=type_names.get(int(t.type), "FLOAT32"), constant=constant, name=_text(t.name))
+        )
     operators = []
     for op in subgraph.operators or []:
         code = model.operatorCodes[op.opcodeIndex]
@@ -105,8 +104,9 @@ def read_graph(path_or_bytes) -> tuple[str, list[Operator], list[Tensor]]:
         options, window = op.builtinOptions, None
         if op_type in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
             window = (int(options.filterHeight), int(options.filterWidth))
-        operator = Operator(type=op_type, inputs=inputs, outputs=outputs, filter=window,
-                            name=outputs[0].name if outputs else "")
+        operator = Operator(
+            type=op_type, inputs=inputs, outputs=outputs, filter=window, name=outputs[0].name if outputs else ""
+        )
         for t in outputs:
             t.producer = operator
         operators.append(operator)
@@ -117,10 +117,16 @@ def operator_row(op: Operator, int8_estimate: bool = False) -> dict:
     """One table row: the operator's ``type``, ``output_shape``, ``params``, bytes and MACs."""
     params, size, structural = rules.operator_size(op, int8_estimate)
     macs, corrected = rules.operator_macs(op)
-    return {"name": op.name, "type": op.type,
-            "output_shape": str(op.outputs[0].shape) if op.outputs else "[]",
-            "params": int(params), "size_bytes": int(size), "structural_bytes": int(structural),
-            "macs": int(macs), "macs_dense_corrected": int(corrected)}
+    return {
+        "name": op.name,
+        "type": op.type,
+        "output_shape": str(op.outputs[0].shape) if op.outputs else "[]",
+        "params": int(params),
+        "size_bytes": int(size),
+        "structural_bytes": int(structural),
+        "macs": int(macs),
+        "macs_dense_corrected": int(corrected),
+    }
 
 
 def totals(rows: list[dict]) -> dict:
@@ -149,7 +155,12 @@ def tflite_complexity(path_or_bytes) -> dict:
     """
     where, operators, _ = read_graph(path_or_bytes)
     rows = [operator_row(op) for op in operators]
-    result = {"source": "tflite", "model": where, "params": int(sum(r["params"] for r in rows)),
-              **totals(rows), "layers": rows}
+    result = {
+        "source": "tflite",
+        "model": where,
+        "params": int(sum(r["params"] for r in rows)),
+        **totals(rows),
+        "layers": rows,
+    }
     result["within_limits"] = rules.within_limits(result)
     return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,12 @@ class Params:
     """The whole parameter tree; ``name`` is the config's name (for run names and tags)."""
 
     name: str = _f("default", help="config name (run names, tags); defaults to the YAML file name")
-    seed: int = _f(42, min=0, max=2**31 - 1,
-                   help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data")
+    seed: int = _f(
+        42,
+        min=0,
+        max=2**31 - 1,
+        help="one seed for Python, NumPy, TensorFlow, data order, augmentations, synthetic data",
+    )
     audio: AudioParams = dataclasses.field(default_factory=AudioParams)
     data: DataParams = dataclasses.field(default_factory=DataParams)
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
@@ -90,6 +95,7 @@ class Params:
                     out[name] = ",".join(str(v) for v in value)
                 else:
                     out[name] = value
+
         walk("", self.to_dict())
         return out
 
@@ -103,7 +109,7 @@ class Params:
             data = {s: data[s] for s in sections}
         return digest(data)
 
-    def replace(self, **overrides: str) -> "Params":
+    def replace(self, **overrides: str) -> Params:
         """A new Params with dotted-key overrides given as strings (``{"train.epochs": "3"}``)."""
         return apply_overrides(self, [f"{k}={v}" for k, v in overrides.items()])
 
@@ -112,6 +118,9 @@ class Params:
 
 
 def _type_name(tp) -> str:
+    """``int``, ``float``, ...; ``int or null`` for ``int | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -127,7 +136,7 @@ def _coerce(key: str, tp, value, meta: dict):
 
 def _typed(key: str, tp, value, meta: dict):
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # X | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
@@ -242,8 +251,9 @@ def typed_value(key: str, value):
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
-            raise ConfigError(f"unknown key {prefix + part!r}; allowed under '{prefix.rstrip('.') or '<top>'}': "
-                              f"{sorted(fields)}")
+            raise ConfigError(
+                f"unknown key {prefix + part!r}; allowed under '{prefix.rstrip('.') or '<top>'}': {sorted(fields)}"
+            )
         tp = typing.get_type_hints(cls)[part]
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(tp):
@@ -277,15 +287,20 @@ def _cross_check(p: Params) -> None:
         raise ConfigError(f"model.channels: the report's network has 4 blocks, got {list(p.model.channels)}")
     frames = a.frames
     if a.center and a.clip_samples <= a.n_fft // 2:
-        raise ConfigError(f"audio.clip_seconds: {a.clip_seconds} s is shorter than half a window "
-                          f"(audio.n_fft={a.n_fft}); reflect padding needs more samples")
+        raise ConfigError(
+            f"audio.clip_seconds: {a.clip_seconds} s is shorter than half a window "
+            f"(audio.n_fft={a.n_fft}); reflect padding needs more samples"
+        )
     if p.model.name == "asc" and (frames < 16 or a.n_mels < 16):
-        raise ConfigError(f"audio: the network pools 4 times by 2, so it needs at least 16 frames and 16 mel bins; "
-                          f"got {frames} frames (audio.clip_seconds={a.clip_seconds}, audio.hop_length={a.hop_length})"
-                          f" and audio.n_mels={a.n_mels}")
+        raise ConfigError(
+            f"audio: the network pools 4 times by 2, so it needs at least 16 frames and 16 mel bins; "
+            f"got {frames} frames (audio.clip_seconds={a.clip_seconds}, audio.hop_length={a.hop_length})"
+            f" and audio.n_mels={a.n_mels}"
+        )
     if p.model.name == "baseline" and round(a.clip_seconds * 44100) < 44100:
-        raise ConfigError(f"audio.clip_seconds: the DCASE2022 baseline needs 1-s clips (51 frames), "
-                          f"got {a.clip_seconds}")
+        raise ConfigError(
+            f"audio.clip_seconds: the DCASE2022 baseline needs 1-s clips (51 frames), got {a.clip_seconds}"
+        )
     # SpecAugment++: widths that merely *round* to 0 at a position (the report's 0.1 of 5 or 2 frames)
     # are raised to 1 (augment.specaugment.max_widths); an explicit 0 with masks requested is refused,
     # since raising it would contradict the setting (n_<axis>_masks: 0 switches an axis off).
@@ -295,18 +310,25 @@ def _cross_check(p: Params) -> None:
         if fraction == 0 and count > 0:
             raise ConfigError(
                 f"augment.specaugment.{axis}_width_fraction: 0 makes the {count} {axis} mask(s) zero-width at every "
-                f"position ({', '.join(s.positions)}); set augment.specaugment.n_{axis}_masks: 0 to switch them off")
+                f"position ({', '.join(s.positions)}); set augment.specaugment.n_{axis}_masks: 0 to switch them off"
+            )
     # TTA: every mode must have something to vary, or its N copies are N identical passes.
     modes = p.augment.tta.modes if p.augment.tta.enabled else ()
     if "masks" in modes and not s.enabled:
-        raise ConfigError("augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
-                          "augment.specaugment.enabled is false; remove 'masks' or enable SpecAugment++")
+        raise ConfigError(
+            "augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
+            "augment.specaugment.enabled is false; remove 'masks' or enable SpecAugment++"
+        )
     if "masks" in modes and s.n_time_masks == 0 and s.n_freq_masks == 0:
-        raise ConfigError("augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
-                          "augment.specaugment.n_time_masks and n_freq_masks are both 0")
+        raise ConfigError(
+            "augment.tta.modes: 'masks' switches on the training SpecAugment++ masks, but "
+            "augment.specaugment.n_time_masks and n_freq_masks are both 0"
+        )
     if "shift" in modes and p.augment.time_shift.std_frames == 0:
-        raise ConfigError("augment.tta.modes: 'shift' draws time shifts of std augment.time_shift.std_frames "
-                          "frames, which is 0, so every copy would be the same; remove 'shift' or set std_frames > 0")
+        raise ConfigError(
+            "augment.tta.modes: 'shift' draws time shifts of std augment.time_shift.std_frames "
+            "frames, which is 0, so every copy would be the same; remove 'shift' or set std_frames > 0"
+        )
     if p.augment.tta.chunk_copies > p.augment.tta.n_copies:
         raise ConfigError(
             f"augment.tta.chunk_copies: {p.augment.tta.chunk_copies} exceeds augment.tta.n_copies "
@@ -393,6 +415,7 @@ def describe() -> list[tuple[str, str, Any, str]]:
             if "help" in meta:
                 notes.append(meta["help"])
             rows.append((key, _type_name(tp).replace("typing.", ""), default, "; ".join(notes)))
+
     walk(Params, "")
     return rows
 

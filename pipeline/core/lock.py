@@ -47,8 +47,10 @@ class WorkdirLocked(RuntimeError):
         self.workdir, self.holder = workdir, holder
         who = describe(holder)
         after = f" (waited {waited:.0f} s)" if waited else ""
-        super().__init__(f"workdir {workdir} is in use by {who}{after}; wait for it to finish, pass --wait-lock SECONDS "
-                         f"to wait, or use another --workdir")
+        super().__init__(
+            f"workdir {workdir} is in use by {who}{after}; wait for it to finish, pass --wait-lock SECONDS "
+            f"to wait, or use another --workdir"
+        )
 
 
 def describe(holder: dict) -> str:
@@ -81,9 +83,12 @@ def _write(fd: int, holder: dict) -> None:
 
 def _me() -> dict:
     command = " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "python"
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": command[:300]}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command[:300],
+    }
 
 
 class LockBusy(RuntimeError):
@@ -95,8 +100,13 @@ class LockBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, *, wait_seconds: float | None = None, poll_seconds: float = 0.5,
-              busy: Callable[[dict, float], BaseException] | None = None) -> Iterator[int]:
+def file_lock(
+    path: str | os.PathLike,
+    *,
+    wait_seconds: float | None = None,
+    poll_seconds: float = 0.5,
+    busy: Callable[[dict, float], BaseException] | None = None,
+) -> Iterator[int]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing, never truncated here) for the block.
 
     Args:
@@ -144,8 +154,12 @@ def _acquire(fd: int, path: Path, wait_seconds: float, poll_seconds: float, busy
             if waited >= wait_seconds:
                 raise (busy or (lambda holder, w: LockBusy(path, holder, w)))(_read(fd), waited) from None
             if waited >= next_note:
-                logger.info("waiting up to %.0f s for the lock on %s, held by %s", wait_seconds, path.parent,
-                            describe(_read(fd)))
+                logger.info(
+                    "waiting up to %.0f s for the lock on %s, held by %s",
+                    wait_seconds,
+                    path.parent,
+                    describe(_read(fd)),
+                )
                 next_note += 30.0
             time.sleep(poll_seconds)
 
@@ -178,12 +192,17 @@ def workdir_lock(workdir: str | os.PathLike, *, wait_seconds: float = 0.0, poll_
             _held[key][1] -= 1
         return
     path = folder / LOCK_NAME
-    with file_lock(path, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
-                   busy=lambda holder, waited: WorkdirLocked(folder, holder, waited)) as fd:
+    with file_lock(
+        path,
+        wait_seconds=wait_seconds,
+        poll_seconds=poll_seconds,
+        busy=lambda holder, waited: WorkdirLocked(folder, holder, waited),
+    ) as fd:
         previous = _read(fd)
         if previous:
-            logger.warning("workdir %s: taking over a stale lock left by %s (that process is gone)",
-                           folder, describe(previous))
+            logger.warning(
+                "workdir %s: taking over a stale lock left by %s (that process is gone)", folder, describe(previous)
+            )
         _write(fd, _me())
         _held[key] = [fd, 1]
         try:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
 
 
-
 def _f(default, **meta):
     """A dataclass field with validation metadata (``choices``, ``min``, ``max``, ``check``, ``help``).
 
@@ -41,11 +40,11 @@ class AudioParams:
     sample_rate_hz: int = _f(44100, min=8000, max=192000)
     clip_seconds: float = _f(1.0, min_exclusive=0.0, max=60.0)
     n_fft: int = _f(2048, min=16)
-    win_length: Optional[int] = _f(None, min=16, help="window length in samples; null = n_fft")
+    win_length: int | None = _f(None, min=16, help="window length in samples; null = n_fft")
     hop_length: int = _f(1024, min=1)
     n_mels: int = _f(256, min=8, max=512)
     fmin_hz: float = _f(0.0, min=0.0)
-    fmax_hz: Optional[float] = _f(None, min_exclusive=0.0, help="null = sample_rate_hz / 2")
+    fmax_hz: float | None = _f(None, min_exclusive=0.0, help="null = sample_rate_hz / 2")
     window: str = _f("hann", choices=("hann", "hamming"))
     center: bool = _f(True)
     power: float = _f(2.0, choices=(1.0, 2.0))
@@ -71,15 +70,24 @@ class DataParams:
 
     source: str = _f("synthetic", help="'synthetic' or the path of a TAU22 development set")
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
-    cache: str = _f("none", choices=("none", "memory"),
-                    help="memory: decode every clip once and keep the waveforms in RAM (small sets only)")
+    cache: str = _f(
+        "none",
+        choices=("none", "memory"),
+        help="memory: decode every clip once and keep the waveforms in RAM (small sets only)",
+    )
     num_parallel_calls: int = _f(-1, min=-1, help="parallel decode calls; -1 = one per CPU core (at most 16)")
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
-    scan_audio: bool = _f(True, help="prepare reads every clip: content hashes (duplicates across splits), "
-                                     "non-finite, silent and clipped clips (pipeline/data/audit.py)")
-    strict_checks: bool = _f(False, help="the dataset warnings of prepare (location overlap, unseen devices in "
-                                         "training, silent clips, ...) are errors")
+    scan_audio: bool = _f(
+        True,
+        help="prepare reads every clip: content hashes (duplicates across splits), "
+        "non-finite, silent and clipped clips (pipeline/data/audit.py)",
+    )
+    strict_checks: bool = _f(
+        False,
+        help="the dataset warnings of prepare (location overlap, unseen devices in "
+        "training, silent clips, ...) are errors",
+    )
 
 
 @dataclass(frozen=True)
@@ -106,12 +114,18 @@ class SpecAugmentParams:
         help="where masks apply; a subset of input, block1..block4",
     )
     time_width_fraction: float = _f(
-        0.1, min=0.0, max=1.0,
+        0.1,
+        min=0.0,
+        max=1.0,
         help="max time-mask width / frames at each position, rounded; a width that rounds to 0 is raised to 1 "
-             "(models.asc.specaugment_widths lists them)")
+        "(models.asc.specaugment_widths lists them)",
+    )
     freq_width_fraction: float = _f(
-        0.1, min=0.0, max=1.0,
-        help="max freq-mask width / bins at each position, rounded; a width that rounds to 0 is raised to 1")
+        0.1,
+        min=0.0,
+        max=1.0,
+        help="max freq-mask width / bins at each position, rounded; a width that rounds to 0 is raised to 1",
+    )
     n_time_masks: int = _f(1, min=0, max=8)
     n_freq_masks: int = _f(1, min=0, max=8)
 
@@ -140,15 +154,19 @@ class TTAParams:
     modes: tuple = _f(
         ("shift", "masks"),
         choices=("shift", "masks"),
-        help="TTA modes the evaluate stage runs, in order; the first one's outputs are named tta, the others tta_<mode>",
+        help="TTA modes the evaluate stage runs, in order; the first one's outputs are named tta, "
+        "the others tta_<mode>",
     )
     mask_fill: str = _f(
-        "zm", choices=("zm", "mm", "cm"),
+        "zm",
+        choices=("zm", "mm", "cm"),
         help="fill of the SpecAugment++ stripes in the masks mode: zm = zero (at the input: the input BatchNorm's "
-             "mean per bin), as SP4ASC; mm/cm mix in another clip of the batch, so a clip's prediction depends on "
-             "its batch-mates (DCASE asks for each clip to be classified on its own)",
+        "mean per bin), as SP4ASC; mm/cm mix in another clip of the batch, so a clip's prediction depends on "
+        "its batch-mates (DCASE asks for each clip to be classified on its own)",
     )
-    chunk_copies: int = _f(5, min=1, help="copies per forward pass (bounds memory: chunk_copies x evaluate.batch_size rows)")
+    chunk_copies: int = _f(
+        5, min=1, help="copies per forward pass (bounds memory: chunk_copies x evaluate.batch_size rows)"
+    )
 
 
 @dataclass(frozen=True)
@@ -170,13 +188,19 @@ class DeviceResponseParams:
 
     enabled: bool = _f(False)
     p: float = _f(0.4, min=0.0, max=1.0, help="probability per training clip (0.4 as in the DIR code)")
-    folder: Optional[str] = _f(None, help="folder of impulse-response WAV files (searched recursively); "
-                                          "null = the built-in random device generator")
+    folder: str | None = _f(
+        None,
+        help="folder of impulse-response WAV files (searched recursively); null = the built-in random device generator",
+    )
     n_generated: int = _f(64, min=1, help="devices in the generated bank (when folder is null)")
     max_ir_samples: int = _f(4096, min=1, help="impulse responses are cut to this many samples")
     rms_normalize: bool = _f(True, help="scale each augmented clip back to its own RMS level")
-    seed_offset: int = _f(0, min=0, help="added to the layer's seed (random stream `device_response`: seed + 17, + offset): another "
-                                         "generated bank and draw sequence")
+    seed_offset: int = _f(
+        0,
+        min=0,
+        help="added to the layer's seed (random stream `device_response`: seed + 17, + offset): another "
+        "generated bank and draw sequence",
+    )
 
 
 @dataclass(frozen=True)
@@ -199,18 +223,30 @@ class TrainParams:
     min_learning_rate: float = _f(1e-5, min=0.0)
     weight_decay: float = _f(1e-5, min=0.0)
     schedule: str = _f("cosine", choices=("cosine", "constant"))
-    strategy: str = _f("default", choices=("default", "mirrored", "multi_worker"),
-                       help="default: one device; mirrored: all local GPUs; multi_worker: "
-                            "MultiWorkerMirroredStrategy over the machines named by TF_CONFIG")
-    connect_timeout_seconds: float = _f(120.0, min_exclusive=0.0,
-                                        help="multi_worker: seconds to wait for every peer in TF_CONFIG to come up "
-                                             "before failing with an error naming the unreachable ones")
-    collective_timeout_seconds: float = _f(600.0, min=0.0,
-                                           help="multi_worker: a collective (gradient all-reduce) that does not "
-                                                "complete in this time fails the step (a dead peer); 0 = no limit")
-    worker_wait_seconds: float = _f(3600.0, min_exclusive=0.0,
-                                    help="multi_worker, non-chief workers: seconds to wait for the chief's "
-                                         "outputs of the stages before training (prepare, teacher)")
+    strategy: str = _f(
+        "default",
+        choices=("default", "mirrored", "multi_worker"),
+        help="default: one device; mirrored: all local GPUs; multi_worker: "
+        "MultiWorkerMirroredStrategy over the machines named by TF_CONFIG",
+    )
+    connect_timeout_seconds: float = _f(
+        120.0,
+        min_exclusive=0.0,
+        help="multi_worker: seconds to wait for every peer in TF_CONFIG to come up "
+        "before failing with an error naming the unreachable ones",
+    )
+    collective_timeout_seconds: float = _f(
+        600.0,
+        min=0.0,
+        help="multi_worker: a collective (gradient all-reduce) that does not "
+        "complete in this time fails the step (a dead peer); 0 = no limit",
+    )
+    worker_wait_seconds: float = _f(
+        3600.0,
+        min_exclusive=0.0,
+        help="multi_worker, non-chief workers: seconds to wait for the chief's "
+        "outputs of the stages before training (prepare, teacher)",
+    )
     deterministic: bool = _f(False, help="tf.config.experimental.enable_op_determinism")
     progress_bar: bool = _f(True, help="Keras progress bar per epoch (the one-line epoch log is always written)")
 
@@ -222,10 +258,15 @@ class TeacherParams:
     Teacher size is limited by training time only, not by the DCASE limits.
     """
 
-    members: int = _f(1, min=1, max=10, help="teachers in the ensemble (random stream `teacher`: seed + 1000*k); their logits are averaged")
+    members: int = _f(
+        1,
+        min=1,
+        max=10,
+        help="teachers in the ensemble (random stream `teacher`: seed + 1000*k); their logits are averaged",
+    )
     channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
     hidden_units: int = _f(256, min=1)
-    epochs: Optional[int] = _f(None, min=1, help="teacher epochs; null = train.epochs")
+    epochs: int | None = _f(None, min=1, help="teacher epochs; null = train.epochs")
 
 
 @dataclass(frozen=True)
@@ -307,10 +348,14 @@ def experiment_problem(name: str) -> str | None:
 class TrackingParams:
     uri: str = _f("sqlite:///mlruns/mlflow.db", help="MLflow tracking URI")
     artifact_root: str = _f("mlruns", help="artifact location for new experiments")
-    experiment: str = _f("asc-dcase22", check=experiment_problem,
-                         help="MLflow experiment name (non-empty, at most 500 characters)")
-    run_name: Optional[str] = _f(None, help="parent run name; null = derived from model/config/data/seed")
-    registered_model: str = _f("asc-scene-classifier", check=registered_model_problem,
-                               help="Model Registry name for the register stage (one new version per package "
-                                    "it registers; no '/' or ':', at most 256 characters); empty = log the pyfunc "
-                                    "model without registering it")
+    experiment: str = _f(
+        "asc-dcase22", check=experiment_problem, help="MLflow experiment name (non-empty, at most 500 characters)"
+    )
+    run_name: str | None = _f(None, help="parent run name; null = derived from model/config/data/seed")
+    registered_model: str = _f(
+        "asc-scene-classifier",
+        check=registered_model_problem,
+        help="Model Registry name for the register stage (one new version per package "
+        "it registers; no '/' or ':', at most 256 characters); empty = log the pyfunc "
+        "model without registering it",
+    )

@@ -120,7 +120,7 @@ def _relative(name: str, path: Path) -> str:
     parts = name.split(".")
     depth = len(parts) - (0 if path.name == "__init__.py" else 1)
     expected = parts if path.name == "__init__.py" else parts[:-1]
-    if depth >= len(path.parents) or list(path.parent.parts[len(path.parent.parts) - len(expected):]) != expected:
+    if depth >= len(path.parents) or list(path.parent.parts[len(path.parent.parts) - len(expected) :]) != expected:
         return path.resolve().as_posix()
     return path.relative_to(path.parents[depth]).as_posix()
 
@@ -191,7 +191,7 @@ def _absolute(module: str | None, level: int, package: str) -> str | None:
     parts = package.split(".") if package else []
     if level - 1 > len(parts) or (level - 1 == len(parts) and not module):
         return None
-    base = parts[:len(parts) - (level - 1)]
+    base = parts[: len(parts) - (level - 1)]
     return ".".join([*base, module] if module else base) or None
 
 

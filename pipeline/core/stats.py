@@ -51,5 +51,11 @@ def summary(values: Iterable[float], *, digits: int | None = None, single: float
     def r(x: float) -> float:
         return round(x, digits) if digits is not None else x
 
-    return {"mean": r(mean), "std": r(std), "min": r(min(xs)), "max": r(max(xs)), "n": len(xs),
-            "values": [r(x) for x in xs]}
+    return {
+        "mean": r(mean),
+        "std": r(std),
+        "min": r(min(xs)),
+        "max": r(max(xs)),
+        "n": len(xs),
+        "values": [r(x) for x in xs],
+    }

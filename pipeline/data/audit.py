@@ -47,15 +47,29 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from pipeline.inference.asc_infer import wavfile
 from pipeline.core.labels import CLASSES, UNSEEN_DEVICES
+from pipeline.inference.asc_infer import wavfile
 
 logger = logging.getLogger(__name__)
 
-ERRORS = ("empty_split", "one_class_training", "label_contradicts_filename", "device_contradicts_filename",
-          "duplicate_across_splits", "non_finite_samples")
-WARNINGS = ("location_overlap", "unseen_devices_in_training", "no_unseen_devices_in_evaluate", "classes_missing",
-            "duplicate_within_split", "silent_clip", "clipped_clip", "over_full_scale")
+ERRORS = (
+    "empty_split",
+    "one_class_training",
+    "label_contradicts_filename",
+    "device_contradicts_filename",
+    "duplicate_across_splits",
+    "non_finite_samples",
+)
+WARNINGS = (
+    "location_overlap",
+    "unseen_devices_in_training",
+    "no_unseen_devices_in_evaluate",
+    "classes_missing",
+    "duplicate_within_split",
+    "silent_clip",
+    "clipped_clip",
+    "over_full_scale",
+)
 CLIPPED_LEVEL = 0.999
 CLIPPED_FRACTION = 0.01
 SHOWN_NAME = 120  # characters of a filename shown in a message
@@ -138,26 +152,36 @@ def split_checks(index: pd.DataFrame) -> Findings:
             continue  # parse_filename reports names that do not follow the pattern
         scene, device = facts
         if scene != row.scene_label:
-            found.errors.append(f"label_contradicts_filename: {shown(row.filename)} has scene_label "
-                                f"{row.scene_label!r} in meta.csv")
+            found.errors.append(
+                f"label_contradicts_filename: {shown(row.filename)} has scene_label {row.scene_label!r} in meta.csv"
+            )
         if device != row.device:
-            found.errors.append(f"device_contradicts_filename: {shown(row.filename)} has source_label "
-                                f"{row.device.lower()!r} in meta.csv")
+            found.errors.append(
+                f"device_contradicts_filename: {shown(row.filename)} has source_label "
+                f"{row.device.lower()!r} in meta.csv"
+            )
 
     if not train.empty and not evaluate.empty:
         shared = sorted(set(train.identifier) & set(evaluate.identifier))
         if shared:
             clips = int(evaluate.identifier.isin(shared).sum())
-            found.warn("location_overlap", f"{clips} evaluate clip(s) were recorded at {len(shared)} training "
-                                           f"location(s) ({', '.join(shared[:LISTED])}"
-                                           f"{', ...' if len(shared) > LISTED else ''}); TAU22 splits by location")
+            found.warn(
+                "location_overlap",
+                f"{clips} evaluate clip(s) were recorded at {len(shared)} training "
+                f"location(s) ({', '.join(shared[:LISTED])}"
+                f"{', ...' if len(shared) > LISTED else ''}); TAU22 splits by location",
+            )
         unseen_in_train = sorted(set(train.device) & set(UNSEEN_DEVICES))
         if unseen_in_train:
-            found.warn("unseen_devices_in_training",
-                       f"device(s) {unseen_in_train} are in the training split; their 'unseen' results are not unseen")
+            found.warn(
+                "unseen_devices_in_training",
+                f"device(s) {unseen_in_train} are in the training split; their 'unseen' results are not unseen",
+            )
         if not set(evaluate.device) & set(UNSEEN_DEVICES):
-            found.warn("no_unseen_devices_in_evaluate", "the evaluate split has no clip from S4, S5 or S6: "
-                                                        "no unseen-device result can be measured")
+            found.warn(
+                "no_unseen_devices_in_evaluate",
+                "the evaluate split has no clip from S4, S5 or S6: no unseen-device result can be measured",
+            )
     for name, part in (("train", train), ("evaluate", evaluate)):
         missing = [c for c in CLASSES if c not in set(part.scene_label)] if not part.empty else []
         if missing:
@@ -196,8 +220,9 @@ def clip_facts(path: Path, info: wavfile.WavInfo, block_frames: int = 1 << 16) -
     return ClipFacts(h.hexdigest(), peak, clipped / total, bad)
 
 
-def scan_audio(root: Path, index: pd.DataFrame, infos: dict[str, wavfile.WavInfo], *, workers: int = 2,
-               progress: bool = True) -> tuple[pd.DataFrame, Findings]:
+def scan_audio(
+    root: Path, index: pd.DataFrame, infos: dict[str, wavfile.WavInfo], *, workers: int = 2, progress: bool = True
+) -> tuple[pd.DataFrame, Findings]:
     """Read every clip of ``index`` once: content hashes, silence, clipping, non-finite samples.
 
     Args:
@@ -215,11 +240,25 @@ def scan_audio(root: Path, index: pd.DataFrame, infos: dict[str, wavfile.WavInfo
 
     names = index.filename.drop_duplicates().tolist()
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        facts = list(tqdm(pool.map(lambda n: clip_facts(root / n, infos[n]), names), total=len(names),
-                          desc="scan audio", unit="clip", disable=not progress or len(names) < 500, mininterval=2.0))
-    table = pd.DataFrame({"filename": names, "digest": [f.digest for f in facts], "peak": [f.peak for f in facts],
-                          "clipped_fraction": [f.clipped_fraction for f in facts],
-                          "non_finite": [f.non_finite for f in facts]})
+        facts = list(
+            tqdm(
+                pool.map(lambda n: clip_facts(root / n, infos[n]), names),
+                total=len(names),
+                desc="scan audio",
+                unit="clip",
+                disable=not progress or len(names) < 500,
+                mininterval=2.0,
+            )
+        )
+    table = pd.DataFrame(
+        {
+            "filename": names,
+            "digest": [f.digest for f in facts],
+            "peak": [f.peak for f in facts],
+            "clipped_fraction": [f.clipped_fraction for f in facts],
+            "non_finite": [f.non_finite for f in facts],
+        }
+    )
     found = Findings(scan=table)
     for row in table.itertuples():
         path = root / row.filename
@@ -233,16 +272,20 @@ def scan_audio(root: Path, index: pd.DataFrame, infos: dict[str, wavfile.WavInfo
             found.warn("clipped_clip", f"{path}: {row.clipped_fraction:.1%} of the samples at full scale")
 
     splits = index[["filename", "split"]].merge(table[["filename", "digest"]], on="filename")
-    for digest, group in splits.groupby("digest"):
+    for _, group in splits.groupby("digest"):
         parts = set(group.split)
         if {"train", "evaluate"} <= parts:
             tr = group[group.split == "train"].filename.tolist()
             ev = group[group.split == "evaluate"].filename.tolist()
-            found.errors.append(f"duplicate_across_splits: {shown(ev[0])} (evaluate) has the same samples as "
-                                f"{shown(tr[0])} (train)" + (f" and {len(group) - 2} more" if len(group) > 2 else ""))
+            found.errors.append(
+                f"duplicate_across_splits: {shown(ev[0])} (evaluate) has the same samples as "
+                f"{shown(tr[0])} (train)" + (f" and {len(group) - 2} more" if len(group) > 2 else "")
+            )
         for split in sorted(parts):
             same = group[group.split == split].filename.tolist()
             if len(same) > 1:
-                found.warn("duplicate_within_split", f"{len(same)} clips in {split} have the same samples: "
-                                                     f"{', '.join(shown(n) for n in same[:LISTED])}")
+                found.warn(
+                    "duplicate_within_split",
+                    f"{len(same)} clips in {split} have the same samples: {', '.join(shown(n) for n in same[:LISTED])}",
+                )
     return table, found

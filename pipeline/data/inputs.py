@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.inference.asc_infer.resample import Resampler
 from pipeline.core.config import AudioParams, DataParams
+from pipeline.inference.asc_infer.resample import Resampler
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _format_code(encoding: str, bits: int) -> int:
 def _uint(contents: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
     """The little-endian unsigned integer of ``n`` bytes at byte ``pos`` of ``contents`` (int64)."""
     digits = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, pos, n), tf.uint8), tf.int64)  # [n]
-    return tf.reduce_sum(digits * tf.constant([256 ** i for i in range(n)], tf.int64))
+    return tf.reduce_sum(digits * tf.constant([256**i for i in range(n)], tf.int64))
 
 
 def _little_endian(value: tf.Tensor, n: int) -> tf.Tensor:
@@ -100,9 +100,19 @@ def canonical_wav(contents: tf.Tensor) -> tf.Tensor:
     block_align = tf.maximum(_uint(contents, fmt + 12, 2), 1)
     data_bytes = tf.minimum(_uint(contents, data_pos + 4, 4), size - data_pos - 8)
     data_bytes -= data_bytes % block_align  # whole frames
-    return tf.strings.join([b"RIFF", _little_endian(36 + data_bytes, 4), b"WAVEfmt ", _little_endian(16, 4),
-                            _little_endian(tag, 2), tf.strings.substr(contents, fmt + 2, 14),
-                            b"data", _little_endian(data_bytes, 4), tf.strings.substr(contents, data_pos + 8, data_bytes)])
+    return tf.strings.join(
+        [
+            b"RIFF",
+            _little_endian(36 + data_bytes, 4),
+            b"WAVEfmt ",
+            _little_endian(16, 4),
+            _little_endian(tag, 2),
+            tf.strings.substr(contents, fmt + 2, 14),
+            b"data",
+            _little_endian(data_bytes, 4),
+            tf.strings.substr(contents, data_pos + 8, data_bytes),
+        ]
+    )
 
 
 def decode_wav(contents: tf.Tensor, format_code: tf.Tensor) -> tf.Tensor:
@@ -175,8 +185,15 @@ def polyphase_resample(x: tf.Tensor, resampler: Resampler, max_out: int | None =
     return tf.reshape(y, [-1])[:n_out]
 
 
-def resample(x: tf.Tensor, sample_rate: tf.Tensor, *, target_rate: int, source_rates: Iterable[int],
-             max_out: int | None = None, name=None) -> tf.Tensor:
+def resample(
+    x: tf.Tensor,
+    sample_rate: tf.Tensor,
+    *,
+    target_rate: int,
+    source_rates: Iterable[int],
+    max_out: int | None = None,
+    name=None,
+) -> tf.Tensor:
     """Resample ``x`` float32 ``[n]`` from its (run-time) ``sample_rate`` to ``target_rate``.
 
     One :func:`polyphase_resample` branch per rate of ``source_rates`` (plus the identity at
@@ -189,8 +206,10 @@ def resample(x: tf.Tensor, sample_rate: tf.Tensor, *, target_rate: int, source_r
     rates = sorted({int(r) for r in source_rates} | {int(target_rate)})
     designs = [_resampler(r, int(target_rate)) for r in rates]  # ValueError naming both rates if refused
     hit = tf.equal(tf.constant(rates, tf.int64), tf.cast(sample_rate, tf.int64))
-    found = tf.debugging.Assert(tf.reduce_any(hit), ["no resampler for sample rate", sample_rate, "Hz (file:",
-                                                     "" if name is None else name, ")"])
+    found = tf.debugging.Assert(
+        tf.reduce_any(hit),
+        ["no resampler for sample rate", sample_rate, "Hz (file:", "" if name is None else name, ")"],
+    )
     with tf.control_dependencies([found]):
         branch = tf.argmax(tf.cast(hit, tf.int32), output_type=tf.int32)
     branches = [functools.partial(polyphase_resample, x, d, max_out) for d in designs]
@@ -200,8 +219,16 @@ def resample(x: tf.Tensor, sample_rate: tf.Tensor, *, target_rate: int, source_r
     return tf.switch_case(branch, branches)
 
 
-def load_clip(path, format_code, sample_rate, *, target_rate: int, clip_samples: int,
-              source_rates: Iterable[int] = COMMON_RATES, frames=None) -> tf.Tensor:
+def load_clip(
+    path,
+    format_code,
+    sample_rate,
+    *,
+    target_rate: int,
+    clip_samples: int,
+    source_rates: Iterable[int] = COMMON_RATES,
+    frames=None,
+) -> tf.Tensor:
     """Read, decode, check, downmix, resample and crop/pad one clip -> float32 ``[clip_samples]``.
 
     Args:
@@ -223,22 +250,26 @@ def load_clip(path, format_code, sample_rate, *, target_rate: int, clip_samples:
     if frames is None:
         length_ok = tf.debugging.Assert(decoded > 0, ["decoded 0 frames from", path])
     else:
-        length_ok = tf.debugging.Assert(tf.equal(decoded, tf.cast(frames, tf.int64)),
-                                        ["decoded", decoded, "frames from", path, "but its header announces", frames])
+        length_ok = tf.debugging.Assert(
+            tf.equal(decoded, tf.cast(frames, tf.int64)),
+            ["decoded", decoded, "frames from", path, "but its header announces", frames],
+        )
     finite = tf.reduce_all(tf.math.is_finite(audio))
-    with tf.control_dependencies([length_ok, tf.debugging.Assert(finite, ["non-finite samples (NaN or inf) in",
-                                                                          path])]):
+    with tf.control_dependencies(
+        [length_ok, tf.debugging.Assert(finite, ["non-finite samples (NaN or inf) in", path])]
+    ):
         audio = tf.identity(audio)
     mono = tf.reduce_mean(audio, axis=1)  # [frames]
-    wave = resample(mono, sample_rate, target_rate=target_rate, source_rates=source_rates,
-                    max_out=clip_samples, name=path)  # [<= clip_samples]
+    wave = resample(
+        mono, sample_rate, target_rate=target_rate, source_rates=source_rates, max_out=clip_samples, name=path
+    )  # [<= clip_samples]
     wave = tf.pad(wave, [[0, clip_samples - tf.shape(wave)[0]]])  # [clip_samples]
     return tf.ensure_shape(wave, [clip_samples])
 
 
 def _columns(index: pd.DataFrame, root: Path):
     paths = np.array([os.fspath(Path(root) / f) for f in index.filename], dtype=object)
-    codes = np.array([_format_code(e, b) for e, b in zip(index.encoding, index.bits)], dtype=np.int32)
+    codes = np.array([_format_code(e, b) for e, b in zip(index.encoding, index.bits, strict=True)], dtype=np.int32)
     rates = index.sample_rate.to_numpy(dtype=np.int64)
     labels = index.label.to_numpy(dtype=np.int32)
     return paths, codes, rates, labels
@@ -249,8 +280,7 @@ def _frames(index: pd.DataFrame) -> np.ndarray | None:
     return index.frames.to_numpy(np.int64) if "frames" in index.columns else None
 
 
-def _loader(audio: AudioParams, rates: np.ndarray, paths: np.ndarray | None = None,
-            frames: np.ndarray | None = None):
+def _loader(audio: AudioParams, rates: np.ndarray, paths: np.ndarray | None = None, frames: np.ndarray | None = None):
     """``load(path, code, rate, label) -> (wave, label)``, with resampling branches for ``rates``.
 
     With ``paths`` and ``frames`` (the index's header frame counts), every decoded clip must hold
@@ -263,13 +293,23 @@ def _loader(audio: AudioParams, rates: np.ndarray, paths: np.ndarray | None = No
         unique = pd.Series(np.asarray(frames, np.int64), index=np.asarray(paths, dtype=str))
         unique = unique[~unique.index.duplicated()]
         table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(unique.index.to_numpy(dtype=str)),
-                                                tf.constant(unique.to_numpy(), tf.int64)), default_value=-1)
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(unique.index.to_numpy(dtype=str)), tf.constant(unique.to_numpy(), tf.int64)
+            ),
+            default_value=-1,
+        )
 
     def load(path, code, rate, label):
         expected = None if table is None else table.lookup(path)
-        wave = load_clip(path, code, rate, target_rate=audio.sample_rate_hz, clip_samples=clip,
-                         source_rates=source_rates, frames=expected)
+        wave = load_clip(
+            path,
+            code,
+            rate,
+            target_rate=audio.sample_rate_hz,
+            clip_samples=clip,
+            source_rates=source_rates,
+            frames=expected,
+        )
         return wave, label
 
     return load
@@ -299,8 +339,7 @@ def _no_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams,
-                 batch_size: int) -> tf.data.Dataset:
+def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams, batch_size: int) -> tf.data.Dataset:
     """Ordered (no shuffle) batches of ``(waveform [B, samples], label [B])`` in index order."""
     paths, codes, rates, labels = _columns(index, root)
     ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), codes, rates, labels))
@@ -310,10 +349,19 @@ def eval_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams
     return _no_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParams, *,
-                  batch_size: int, seed: int, start_epoch: int, epochs: int,
-                  targets: np.ndarray | None = None,
-                  shard: tuple[int, int] | None = None) -> tuple[tf.data.Dataset, int]:
+def train_dataset(
+    index: pd.DataFrame,
+    root,
+    audio: AudioParams,
+    data: DataParams,
+    *,
+    batch_size: int,
+    seed: int,
+    start_epoch: int,
+    epochs: int,
+    targets: np.ndarray | None = None,
+    shard: tuple[int, int] | None = None,
+) -> tuple[tf.data.Dataset, int]:
     """Shuffled training batches for epochs ``start_epoch .. epochs-1``, and steps per epoch.
 
     ``targets`` (float ``[N, D]``, one row per clip of ``index``) replace the integer labels as
@@ -352,8 +400,14 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
 
     if data.cache == "memory":
         # Decode once into memory (same decode path), then index the cached tensor per epoch.
-        waves = np.stack([w for w, _ in eval_dataset(index, root, audio, DataParams(cache="none"),
-                                                     batch_size=256).unbatch().as_numpy_iterator()])
+        waves = np.stack(
+            [
+                w
+                for w, _ in eval_dataset(index, root, audio, DataParams(cache="none"), batch_size=256)
+                .unbatch()
+                .as_numpy_iterator()
+            ]
+        )
         table = tf.constant(waves)
 
         def fetch(i):
@@ -363,8 +417,7 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
         t_rates, t_labels = tf.constant(rates), tf.constant(labels)
 
         def fetch(i):
-            return load(tf.gather(t_paths, i), tf.gather(t_codes, i), tf.gather(t_rates, i),
-                        tf.gather(t_labels, i))
+            return load(tf.gather(t_paths, i), tf.gather(t_codes, i), tf.gather(t_rates, i), tf.gather(t_labels, i))
 
     def fetch_batch(batch_indices):  # [b] -> ([b, samples], [b])
         return tf.map_fn(fetch, batch_indices, fn_output_signature=(tf.float32, tf.int32))
@@ -379,7 +432,8 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int32), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            tf.range(n, dtype=tf.int32), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)  # batches of clip indices
         if shard is None:
             return batches
@@ -387,7 +441,7 @@ def train_dataset(index: pd.DataFrame, root, audio: AudioParams, data: DataParam
 
         def mine(batch):  # this worker's contiguous slice of a global batch
             b = tf.shape(batch, out_type=tf.int32)[0]
-            return batch[(b * worker) // workers:(b * (worker + 1)) // workers]
+            return batch[(b * worker) // workers : (b * (worker + 1)) // workers]
 
         return batches.map(mine)
 

@@ -43,10 +43,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.inference.asc_infer import wavfile
-from pipeline.inference.asc_infer.wavfile import WavInfo
-from pipeline.data.audit import Findings, path_problem, shown, split_checks
-from pipeline.data.audit import scan_audio as scan_audio_files
 from pipeline.core.errors import MAX_LISTED, ProblemsError
 from pipeline.core.hashing import digest_bytes
 from pipeline.core.labels import (
@@ -56,15 +52,31 @@ from pipeline.core.labels import (
     SPLIT_FILES,
     UNSEEN_DEVICES,
 )
+from pipeline.data.audit import Findings, path_problem, shown, split_checks
+from pipeline.data.audit import scan_audio as scan_audio_files
+from pipeline.inference.asc_infer import wavfile
+from pipeline.inference.asc_infer.wavfile import WavInfo
 
 logger = logging.getLogger(__name__)
 
 META_COLUMNS = ("filename", "scene_label", "identifier", "source_label")
-SPLIT_COLUMNS = {"train": ("filename", "scene_label"), "evaluate": ("filename", "scene_label"),
-                 "test": ("filename",)}
+SPLIT_COLUMNS = {"train": ("filename", "scene_label"), "evaluate": ("filename", "scene_label"), "test": ("filename",)}
 INDEX_COLUMNS = (
-    "filename", "scene_label", "label", "city", "identifier", "device", "split",
-    "sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align", "content",
+    "filename",
+    "scene_label",
+    "label",
+    "city",
+    "identifier",
+    "device",
+    "split",
+    "sample_rate",
+    "channels",
+    "bits",
+    "encoding",
+    "frames",
+    "data_offset",
+    "block_align",
+    "content",
 )
 
 # (encoding, bits) the tf.data decoder (pipeline.data.inputs.decode_wav) reads
@@ -95,8 +107,10 @@ def read_wav_header(path: str | os.PathLike) -> WavInfo:
     """
     info = wavfile.read_info(path)
     if (info.encoding, info.bits) not in TRAINABLE_FORMATS:
-        raise wavfile.WavError(f"unsupported {info.encoding} bit depth {info.bits} for training "
-                               f"(PCM 16/24/32-bit and float 32-bit supported)")
+        raise wavfile.WavError(
+            f"unsupported {info.encoding} bit depth {info.bits} for training "
+            f"(PCM 16/24/32-bit and float 32-bit supported)"
+        )
     return info
 
 
@@ -123,7 +137,7 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
         problems.append(f"{path}: unreadable CSV ({exc.strerror or exc})")
         return None
     if text.startswith("\ufeff"):
-        logger.warning("%s: starts with a UTF-8 byte-order mark (Excel's \"CSV UTF-8\"); ignored", path)
+        logger.warning('%s: starts with a UTF-8 byte-order mark (Excel\'s "CSV UTF-8"); ignored', path)
         text = text[1:]
     lines = text.splitlines()
     if not lines or not lines[0].strip():
@@ -131,16 +145,20 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
         return None
     header = lines[0].split("\t")
     if len(header) == 1 and len(columns) > 1 and any(d in header[0] for d in (",", ";")):
-        problems.append(f"{path}: wrong delimiter: expected tab-separated columns {list(columns)}, "
-                        f"got header {shown(header[0])}")
+        problems.append(
+            f"{path}: wrong delimiter: expected tab-separated columns {list(columns)}, got header {shown(header[0])}"
+        )
         return None
     missing = [c for c in columns if c not in header]
     extra = [c for c in header if c not in columns]
     if missing or extra or len(set(header)) != len(header):
-        what = [f"missing column(s) {missing}" for _ in [0] if missing] + [f"unexpected column(s) {extra}"
-                                                                            for _ in [0] if extra]
-        problems.append(f"{path}: {'; '.join(what) or 'duplicate column names'}; expected {list(columns)}, "
-                        f"got {[shown(h) for h in header][:10]}")
+        what = [f"missing column(s) {missing}" for _ in [0] if missing] + [
+            f"unexpected column(s) {extra}" for _ in [0] if extra
+        ]
+        problems.append(
+            f"{path}: {'; '.join(what) or 'duplicate column names'}; expected {list(columns)}, "
+            f"got {[shown(h) for h in header][:10]}"
+        )
         return None
     rows, numbers = [], []
     for number, line in enumerate(lines[1:], start=2):
@@ -190,8 +208,15 @@ def read_index(root: str | os.PathLike, *, check_audio: bool = True) -> pd.DataF
     return inspect(root, check_audio=check_audio)[0]
 
 
-def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bool = False, strict: bool = False,
-            workers: int = 2, progress: bool = True) -> tuple[pd.DataFrame, Findings]:
+def inspect(
+    root: str | os.PathLike,
+    *,
+    check_audio: bool = True,
+    scan_audio: bool = False,
+    strict: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, Findings]:
     """Read and validate a TAU22-layout dataset: the index and the findings of every check.
 
     Every problem (CSV format, paths, labels, WAV headers, the split design and, with
@@ -227,8 +252,11 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
     if problems:
         raise DatasetError(root, problems)
     meta = _read_csv(root / "meta.csv", META_COLUMNS, problems)
-    splits = {name: _read_csv(root / rel, SPLIT_COLUMNS[name], problems)
-              for name, rel in SPLIT_FILES.items() if name != "test" or (root / rel).exists()}
+    splits = {
+        name: _read_csv(root / rel, SPLIT_COLUMNS[name], problems)
+        for name, rel in SPLIT_FILES.items()
+        if name != "test" or (root / rel).exists()
+    }
     if "test" not in splits:
         logger.warning("%s: no %s; the test split is empty", root, SPLIT_FILES["test"])
     if meta is None:
@@ -237,14 +265,20 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
 
     bad_label = ~meta.scene_label.isin(CLASSES)
     for row in np.flatnonzero(bad_label.to_numpy()):
-        problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown scene_label "
-                        f"{shown(meta.scene_label.iloc[row])}; allowed: {list(CLASSES)}")
+        problems.append(
+            f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown scene_label "
+            f"{shown(meta.scene_label.iloc[row])}; allowed: {list(CLASSES)}"
+        )
     devices = meta.source_label.str.upper()
     for row in np.flatnonzero((~devices.isin(DEVICES)).to_numpy()):
-        problems.append(f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown source_label "
-                        f"{shown(meta.source_label.iloc[row])}; allowed: {[d.lower() for d in DEVICES]}")
+        problems.append(
+            f"{root / 'meta.csv'}: line {meta._line.iloc[row]}: unknown source_label "
+            f"{shown(meta.source_label.iloc[row])}; allowed: {[d.lower() for d in DEVICES]}"
+        )
     meta_by_name = meta.drop_duplicates("filename").set_index("filename")
-    labelled = meta_by_name[meta_by_name.scene_label.isin(CLASSES) & meta_by_name.source_label.str.upper().isin(DEVICES)]
+    labelled = meta_by_name[
+        meta_by_name.scene_label.isin(CLASSES) & meta_by_name.source_label.str.upper().isin(DEVICES)
+    ]
 
     frames = []
     for split, table in splits.items():
@@ -253,14 +287,18 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
         rel = SPLIT_FILES[split]
         absent = ~table.filename.isin(meta_by_name.index)
         for row in np.flatnonzero(absent.to_numpy()):
-            problems.append(f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])} "
-                            "is not in meta.csv (or its meta.csv row was refused)")
+            problems.append(
+                f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])} "
+                "is not in meta.csv (or its meta.csv row was refused)"
+            )
         table = table[~absent]
         if "scene_label" in table.columns:
             wrong = table.scene_label.to_numpy() != meta_by_name.loc[table.filename, "scene_label"].to_numpy()
             for row in np.flatnonzero(wrong):
-                problems.append(f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])}: "
-                                f"scene_label {shown(table.scene_label.iloc[row])} disagrees with meta.csv")
+                problems.append(
+                    f"{root / rel}: line {table._line.iloc[row]}: {shown(table.filename.iloc[row])}: "
+                    f"scene_label {shown(table.scene_label.iloc[row])} disagrees with meta.csv"
+                )
         if split == "test" and splits.get("evaluate") is not None:
             table = table[~table.filename.isin(splits["evaluate"].filename)]
         table = table[table.filename.isin(labelled.index)]  # unknown labels are reported above
@@ -270,8 +308,11 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
         for name in sorted(overlap)[:MAX_LISTED]:
             problems.append(f"{root}: {shown(name)} is in both fold1_train.csv and fold1_evaluate.csv")
 
-    index = (pd.concat(frames, ignore_index=True) if frames
-             else pd.DataFrame({"filename": pd.Series([], dtype=str), "split": pd.Series([], dtype=str)}))
+    index = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({"filename": pd.Series([], dtype=str), "split": pd.Series([], dtype=str)})
+    )
     joined = labelled.loc[index.filename]
     index["scene_label"] = joined.scene_label.to_numpy()
     index["label"] = [CLASSES.index(s) for s in index.scene_label]
@@ -289,11 +330,10 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
     findings = Findings()
     findings.extend(split_checks(index))
     names = index.filename.drop_duplicates().tolist()
-    headers = dict(zip(names, _check_audio(root, names, problems))) if check_audio else {}
+    headers = dict(zip(names, _check_audio(root, names, problems), strict=True)) if check_audio else {}
     good = {n: h for n, h in headers.items() if h is not None}
     if scan_audio and good:
-        _, scanned = scan_audio_files(root, index[index.filename.isin(good)], good, workers=workers,
-                                      progress=progress)
+        _, scanned = scan_audio_files(root, index[index.filename.isin(good)], good, workers=workers, progress=progress)
         findings.extend(scanned)
     problems.extend(findings.errors)
     for name, messages in findings.warnings.items():
@@ -307,8 +347,9 @@ def inspect(root: str | os.PathLike, *, check_audio: bool = True, scan_audio: bo
     if problems:
         raise DatasetError(root, problems)
     for col in ("sample_rate", "channels", "bits", "encoding", "frames", "data_offset", "block_align"):
-        index[col] = [getattr(headers[n], col) for n in index.filename] if check_audio else (
-            "" if col == "encoding" else 0)
+        index[col] = (
+            [getattr(headers[n], col) for n in index.filename] if check_audio else ("" if col == "encoding" else 0)
+        )
     index["content"] = _content(root, index.filename, findings.scan if check_audio else None, check_audio)
     return index[list(INDEX_COLUMNS)], findings
 
@@ -317,7 +358,7 @@ def _content(root: Path, filenames: pd.Series, scan: pd.DataFrame | None, check_
     """What each clip holds, for the reuse keys of the stages that read it: the scan's content hash,
     else ``size:mtime_ns`` (a clip replaced by other samples with the same header changes either)."""
     if scan is not None:
-        digests = dict(zip(scan.filename, scan.digest))
+        digests = dict(zip(scan.filename, scan.digest, strict=True))
         return [digests[n] for n in filenames]
     if not check_audio:
         return [""] * len(filenames)
@@ -332,8 +373,9 @@ def _check_audio(root: Path, filenames: list[str], problems: list[str]) -> list[
     from tqdm.auto import tqdm
 
     infos: list[WavInfo | None] = []
-    for name in tqdm(filenames, desc="check audio headers", unit="file", disable=len(filenames) < 2000,
-                     mininterval=2.0):
+    for name in tqdm(
+        filenames, desc="check audio headers", unit="file", disable=len(filenames) < 2000, mininterval=2.0
+    ):
         path = root / name
         try:
             infos.append(read_wav_header(path))
@@ -369,8 +411,7 @@ def fingerprint(index: pd.DataFrame) -> str:
 
 def summarise(index: pd.DataFrame) -> dict:
     """Clips per split x class x device, and seen/unseen device counts per split."""
-    table = (index.groupby(["split", "scene_label", "device"]).size()
-             .rename("clips").reset_index())
+    table = index.groupby(["split", "scene_label", "device"]).size().rename("clips").reset_index()
     per_split = index.groupby("split").size().to_dict()
     seen = {s: int(index[(index.split == s) & index.device.isin(SEEN_DEVICES)].shape[0]) for s in per_split}
     unseen = {s: int(index[(index.split == s) & index.device.isin(UNSEEN_DEVICES)].shape[0]) for s in per_split}

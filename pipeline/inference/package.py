@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core import files
-from pipeline.core.labels import CLASSES
 from pipeline.core.config import Params
+from pipeline.core.labels import CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ def project_version() -> dict[str, str | None]:
                     version = line.split("=", 1)[1].strip()
                     break
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=root,
-                             check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=root, check=False
+        )
         commit = out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit = None
@@ -103,17 +104,32 @@ def model_info(params: Params, provenance: dict | None = None) -> dict:
         workdir's current ``train/`` to refuse a stale package.
     """
     a = params.audio
-    return {**(provenance or {}),
-            "labels": list(CLASSES), "sample_rate": a.sample_rate_hz, "clip_samples": a.clip_samples,
-            "window_seconds": a.clip_samples / a.sample_rate_hz, "hop_seconds": a.clip_samples / a.sample_rate_hz,
-            "config": params.name, "model": params.model.name, "n_mels": a.n_mels,
-            "project": project_version(),
-            "inputs": "waveform at sample_rate, mono; windows of clip_samples; frontend.tflite -> model_int8.tflite",
-            "outputs": "logits per window; probabilities = softmax, averaged over a recording's windows"}
+    return {
+        **(provenance or {}),
+        "labels": list(CLASSES),
+        "sample_rate": a.sample_rate_hz,
+        "clip_samples": a.clip_samples,
+        "window_seconds": a.clip_samples / a.sample_rate_hz,
+        "hop_seconds": a.clip_samples / a.sample_rate_hz,
+        "config": params.name,
+        "model": params.model.name,
+        "n_mels": a.n_mels,
+        "project": project_version(),
+        "inputs": "waveform at sample_rate, mono; windows of clip_samples; frontend.tflite -> model_int8.tflite",
+        "outputs": "logits per window; probabilities = softmax, averaged over a recording's windows",
+    }
 
 
-def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes, params: Params, metrics: dict,
-                  complexity: dict, provenance: dict | None = None) -> Path:
+def build_package(
+    out: Path,
+    *,
+    frontend_tflite: bytes,
+    classifier_tflite: bytes,
+    params: Params,
+    metrics: dict,
+    complexity: dict,
+    provenance: dict | None = None,
+) -> Path:
     """Write the installable package ``out/package/`` (and ``out/package.tar.gz``), atomically.
 
     Args:
@@ -151,8 +167,9 @@ def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes
         for name, obj in (("model.json", info), ("metrics.json", metrics), ("complexity.json", complexity)):
             files.write_json(pkg / "model" / name, obj)
         (tmp / "pyproject.toml").write_text(_PYPROJECT.format(version=PACKAGE_VERSION))
-        (tmp / "README.md").write_text(_README.format(config=params.name, n=len(info["labels"]),
-                                                      labels=", ".join(info["labels"])))
+        (tmp / "README.md").write_text(
+            _README.format(config=params.name, n=len(info["labels"]), labels=", ".join(info["labels"]))
+        )
         old = out / ".package.old"
         if old.exists():
             shutil.rmtree(old)
@@ -163,9 +180,13 @@ def build_package(out: Path, *, frontend_tflite: bytes, classifier_tflite: bytes
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    with files.atomic_path(out / "package.tar.gz", suffix=".tar.gz") as archive, \
-            tarfile.open(archive, "w:gz") as tar:
+    with files.atomic_path(out / "package.tar.gz", suffix=".tar.gz") as archive, tarfile.open(archive, "w:gz") as tar:
         tar.add(final, arcname="asc-infer")
-    logger.info("package: wrote %s (%d + %d bytes of TFLite) and %s", final, len(frontend_tflite),
-                len(classifier_tflite), out / "package.tar.gz")
+    logger.info(
+        "package: wrote %s (%d + %d bytes of TFLite) and %s",
+        final,
+        len(frontend_tflite),
+        len(classifier_tflite),
+        out / "package.tar.gz",
+    )
     return final

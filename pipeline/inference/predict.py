@@ -4,18 +4,19 @@
 [--engine int8|float] [--window-seconds S] [--hop-seconds S] [--output predictions.csv]
 [--windows-output windows.csv]``
 
-Inputs (:mod:`pipeline.inference.predict_files`): files, folders (recursive; every regular file in a folder
-is an input, so a stray file that is not audio is reported, not skipped; CSV files this command
-wrote are skipped and counted) and globs. Every named path is used or reported with a reason: a
-folder with no file, a FIFO or another non-regular file (never opened), a dangling link. WAV (PCM
-16/24/32-bit, float 32/64-bit, 1 to 384 kHz, any channel count) is read by the package's own
-reader (:mod:`pipeline.inference.asc_infer.wavfile`); FLAC and OGG/Vorbis by ``soundfile`` (libsndfile) when
-it is installed. Every recording is streamed: mono downmix, resampling to the model's rate,
+Models: :mod:`pipeline.inference.predict_models`. Inputs (:mod:`pipeline.inference.predict_files`):
+files, folders (recursive; every regular file in a folder is an input, so a stray file that is not
+audio is reported, not skipped; CSV files this command wrote are skipped and counted) and globs.
+Every named path is used or reported with a reason: a folder with no file, a FIFO or another
+non-regular file (never opened), a dangling link. WAV (PCM 16/24/32-bit, float 32/64-bit, 1 to 384
+kHz, any channel count) is read by the package's own reader
+(:mod:`pipeline.inference.asc_infer.wavfile`); FLAC and OGG/Vorbis by ``soundfile`` (libsndfile)
+when it is installed. Every recording is streamed: mono downmix, resampling to the model's rate,
 windows of ``--window-seconds`` every ``--hop-seconds`` (both at most 600 s). No window runs past
-the end: the last one is moved back to end at the recording's end, and only a recording shorter
-than one clip is zero-padded (the ``padded_seconds`` column). Only one window's input range is
-read at a time, and the float engine scores at most :data:`BATCH` windows at once, so memory does
-not grow with the recording's length.
+the end: the last one is moved back to end at the recording's end, and only a recording shorter than
+one clip is zero-padded (the ``padded_seconds`` column). Only one window's input range is read at a
+time, and the float engine scores at most :data:`BATCH` windows at once, so memory does not grow
+with the recording's length.
 
 Engines. ``int8`` (default): the deployable package's runtime (:mod:`pipeline.inference.asc_infer`: float
 front end + int8 TFLite classifier), the same code path as the installed package. ``float``: the
@@ -43,7 +44,6 @@ import argparse
 import contextlib
 import csv
 import itertools
-import json
 import logging
 import math
 import sys
@@ -54,9 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.inference import asc_infer
 from pipeline.core import files
+from pipeline.inference import asc_infer
 from pipeline.inference.predict_files import UsageError, check_outputs, expand_inputs, open_source
+from pipeline.inference.predict_models import package_info, resolve_model
 
 logger = logging.getLogger("pipeline.predict")
 
@@ -99,14 +100,17 @@ class FloatEngine:
 
         params_file = keras_path.parent / "params.yaml"
         if not params_file.is_file():
-            raise UsageError(f"{params_file} is missing: the float engine reads the model's audio settings from "
-                             "the params.yaml that the train stage writes next to model.keras")
+            raise UsageError(
+                f"{params_file} is missing: the float engine reads the model's audio settings from "
+                "the params.yaml that the train stage writes next to model.keras"
+            )
         params = config.load(params_file)
         self.model = tf_keras.models.load_model(keras_path)
         self.clip_samples = self.window_samples = params.audio.clip_samples
         if self.model.inputs[0].shape[-1] not in (None, self.clip_samples):
-            raise UsageError(f"{keras_path} takes {self.model.inputs[0].shape[-1]} samples; {params_file} says "
-                             f"{self.clip_samples}")
+            raise UsageError(
+                f"{keras_path} takes {self.model.inputs[0].shape[-1]} samples; {params_file} says {self.clip_samples}"
+            )
         self.labels = list(CLASSES)
         self.sample_rate = params.audio.sample_rate_hz
         self.window_seconds = self.hop_seconds = self.clip_samples / self.sample_rate
@@ -117,133 +121,8 @@ class FloatEngine:
         logits = self.model.predict_on_batch(np.concatenate([pieces for pieces, _ in cut]))
         probs = asc_infer.softmax(np.asarray(logits))
         bounds = np.cumsum([0] + [len(pieces) for pieces, _ in cut])
-        return np.stack([weights @ probs[a:b] for (_, weights), (a, b) in zip(cut, itertools.pairwise(bounds))])
-
-
-def _workdir_model(path: Path, engine: str) -> Path | None:
-    if engine == "float" and (path / "train" / "model.keras").is_file():
-        return path / "train" / "model.keras"
-    if engine == "int8" and (path / "compress" / "package").is_dir():
-        return path / "compress" / "package"
-    return None
-
-
-def package_info(package: Path) -> dict:
-    """The ``model.json`` of a package folder (``{}`` when it cannot be read)."""
-    for candidate in (package / "asc_infer" / "model" / "model.json", package / "model.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError):
-                return {}
-    return {}
-
-
-def check_fresh(workdir: Path, package: Path, explicit: bool) -> None:
-    """Refuse a workdir's package made from another training run than its current ``train/`` output.
-
-    The package's ``model.json`` holds ``train_output`` (the digest of the ``model.keras`` it was
-    made from) and ``train_run_id``; ``train/_SUCCESS.json`` holds the digest of the current one.
-
-    Args:
-      workdir: the ``--model`` workdir.
-      package: its ``compress/package``.
-      explicit: ``--engine int8`` was given: use the package anyway, with a warning.
-
-    Raises:
-      UsageError: they differ and ``explicit`` is False (names the stage to rerun).
-    """
-    made_from = package_info(package).get("train_output")
-    marker = files.read_marker(workdir / "train") or {}
-    current = marker.get("output")
-    if current is None and (workdir / "train" / "_RUNNING.json").is_file():
-        what = (f"{workdir / 'train'} is being retrained, or its retraining was interrupted (train/_RUNNING.json, "
-                f"no complete run): {package} may come from the training run it replaces")
-        if explicit:
-            logger.warning("predict: %s; using the package because --engine int8 was given", what)
-            return
-        raise UsageError(f"{what}; finish it (python -m pipeline.run --stage train --workdir {workdir}), then rerun "
-                         "--stage compress, or pass --engine int8 to use this package anyway")
-    if made_from is None or current is None:
-        logger.warning("predict: cannot tell whether %s was made from %s (%s): it may be stale", package,
-                       workdir / "train", "the package predates provenance records" if made_from is None
-                       else "train/ holds no complete run")
-        return
-    if made_from == current:
-        return
-    info = package_info(package)
-    what = (f"{package} was made from another training run ({str(made_from)[:12]}, MLflow run "
-            f"{info.get('train_run_id')}) than the current {workdir / 'train'} ({str(current)[:12]}, MLflow run "
-            f"{marker.get('run_id')})")
-    if explicit:
-        logger.warning("predict: %s; using the package because --engine int8 was given", what)
-        return
-    raise UsageError(f"{what}: rerun the compress stage (python -m pipeline.run --stage compress --workdir {workdir} "
-                     "with the same --config/--set), or choose: --engine float (the current model) or --engine int8 "
-                     "(this package anyway)")
-
-
-def check_store(uri: str) -> None:
-    """Refuse, in seconds, a registry store that cannot answer, without creating anything.
-
-    An ``http(s)://`` server gets :func:`pipeline.running.preflight.check_tracking_readable`'s probe; a
-    ``sqlite:///`` file or a store folder must already exist (a missing one would be created
-    empty by MLflow, which then reports the model as "not found").
-    """
-    from pipeline.running import preflight
-
-    try:
-        preflight.check_tracking_readable(uri, option="--tracking-uri")
-    except preflight.EnvironmentProblem as exc:
-        raise UsageError(str(exc)) from None
-
-
-def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Path | None = None) -> tuple[str, Path]:
-    """``(engine, path)`` for ``--model`` and ``--engine``.
-
-    ``spec``: a workdir (``compress/package`` for int8, ``train/model.keras`` for float), a package
-    folder, a model folder (holding ``model.json``), a ``.keras`` file (float) or
-    ``models:/NAME/VERSION`` (int8; downloaded with :func:`pipeline.inference.serving.package_from_registry`
-    into ``scratch``, or a new temporary folder when ``None``). A workdir's package made from
-    another training run than its ``train/`` is refused unless ``engine`` is given
-    (:func:`check_fresh`).
-
-    Raises:
-      UsageError: the model cannot be found, does not fit the engine, is stale, or its store does not answer.
-    """
-    if spec.startswith(("models:/", "runs:/")):
-        if engine == "float":
-            raise UsageError(f"--model {spec}: a registered model is the int8 package; use --engine int8")
-        check_store(tracking_uri)
-        from pipeline.inference import serving
-
-        try:
-            return "int8", serving.package_from_registry(spec, tracking_uri, scratch)
-        except Exception as exc:  # the registry's own errors (no such model, unreachable store)
-            raise UsageError(f"--model {spec}: {exc}") from exc
-    path = Path(spec)
-    if path.is_file():
-        if path.suffix != ".keras":
-            raise UsageError(f"--model {spec}: a model file must be a .keras file (float engine)")
-        if engine == "int8":
-            raise UsageError(f"--model {spec} is a Keras model: use --engine float, or give the package folder")
-        return "float", path
-    if not path.is_dir():
-        raise UsageError(f"--model {spec}: no such file or folder")
-    chosen = engine or "int8"
-    found = _workdir_model(path, chosen)
-    if found is not None:
-        if chosen == "int8":
-            check_fresh(path, found, explicit=engine is not None)
-        return chosen, found
-    is_package = (path / "model.json").is_file() or (path / "asc_infer" / "model" / "model.json").is_file()
-    if chosen == "int8" and is_package:
-        inside = path.resolve()
-        if inside.name == "package" and inside.parent.name == "compress" and (inside.parent.parent / "train").is_dir():
-            check_fresh(inside.parent.parent, path, explicit=engine is not None)  # a workdir's package, named directly
-        return chosen, path
-    wanted = "compress/package (run --stage compress)" if chosen == "int8" else "train/model.keras"
-    raise UsageError(f"--model {spec}: not a workdir holding {wanted}, nor a package folder")
+        spans = itertools.pairwise(bounds)
+        return np.stack([weights @ probs[a:b] for (_, weights), (a, b) in zip(cut, spans, strict=True)])
 
 
 def make_engine(engine: str, path: Path):
@@ -276,15 +155,17 @@ class FileResult:
     padded_seconds: float
 
 
-def predict_file(engine, path: Path, *, window_seconds: float | None, hop_seconds: float | None,
-                 batch: int = BATCH) -> FileResult:
+def predict_file(
+    engine, path: Path, *, window_seconds: float | None, hop_seconds: float | None, batch: int = BATCH
+) -> FileResult:
     """One file's prediction (see :class:`FileResult`).
 
     Raises:
       asc_infer.InputError: the file cannot be read.
     """
-    rec = asc_infer.make_recording(str(path), open_source(path), engine, window_seconds=window_seconds,
-                                   hop_seconds=hop_seconds)
+    rec = asc_infer.make_recording(
+        str(path), open_source(path), engine, window_seconds=window_seconds, hop_seconds=hop_seconds
+    )
     probs: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     for _, window in rec.windows():
@@ -319,11 +200,15 @@ def check_seconds(args: argparse.Namespace) -> None:
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{option} must be a positive number of seconds, got {value}")
         if what == "hop_seconds" and value < asc_infer.recording.MIN_HOP_SECONDS:
-            raise UsageError(f"{option} {value:g} is shorter than {asc_infer.recording.MIN_HOP_SECONDS:g} seconds (the "
-                             "shortest hop: it bounds the number of windows)")
+            raise UsageError(
+                f"{option} {value:g} is shorter than {asc_infer.recording.MIN_HOP_SECONDS:g} seconds (the "
+                "shortest hop: it bounds the number of windows)"
+            )
         if value > asc_infer.MAX_WINDOW_SECONDS:
-            raise UsageError(f"{option} {value:g} is longer than {asc_infer.MAX_WINDOW_SECONDS:g} seconds (the "
-                             "longest window or hop: a window is held in memory whole)")
+            raise UsageError(
+                f"{option} {value:g} is longer than {asc_infer.MAX_WINDOW_SECONDS:g} seconds (the "
+                "longest window or hop: a window is held in memory whole)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -345,11 +230,18 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
     engine = make_engine(engine_name, model_path)
     clip_seconds = engine.window_samples / engine.sample_rate
     if args.window_seconds is not None and round(args.window_seconds * engine.sample_rate) < engine.window_samples:
-        raise UsageError(f"--window-seconds {args.window_seconds:g} is shorter than the model's clip "
-                         f"({clip_seconds:g} s): every window would be zero-padded")
+        raise UsageError(
+            f"--window-seconds {args.window_seconds:g} is shorter than the model's clip "
+            f"({clip_seconds:g} s): every window would be zero-padded"
+        )
     info = package_info(model_path) if engine_name == "int8" else {}
-    logger.info("predict: %d file(s) with the %s engine (%s%s)", len(inputs), engine_name, model_path,
-                f", from training run {info['train_run_id']}" if info.get("train_run_id") else "")
+    logger.info(
+        "predict: %d file(s) with the %s engine (%s%s)",
+        len(inputs),
+        engine_name,
+        model_path,
+        f", from training run {info['train_run_id']}" if info.get("train_run_id") else "",
+    )
     from tqdm import tqdm
 
     labels = list(engine.labels)
@@ -371,14 +263,26 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
                 logger.debug("predict: %s failed", path, exc_info=True)
                 failed.append((str(path), f"{type(exc).__name__}: {exc}"))
                 continue
-            out.writerow([str(path), labels[int(np.argmax(got.probabilities))], *map(float, got.probabilities),
-                          len(got.windows), got.seconds, got.padded_seconds])
+            out.writerow(
+                [
+                    str(path),
+                    labels[int(np.argmax(got.probabilities))],
+                    *map(float, got.probabilities),
+                    len(got.windows),
+                    got.seconds,
+                    got.padded_seconds,
+                ]
+            )
             done += 1
             if wout is not None:
                 for i, (start, end, weight, p) in enumerate(got.windows):
                     wout.writerow([str(path), i, start, end, weight, labels[int(np.argmax(p))], *map(float, p)])
-    logger.info("predict: wrote %d row(s) to %s%s", done, args.output,
-                f" and windows to {args.windows_output}" if args.windows_output else "")
+    logger.info(
+        "predict: wrote %d row(s) to %s%s",
+        done,
+        args.output,
+        f" and windows to {args.windows_output}" if args.windows_output else "",
+    )
     if failed:
         sys.stderr.write(f"{len(failed)} input(s) failed:\n" + "".join(f"  {p}: {r}\n" for p, r in failed))
         return 1
@@ -389,33 +293,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.predict",
         description="Classify recordings with a trained model: one CSV row per file (and optionally per window). "
-                    "Reads WAV (PCM 16/24/32-bit, float 32/64-bit; 1 to 384 kHz, any channel count) with the "
-                    "package's own reader, and FLAC and OGG/Vorbis through soundfile (libsndfile) when it is "
-                    "installed. Recordings are downmixed to mono, resampled to the model's rate and streamed in "
-                    "windows; no window runs past the end of a recording.",
-        epilog="Example: python -m pipeline.predict recordings/ --model work --output predictions.csv")
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="files, folders (recursive: every file in them is an input, except CSV files this "
-                             "command wrote) or glob patterns")
-    parser.add_argument("--model", default="work", metavar="WORKDIR|PACKAGE_DIR|MODEL.keras|models:/NAME/VERSION",
-                        help="a workdir (int8: compress/package, refused when made from another training run than "
-                             "train/; float: train/model.keras), a package folder, a .keras file or a registered "
-                             "model URI (default: work)")
-    parser.add_argument("--engine", choices=("int8", "float"), default=None,
-                        help="int8: the shipped TFLite package (default; given explicitly, a workdir's package is "
-                             "used even when train/ has changed since); float: the Keras model of train "
-                             "(default for a .keras --model)")
-    parser.add_argument("--window-seconds", type=float, default=None, metavar="S",
-                        help=f"window length (default: the model's clip length; at least that, at most "
-                             f"{asc_infer.MAX_WINDOW_SECONDS:g})")
-    parser.add_argument("--hop-seconds", type=float, default=None, metavar="S",
-                        help=f"hop between window starts (default: the window length; "
-                             f"{asc_infer.recording.MIN_HOP_SECONDS:g} to {asc_infer.MAX_WINDOW_SECONDS:g})")
-    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), metavar="CSV",
-                        help="per-file CSV (default: predictions.csv); never an input, a folder or a non-regular file")
+        "Reads WAV (PCM 16/24/32-bit, float 32/64-bit; 1 to 384 kHz, any channel count) with the "
+        "package's own reader, and FLAC and OGG/Vorbis through soundfile (libsndfile) when it is "
+        "installed. Recordings are downmixed to mono, resampled to the model's rate and streamed in "
+        "windows; no window runs past the end of a recording.",
+        epilog="Example: python -m pipeline.predict recordings/ --model work --output predictions.csv",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files, folders (recursive: every file in them is an input, except CSV files this "
+        "command wrote) or glob patterns",
+    )
+    parser.add_argument(
+        "--model",
+        default="work",
+        metavar="WORKDIR|PACKAGE_DIR|MODEL.keras|models:/NAME/VERSION",
+        help="a workdir (int8: compress/package, refused when made from another training run than "
+        "train/; float: train/model.keras), a package folder, a .keras file or a registered "
+        "model URI (default: work)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("int8", "float"),
+        default=None,
+        help="int8: the shipped TFLite package (default; given explicitly, a workdir's package is "
+        "used even when train/ has changed since); float: the Keras model of train "
+        "(default for a .keras --model)",
+    )
+    parser.add_argument(
+        "--window-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"window length (default: the model's clip length; at least that, at most "
+        f"{asc_infer.MAX_WINDOW_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--hop-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"hop between window starts (default: the window length; "
+        f"{asc_infer.recording.MIN_HOP_SECONDS:g} to {asc_infer.MAX_WINDOW_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("predictions.csv"),
+        metavar="CSV",
+        help="per-file CSV (default: predictions.csv); never an input, a folder or a non-regular file",
+    )
     parser.add_argument("--windows-output", type=Path, default=None, metavar="CSV", help="per-window CSV")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                        help=f"MLflow store for models:/ URIs (default: {DEFAULT_TRACKING_URI}); it must exist")
+    parser.add_argument(
+        "--tracking-uri",
+        default=DEFAULT_TRACKING_URI,
+        help=f"MLflow store for models:/ URIs (default: {DEFAULT_TRACKING_URI}); it must exist",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 

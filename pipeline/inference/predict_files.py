@@ -112,8 +112,13 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]], 
                     else:
                         found.append(file)
             if len(found) == before and len(problems) == problems_before:
-                problems.append((m, "the folder holds no input file" + (" (only earlier prediction CSVs)"
-                                                                          if skipped > skipped_before else "")))
+                problems.append(
+                    (
+                        m,
+                        "the folder holds no input file"
+                        + (" (only earlier prediction CSVs)" if skipped > skipped_before else ""),
+                    )
+                )
     problems = list(dict.fromkeys(problems))  # a FIFO named and also found in a named folder: listed once
     seen: set[str] = set()
     unique = []
@@ -136,13 +141,16 @@ def check_outputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
     chosen = {opt: Path(p) for opt, p in outputs.items() if p is not None}
     resolved = {opt: os.path.realpath(p) for opt, p in chosen.items()}
     if len(set(resolved.values())) < len(resolved):
-        raise UsageError(f"{' and '.join(chosen)} name the same file ({next(iter(chosen.values()))}); one would "
-                         "overwrite the other")
+        raise UsageError(
+            f"{' and '.join(chosen)} name the same file ({next(iter(chosen.values()))}); one would overwrite the other"
+        )
     ins = {os.path.realpath(p) for p in inputs}
     for opt, path in chosen.items():
         if os.path.islink(path):
-            raise UsageError(f"{opt} {path} is a symbolic link; writing would replace the link with a plain file: "
-                             "name its target or another file")
+            raise UsageError(
+                f"{opt} {path} is a symbolic link; writing would replace the link with a plain file: "
+                "name its target or another file"
+            )
         if path.is_dir():
             raise UsageError(f"{opt} {path} is a folder: name a CSV file")
         if path.exists() and _kind(str(path)):

@@ -121,8 +121,9 @@ def output_columns(labels) -> list[str]:
     labels = [str(c) for c in labels]
     clash = sorted({c for c in labels if c in OUTPUT_COLUMNS or labels.count(c) > 1})
     if clash:
-        raise PackageError(f"class name(s) {clash} clash with the answer's columns {list(OUTPUT_COLUMNS)} or "
-                           "with each other")
+        raise PackageError(
+            f"class name(s) {clash} clash with the answer's columns {list(OUTPUT_COLUMNS)} or with each other"
+        )
     return ["scene", *labels, "windows", "error"]
 
 
@@ -165,8 +166,10 @@ def audio_bytes(value) -> bytes:
         try:
             return base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ValueNotAudio(f"not base64-encoded audio ({exc}); in JSON each value of '{AUDIO_COLUMN}' is a "
-                                "whole WAV file, base64-encoded") from None
+            raise ValueNotAudio(
+                f"not base64-encoded audio ({exc}); in JSON each value of '{AUDIO_COLUMN}' is a "
+                "whole WAV file, base64-encoded"
+            ) from None
     missing = value is None or (isinstance(value, float) and np.isnan(value))
     shown = "null (no value)" if missing else f"a value of type {type(value).__name__}"
     raise ValueNotAudio(f"holds {shown}, not an audio file (bytes; in JSON a base64-encoded string)")
@@ -200,10 +203,11 @@ def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
             recordings = runtime.load_inputs([audio_bytes(value)], model)  # reads the header only
             row = np.asarray(runtime.predict(model, recordings), dtype=np.float64)  # streams the windows
             if row.shape != (1, classes):
-                raise RuntimeError(f"the runtime returned probabilities of shape {row.shape} for 1 file and "
-                                   f"{classes} classes")
+                raise RuntimeError(
+                    f"the runtime returned probabilities of shape {row.shape} for 1 file and {classes} classes"
+                )
             probs[i], scenes[i], windows[i] = row[0], model.labels[int(row[0].argmax())], len(recordings[0])
-        except Exception as exc:  # noqa: BLE001 - one file's failure (MemoryError included) is its row's error
+        except Exception as exc:
             errors[i] = row_error(exc, input_error)
             if isinstance(exc, ValueNotAudio) or (input_error and isinstance(exc, input_error)):
                 logger.warning("row %d: %s", i, errors[i])
@@ -246,14 +250,16 @@ class PackageModel(mlflow.pyfunc.PythonModel):
             if AUDIO_COLUMN not in model_input.columns:
                 raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                     f"the input has columns {list(model_input.columns)}: expected a column '{AUDIO_COLUMN}' of "
-                    "whole WAV files")
+                    "whole WAV files"
+                )
             values = model_input[AUDIO_COLUMN].tolist()
         elif isinstance(model_input, (list, tuple)):
             values = list(model_input)
         else:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"expected a DataFrame with a column '{AUDIO_COLUMN}' (or a list of files), got "
-                f"{type(model_input).__name__}")
+                f"{type(model_input).__name__}"
+            )
         return predict_frame(self.runtime, self.model, values)
 
 
@@ -319,8 +325,11 @@ def _installed(name: str) -> str | None:
         return None
 
 
-INTERPRETER_DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-                             "tensorflow.lite": "tensorflow"}
+INTERPRETER_DISTRIBUTIONS = {
+    "ai_edge_litert": "ai-edge-litert",
+    "tflite_runtime": "tflite-runtime",
+    "tensorflow.lite": "tensorflow",
+}
 
 
 def requirements(model) -> list[str]:
@@ -339,14 +348,20 @@ def requirements(model) -> list[str]:
 
 
 def _description(model, tags: Mapping[str, str], run_id: str) -> str:
-    parts = [(f"Acoustic scene classifier (deployable package: TFLite front end + int8 classifier), "
-              f"{len(model.labels)} classes ({', '.join(model.labels)}), {model.sample_rate} Hz, "
-              f"windows of {model.window_samples} samples; logged by run {run_id}.")]
+    parts = [
+        (
+            f"Acoustic scene classifier (deployable package: TFLite front end + int8 classifier), "
+            f"{len(model.labels)} classes ({', '.join(model.labels)}), {model.sample_rate} Hz, "
+            f"windows of {model.window_samples} samples; logged by run {run_id}."
+        )
+    ]
     shown = [f"{k}={v}" for k, v in tags.items() if k != "run_id"]
     if shown:
         parts.append("Tags: " + ", ".join(shown) + ".")
-    parts.append("Input: a column 'audio' of whole WAV files (bytes; base64 in JSON). Output: 'scene', one "
-                 "probability per class, 'windows', 'error' (empty, or why that file failed: its row only).")
+    parts.append(
+        "Input: a column 'audio' of whole WAV files (bytes; base64 in JSON). Output: 'scene', one "
+        "probability per class, 'windows', 'error' (empty, or why that file failed: its row only)."
+    )
     return " ".join(parts)
 
 
@@ -377,29 +392,48 @@ def log_package(package_dir: Path, *, run_id: str, registered_model: str, tags: 
     example = pd.DataFrame({AUDIO_COLUMN: clips})
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    logged = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_NAME,
-                                        source_run_id=run_id, tags=all_tags, params=dict(run.data.params))
+    logged = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        tags=all_tags,
+        params=dict(run.data.params),
+    )
     # "Models from code": this very file is the model's code (no pickle); it needs only the
     # standard library, mlflow, numpy and pandas where the model is loaded, not ``pipeline``.
     info = mlflow.models.Model.log(
-        artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(Path(__file__).resolve()), artifacts={PACKAGE_ARTIFACT: str(package_dir)},
-        signature=signature(model.labels), input_example=example,
-        pip_requirements=requirements(model), model_id=logged.model_id)
+        artifact_path=None,
+        name=MODEL_NAME,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        python_model=str(Path(__file__).resolve()),
+        artifacts={PACKAGE_ARTIFACT: str(package_dir)},
+        signature=signature(model.labels),
+        input_example=example,
+        pip_requirements=requirements(model),
+        model_id=logged.model_id,
+    )
     logger.info("logged the package %s as pyfunc model %s (run %s)", package_dir, info.model_uri, run_id)
     if not registered_model:
         return None
     try:
-        client.create_registered_model(registered_model, description="Acoustic scene classifier packages "
-                                                                     "(one version per register run)")
+        client.create_registered_model(
+            registered_model, description="Acoustic scene classifier packages (one version per register run)"
+        )
     except mlflow.exceptions.MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    version = client.create_model_version(registered_model, source=info.model_uri, run_id=run_id,
-                                          tags=all_tags, description=_description(model, all_tags, run_id),
-                                          model_id=info.model_id)
-    logger.info("registered %s version %s (models:/%s/%s)", registered_model, version.version,
-                registered_model, version.version)
+    version = client.create_model_version(
+        registered_model,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=all_tags,
+        description=_description(model, all_tags, run_id),
+        model_id=info.model_id,
+    )
+    logger.info(
+        "registered %s version %s (models:/%s/%s)", registered_model, version.version, registered_model, version.version
+    )
     return str(version.version)
 
 
@@ -419,8 +453,10 @@ def package_from_registry(uri: str, tracking_uri: str | None = None, dst: Path |
       PackageError: the URI names no model, or the model holds no package.
     """
     if not uri.startswith(("models:/", "runs:/")):
-        raise PackageError(f"'{uri}' is not a model URI: expected models:/NAME/VERSION, models:/NAME@alias "
-                           f"or runs:/RUN_ID/{MODEL_NAME}")
+        raise PackageError(
+            f"'{uri}' is not a model URI: expected models:/NAME/VERSION, models:/NAME@alias "
+            f"or runs:/RUN_ID/{MODEL_NAME}"
+        )
     created = dst is None
     target = Path(tempfile.mkdtemp(prefix="asc-package-")) if created else Path(dst)
     target.mkdir(parents=True, exist_ok=True)
@@ -440,7 +476,8 @@ def _download_package(uri: str, tracking_uri: str | None, target: Path) -> Path:
     try:
         with _use_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{uri.rstrip('/')}/artifacts/{PACKAGE_ARTIFACT}", dst_path=str(target))
+                artifact_uri=f"{uri.rstrip('/')}/artifacts/{PACKAGE_ARTIFACT}", dst_path=str(target)
+            )
     except mlflow.exceptions.MlflowException as exc:
         store = tracking_uri or mlflow.get_tracking_uri()
         raise PackageError(f"model '{uri}' not found in the MLflow store {store}: {exc.message}") from exc

@@ -26,41 +26,94 @@ def build_parser() -> argparse.ArgumentParser:
         description="Low-complexity acoustic scene classification (DCASE2022 Task 1) pipeline.",
         epilog="Example: python -m pipeline.run --stage all --set train.epochs=3 --set audio.n_mels=128",
     )
-    parser.add_argument("--stage", required=True, choices=(*NAMES, "all"),
-                        help="stage to run; 'all' runs every stage in order under one MLflow parent run")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML config file, or a name under configs/ such as 'paper' "
-                             "(default: configs/default.yaml)")
-    parser.add_argument("--data", default=None, metavar="synthetic|PATH",
-                        help="'synthetic' for the built-in dataset (generated into the workdir once), "
-                             "or the path of a TAU22 development set; overrides data.source")
-    parser.add_argument("--workdir", default="work", type=Path, metavar="DIR",
-                        help="directory for all stage outputs (default: work)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key with a YAML value, e.g. --set train.epochs=3; repeatable")
-    parser.add_argument("--force", action="store_true",
-                        help="rerun stages whose outputs are complete for the same settings (default: reuse them)")
-    parser.add_argument("--rerun-changed-code", action="store_true",
-                        help="rerun stages whose complete outputs were made by other code (the project source files "
-                             "the stage imports, digested in its marker), and the stages after them; default: reuse "
-                             "them with one warning line per stage")
-    sweep = parser.add_argument_group("sweeps", "a grid of settings x seeds, each cell its own MLflow parent run, "
-                                      "written to <workdir>/sweeps/<sweep id>/ (see pipeline/scaling/sweep.py)")
-    sweep.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="sweep one config key over values (split on commas outside brackets, each parsed "
-                            "like a --set value), e.g. --sweep model.channels=[32,64,64,64],[64,128,128,128]; "
-                            "repeatable: the grid is the product")
-    sweep.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                       help="run every combination with each of these seeds (sets `seed`), e.g. 0,1,2")
-    sweep.add_argument("--shard", default=None, metavar="I/N",
-                       help="run only the I-th (1-based) of N interleaved slices of the (combination x seed) "
-                            "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server")
-    sweep.add_argument("--summary-only", action="store_true",
-                       help="run nothing: write the whole grid's summary from the runs in MLflow")
-    parser.add_argument("--wait-lock", type=seconds_arg, default=0.0, metavar="SECONDS",
-                        help="if another run holds the workdir, wait up to SECONDS for it (default: refuse at once)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="logging verbosity (default: INFO)")
+    parser.add_argument(
+        "--stage",
+        required=True,
+        choices=(*NAMES, "all"),
+        help="stage to run; 'all' runs every stage in order under one MLflow parent run",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML config file, or a name under configs/ such as 'paper' (default: configs/default.yaml)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="synthetic|PATH",
+        help="'synthetic' for the built-in dataset (generated into the workdir once), "
+        "or the path of a TAU22 development set; overrides data.source",
+    )
+    parser.add_argument(
+        "--workdir", default="work", type=Path, metavar="DIR", help="directory for all stage outputs (default: work)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key with a YAML value, e.g. --set train.epochs=3; repeatable",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun stages whose outputs are complete for the same settings (default: reuse them)",
+    )
+    parser.add_argument(
+        "--rerun-changed-code",
+        action="store_true",
+        help="rerun stages whose complete outputs were made by other code (the project source files "
+        "the stage imports, digested in its marker), and the stages after them; default: reuse "
+        "them with one warning line per stage",
+    )
+    sweep = parser.add_argument_group(
+        "sweeps",
+        "a grid of settings x seeds, each cell its own MLflow parent run, "
+        "written to <workdir>/sweeps/<sweep id>/ (see pipeline/scaling/sweep.py)",
+    )
+    sweep.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="sweep one config key over values (split on commas outside brackets, each parsed "
+        "like a --set value), e.g. --sweep model.channels=[32,64,64,64],[64,128,128,128]; "
+        "repeatable: the grid is the product",
+    )
+    sweep.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="run every combination with each of these seeds (sets `seed`), e.g. 0,1,2",
+    )
+    sweep.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only the I-th (1-based) of N interleaved slices of the (combination x seed) "
+        "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server",
+    )
+    sweep.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="run nothing: write the whole grid's summary from the runs in MLflow",
+    )
+    parser.add_argument(
+        "--wait-lock",
+        type=seconds_arg,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds the workdir, wait up to SECONDS for it (default: refuse at once)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging verbosity (default: INFO)",
+    )
     return parser
 
 
@@ -77,8 +130,9 @@ def seconds_arg(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.source={args.data}")
@@ -89,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from pipeline.scaling import distributed
     from pipeline.running import preflight
+    from pipeline.scaling import distributed
 
     try:
         cluster = distributed.cluster_of(params)  # TF_CONFIG checked before any work (multi_worker only)
         if cluster is not None and params.train.batch_size % cluster.num_workers:
-            raise config.ConfigError(f"train.batch_size: {params.train.batch_size} is the global batch and must be a "
-                                     f"multiple of the {cluster.num_workers} workers of TF_CONFIG")
+            raise config.ConfigError(
+                f"train.batch_size: {params.train.batch_size} is the global batch and must be a "
+                f"multiple of the {cluster.num_workers} workers of TF_CONFIG"
+            )
     except config.ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -107,16 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from pipeline.running import runner
-    from pipeline.running import stages
     from pipeline.core.lock import WorkdirLocked
     from pipeline.data.tau import DatasetError
+    from pipeline.running import runner, stages
 
     names = list(stages.NAMES) if args.stage == "all" else [args.stage]
     try:
         with preflight.terminate_as_interrupt():
-            results = runner.run_stages(params, args.workdir, names, force=args.force, wait_lock=args.wait_lock,
-                                        rerun_changed_code=args.rerun_changed_code)
+            results = runner.run_stages(
+                params,
+                args.workdir,
+                names,
+                force=args.force,
+                wait_lock=args.wait_lock,
+                rerun_changed_code=args.rerun_changed_code,
+            )
     except WorkdirLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -131,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         logger.debug("traceback", exc_info=True)
-        print(f"error: stage failed with {type(exc).__name__}: {exc}\n"
-              "The traceback is logged as error.txt in the stage's MLflow run "
-              "(or rerun with --log-level DEBUG).", file=sys.stderr)
+        print(
+            f"error: stage failed with {type(exc).__name__}: {exc}\n"
+            "The traceback is logged as error.txt in the stage's MLflow run "
+            "(or rerun with --log-level DEBUG).",
+            file=sys.stderr,
+        )
         return 1
     if worker:
         print(f"worker {cluster.rank} of {cluster.num_workers}: done (the chief writes the outputs)")
@@ -144,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """``--sweep``/``--seeds``: validate the whole grid (exit 2 naming a bad value), then run this shard."""
-    from pipeline.scaling import distributed
     from pipeline.running import stages
-    from pipeline.scaling import sweep
+    from pipeline.scaling import distributed, sweep
 
     try:
         if not args.sweeps and args.seeds is None:
@@ -160,8 +223,8 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"error: invalid sweep: {exc}", file=sys.stderr)
         return 2
     names = sweep.with_upstream(args.stage)  # a cell starts empty: the stage and what it reads
-    from pipeline.running import preflight
     from pipeline.core.lock import WorkdirLocked, workdir_lock
+    from pipeline.running import preflight
 
     try:  # the cells share the base store and the workdir's data/
         base = config.load(args.config, overrides)
@@ -171,15 +234,23 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         return 2
     try:
         with preflight.terminate_as_interrupt(), workdir_lock(args.workdir, wait_seconds=args.wait_lock):
-            code, text = sweep.run_sweep(plan, args.workdir, names, shard=shard, force=args.force,
-                                         rerun_changed_code=args.rerun_changed_code,
-                                         summary_only=args.summary_only)
+            code, text = sweep.run_sweep(
+                plan,
+                args.workdir,
+                names,
+                shard=shard,
+                force=args.force,
+                rerun_changed_code=args.rerun_changed_code,
+                summary_only=args.summary_only,
+            )
     except WorkdirLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except preflight.Terminated as exc:
-        print(f"{exc}: the cell's MLflow runs are marked KILLED; rerun the same command to finish the sweep",
-              file=sys.stderr)
+        print(
+            f"{exc}: the cell's MLflow runs are marked KILLED; rerun the same command to finish the sweep",
+            file=sys.stderr,
+        )
         return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -40,6 +40,7 @@ class Terminated(KeyboardInterrupt):
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread (then the default again)."""
+
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process at once
         raise Terminated(signum)
@@ -76,7 +77,7 @@ def check_workdir(workdir: Path) -> None:
 
 
 def _sqlite_path(option: str, uri: str) -> Path:
-    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
     if not path or path == ":memory:":
         raise EnvironmentProblem(f"{option}: {uri!r}: use sqlite:///<path to a database file>")
     return Path(path)
@@ -110,8 +111,9 @@ def check_tracking(uri: str, artifact_root: str, *, timeout: float = 5.0) -> Non
     elif parsed.scheme in ("", "file"):
         _writable_folder("tracking.uri", Path(parsed.path if parsed.scheme == "file" else uri))
     else:
-        raise EnvironmentProblem(f"tracking.uri: unsupported scheme {parsed.scheme!r} in {uri!r} "
-                                 "(sqlite:///, file:, http(s):// or a folder)")
+        raise EnvironmentProblem(
+            f"tracking.uri: unsupported scheme {parsed.scheme!r} in {uri!r} (sqlite:///, file:, http(s):// or a folder)"
+        )
     art = urllib.parse.urlparse(artifact_root)
     if art.scheme in ("", "file"):
         _writable_folder("tracking.artifact_root", Path(art.path if art.scheme == "file" else artifact_root))
@@ -124,8 +126,9 @@ def _probe_server(option: str, uri: str, parsed: urllib.parse.ParseResult, timeo
             response.read(64)
     except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise EnvironmentProblem(f"{option}: the MLflow server {uri} did not answer within {timeout:.0f} s "
-                                 f"({reason})") from None
+        raise EnvironmentProblem(
+            f"{option}: the MLflow server {uri} did not answer within {timeout:.0f} s ({reason})"
+        ) from None
 
 
 def check_tracking_readable(uri: str, *, option: str = "tracking.uri", timeout: float = 5.0) -> None:
@@ -140,8 +143,10 @@ def check_tracking_readable(uri: str, *, option: str = "tracking.uri", timeout: 
     if parsed.scheme == "sqlite":
         db = _sqlite_path(option, uri)
         if not db.is_file():
-            raise EnvironmentProblem(f"{option}: no MLflow store at {db.resolve()} ({uri}; relative paths start in "
-                                     f"{Path.cwd()}): give the store that holds the model")
+            raise EnvironmentProblem(
+                f"{option}: no MLflow store at {db.resolve()} ({uri}; relative paths start in "
+                f"{Path.cwd()}): give the store that holds the model"
+            )
         _check_sqlite(option, db, allow_empty=False)
     elif parsed.scheme in ("http", "https"):
         _probe_server(option, uri, parsed, timeout)
@@ -150,8 +155,9 @@ def check_tracking_readable(uri: str, *, option: str = "tracking.uri", timeout: 
         if not folder.is_dir():
             raise EnvironmentProblem(f"{option}: no MLflow store folder at {folder}")
     else:
-        raise EnvironmentProblem(f"{option}: unsupported scheme {parsed.scheme!r} in {uri!r} "
-                                 "(sqlite:///, file:, http(s):// or a folder)")
+        raise EnvironmentProblem(
+            f"{option}: unsupported scheme {parsed.scheme!r} in {uri!r} (sqlite:///, file:, http(s):// or a folder)"
+        )
 
 
 def check(workdir: Path, uri: str, artifact_root: str, *, track: bool = True) -> None:

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tf_keras
+import yaml
 
 import augment  # noqa: F401 - registers the augmentation layers for loading models
 from evaluate import complexity, plots
 from models import asc, distill
-from pipeline.scaling import distributed
+from pipeline.core import dotted, files
+from pipeline.core.config import Params
 from pipeline.data import inputs
 from pipeline.running import training
-from pipeline.core import files
-from pipeline.core.config import Params
+from pipeline.scaling import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,31 @@ def build_model(params: Params) -> tf_keras.Model:
     return asc.build_model(params)
 
 
-def fit(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Path, record, *,
-        resuming: bool, targets: np.ndarray | None = None, log_model: bool = True,
-        resume_from: Path | None = None):
+def _params_yaml(params: Params, settings: dict | None) -> str:
+    """``params.yaml`` next to the model: a config file holding ``settings`` (dotted path -> value), nested
+    as the config sections are (``config.load`` reads it; unset keys take their defaults), or the whole tree."""
+    if settings is None:
+        return params.to_yaml()
+    tree: dict = {}
+    for path, value in settings.items():
+        dotted.put(tree, path, value)
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def fit(
+    params: Params,
+    out: Path,
+    tr: pd.DataFrame,
+    ev: pd.DataFrame,
+    root: Path,
+    record,
+    *,
+    resuming: bool,
+    targets: np.ndarray | None = None,
+    log_model: bool = True,
+    resume_from: Path | None = None,
+    settings: dict | None = None,
+):
     """Build, train and save one network as ``params`` says; resumes from ``out/checkpoints``.
 
     Used by the ``train`` stage (the student) and the ``teacher`` stage (each ensemble member).
@@ -60,6 +83,8 @@ def fit(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Pat
       resume_from: the folder whose checkpoints and history a resumed run reads (default ``out``;
         a non-chief worker of a multi-worker run writes into its scratch ``out`` and resumes
         from the chief's folder: :func:`resume_folder`).
+      settings: the settings the stage's outputs depend on (``ctx.settings``: dotted path ->
+        value), written to ``params.yaml`` as a config file; None writes the whole tree.
 
     Returns:
       ``(model, history)``; with ``train.strategy=multi_worker`` the model is the saved
@@ -78,14 +103,19 @@ def fit(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Pat
             training.compile_model(model, optimizer)
         else:
             d = params.distill
-            training.compile_model(model, optimizer, loss=distill.DistillationLoss(d.temperature, d.weight),
-                                   metrics=[distill.LabelAccuracy(name="accuracy")])
+            training.compile_model(
+                model,
+                optimizer,
+                loss=distill.DistillationLoss(d.temperature, d.weight),
+                metrics=[distill.LabelAccuracy(name="accuracy")],
+            )
     if not multi_worker:  # multi-worker: counted on the saved model (converting live variables needs collectives)
         _log_complexity(params, model, record)
 
     with strategy.scope():
-        manager = training.CheckpointManager(out / "checkpoints", model, optimizer,
-                                             restore_from=resume_from / "checkpoints")
+        manager = training.CheckpointManager(
+            out / "checkpoints", model, optimizer, restore_from=resume_from / "checkpoints"
+        )
         # Build the optimizer's slots before restoring, so every saved object has its match.
         optimizer.build(model.trainable_variables)
     start = manager.restore() if resuming else 0
@@ -100,17 +130,32 @@ def fit(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Pat
         logger.info("resuming %s at epoch %d of %d", out.name, start + 1, params.train.epochs)
         record.tags({"resumed_at_epoch": str(start)})
     else:
-        files.write_text(out / "params.yaml", params.to_yaml())
+        files.write_text(out / "params.yaml", _params_yaml(params, settings))
         record.artifact(out / "params.yaml")
     if multi_worker:
         train_ds = _distributed_train_dataset(strategy, params, tr, root, start, targets)
     else:
-        train_ds, steps = inputs.train_dataset(tr, root, params.audio, params.data,
-                                               batch_size=params.train.batch_size, seed=params.seed,
-                                               start_epoch=start, epochs=params.train.epochs, targets=targets)
-    val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
-    callback = training.EpochEnd(manager, out / "best.keras", out / "history.json", history,
-                                 params.train.epochs, best_val, log_metrics=record.metrics)
+        train_ds, steps = inputs.train_dataset(
+            tr,
+            root,
+            params.audio,
+            params.data,
+            batch_size=params.train.batch_size,
+            seed=params.seed,
+            start_epoch=start,
+            epochs=params.train.epochs,
+            targets=targets,
+        )
+    val_ds = inputs.eval_dataset(ev, root, params.audio, params.data, batch_size=params.train.batch_size)
+    callback = training.EpochEnd(
+        manager,
+        out / "best.keras",
+        out / "history.json",
+        history,
+        params.train.epochs,
+        best_val,
+        log_metrics=record.metrics,
+    )
     callback.best_epoch = best_epoch if (out / "best.keras").is_file() else None
     if start < params.train.epochs:
         training.fit(params, model, train_ds, val_ds, steps, start, [callback])
@@ -132,8 +177,12 @@ def fit(params: Params, out: Path, tr: pd.DataFrame, ev: pd.DataFrame, root: Pat
     if log_model:
         record.model(model, np.zeros((1, params.audio.clip_samples), np.float32))
     final = {k: v[-1] for k, v in callback.history.items() if v}
-    logger.info("%s: done; final val_accuracy %.3f val_loss %.4f", out.name, final.get("val_accuracy", float("nan")),
-                final.get("val_loss", float("nan")))
+    logger.info(
+        "%s: done; final val_accuracy %.3f val_loss %.4f",
+        out.name,
+        final.get("val_accuracy", float("nan")),
+        final.get("val_loss", float("nan")),
+    )
     return model, callback.history
 
 
@@ -171,14 +220,26 @@ def resume_folder(params: Params, workdir: Path, *parts: str) -> Path | None:
 
 def _log_complexity(params: Params, model, record) -> None:
     cost = complexity.keras_complexity(asc.get_classifier(model))
-    record.metrics({"model_params": cost["params"], "model_trainable_params": cost["trainable_params"],
-                    "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]})
-    logger.info("model %s %s: %d parameters, %.2f M MACs per clip", params.model.name, list(params.model.channels),
-                cost["params"], cost["macs"] / 1e6)
+    record.metrics(
+        {
+            "model_params": cost["params"],
+            "model_trainable_params": cost["trainable_params"],
+            "model_macs": cost["macs"],
+            "model_int8_bytes_estimate": cost["size_bytes"],
+        }
+    )
+    logger.info(
+        "model %s %s: %d parameters, %.2f M MACs per clip",
+        params.model.name,
+        list(params.model.channels),
+        cost["params"],
+        cost["macs"] / 1e6,
+    )
 
 
-def _distributed_train_dataset(strategy, params: Params, tr: pd.DataFrame, root: Path, start: int,
-                               targets: np.ndarray | None):
+def _distributed_train_dataset(
+    strategy, params: Params, tr: pd.DataFrame, root: Path, start: int, targets: np.ndarray | None
+):
     """Each worker's share of every global batch (:func:`pipeline.data.inputs.train_dataset` with ``shard``).
 
     The input function runs once per worker (``input_pipeline_id`` of ``num_input_pipelines``);
@@ -191,11 +252,21 @@ def _distributed_train_dataset(strategy, params: Params, tr: pd.DataFrame, root:
 
     def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
         local = strategy.num_replicas_in_sync // context.num_input_pipelines
-        parts = [inputs.train_dataset(tr, root, params.audio, params.data, batch_size=batch, seed=params.seed,
-                                      start_epoch=start, epochs=params.train.epochs, targets=targets,
-                                      shard=(context.input_pipeline_id * local + r,
-                                             context.num_input_pipelines * local))[0]
-                 for r in range(local)]
+        parts = [
+            inputs.train_dataset(
+                tr,
+                root,
+                params.audio,
+                params.data,
+                batch_size=batch,
+                seed=params.seed,
+                start_epoch=start,
+                epochs=params.train.epochs,
+                targets=targets,
+                shard=(context.input_pipeline_id * local + r, context.num_input_pipelines * local),
+            )[0]
+            for r in range(local)
+        ]
         if local == 1:
             return parts[0]
         ds = tf.data.Dataset.choose_from_datasets(parts, tf.data.Dataset.range(local).repeat())

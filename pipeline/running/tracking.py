@@ -24,8 +24,15 @@ from pipeline.running.stages.base import MemoryRecorder, Recorder
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("tensorflow", "tf-keras", "tensorflow-io", "tensorflow-model-optimization", "mlflow",
-            "numpy", "asc-pipeline")
+PACKAGES = (
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-io",
+    "tensorflow-model-optimization",
+    "mlflow",
+    "numpy",
+    "asc-pipeline",
+)
 
 
 def _mlflow():
@@ -37,8 +44,14 @@ def _mlflow():
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -67,7 +80,7 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(db.parent / f".{db.name}.lock"):  # blocks until the other run has created the store
         yield
@@ -82,8 +95,9 @@ def setup(params: Params) -> str:
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(params.tracking.experiment)
         if exp is None:
-            exp_id = client.create_experiment(params.tracking.experiment,
-                                              artifact_location=_artifact_location(params.tracking.artifact_root))
+            exp_id = client.create_experiment(
+                params.tracking.experiment, artifact_location=_artifact_location(params.tracking.artifact_root)
+            )
         else:
             exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -108,8 +122,11 @@ def end_stale_runs(client, experiment_id: str) -> list[str]:
     """
     host = socket.gethostname()
     marked = []
-    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-                                                             f"tags.`process.host` = '{host}'", max_results=1000)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'",
+        max_results=1000,
+    )
     for run in runs:
         pid = run.data.tags.get("process.pid", "")
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
@@ -117,8 +134,9 @@ def end_stale_runs(client, experiment_id: str) -> list[str]:
             client.set_terminated(run.info.run_id, status="KILLED")
             marked.append(run.info.run_id)
     if marked:
-        logger.warning("MLflow: marked %d run(s) KILLED that a dead process had left RUNNING: %s", len(marked),
-                       ", ".join(marked))
+        logger.warning(
+            "MLflow: marked %d run(s) KILLED that a dead process had left RUNNING: %s", len(marked), ", ".join(marked)
+        )
     return marked
 
 
@@ -175,7 +193,7 @@ class MlflowRecorder(Recorder):
         signature = infer_signature(example_input, model(example_input, training=False).numpy())
         try:
             mlflow.tensorflow.log_model(model, name="model", signature=signature)
-        except Exception as exc:  # noqa: BLE001 - the .keras file is logged regardless
+        except Exception as exc:
             logger.warning("MLflow tensorflow flavour failed (%s); the .keras checkpoint is logged instead", exc)
 
     def package(self, path, tags):
@@ -192,28 +210,45 @@ class MlflowRecorder(Recorder):
         from pipeline.inference import serving
 
         try:
-            version = serving.log_package(Path(path), run_id=self.run_id, registered_model=self.registered_model,
-                                          tags=tags)
+            version = serving.log_package(
+                Path(path), run_id=self.run_id, registered_model=self.registered_model, tags=tags
+            )
         except Exception as exc:
             target = f"registering it as '{self.registered_model}'" if self.registered_model else "(no registering)"
-            raise RuntimeError(f"logging the package {path} as an MLflow model {target} failed: {exc} "
-                               f"(tracking.registered_model='' logs without registering)") from exc
+            raise RuntimeError(
+                f"logging the package {path} as an MLflow model {target} failed: {exc} "
+                f"(tracking.registered_model='' logs without registering)"
+            ) from exc
         logged = f"runs:/{self.run_id}/{serving.MODEL_NAME}"
         if version is None:
             return {"model_uri": logged, "logged_model_uri": logged, "version": None}
         self.registered_versions.append(version)
-        return {"model_uri": f"models:/{self.registered_model}/{version}", "logged_model_uri": logged,
-                "version": version}
+        return {
+            "model_uri": f"models:/{self.registered_model}/{version}",
+            "logged_model_uri": logged,
+            "version": version,
+        }
 
     def finished_runs(self, stage):
         mlflow = _mlflow()
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
             return []
-        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.stage = '{stage}' and status = 'FINISHED'",
-                                  max_results=200, output_format="list")
-        return [{"name": r.data.tags.get("mlflow.runName", r.info.run_id[:8]), "metrics": dict(r.data.metrics),
-                 "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]
+        runs = mlflow.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.stage = '{stage}' and status = 'FINISHED'",
+            max_results=200,
+            output_format="list",
+        )
+        return [
+            {
+                "name": r.data.tags.get("mlflow.runName", r.info.run_id[:8]),
+                "metrics": dict(r.data.metrics),
+                "tags": dict(r.data.tags),
+                "params": dict(r.data.params),
+            }
+            for r in runs
+        ]
 
 
 class MlflowTracker:
@@ -233,15 +268,18 @@ class MlflowTracker:
         tags["stages"] = label
         with mlflow.start_run(run_name=run_name(self.params, self.data_name), tags=tags) as run:
             mlflow.log_params(self.params.flat())
-            logger.info("MLflow parent run %s (experiment '%s', store %s)", run.info.run_id,
-                        self.params.tracking.experiment, self.params.tracking.uri)
+            logger.info(
+                "MLflow parent run %s (experiment '%s', store %s)",
+                run.info.run_id,
+                self.params.tracking.experiment,
+                self.params.tracking.uri,
+            )
             self.parent_id = run.info.run_id
             yield run
 
     def parent_metrics(self, values: dict) -> None:
         if values:
-            _mlflow().MlflowClient().log_batch(self.parent_id, metrics=[
-                _metric(k, v) for k, v in values.items()])
+            _mlflow().MlflowClient().log_batch(self.parent_id, metrics=[_metric(k, v) for k, v in values.items()])
 
     def parent_tags(self, values: dict) -> None:
         client = _mlflow().MlflowClient()
@@ -253,7 +291,7 @@ class MlflowTracker:
             return False
         try:
             _mlflow().MlflowClient().get_run(run_id)
-        except Exception:  # noqa: BLE001 - gone (store moved or deleted)
+        except Exception:
             return False
         return True
 
@@ -276,8 +314,9 @@ class MlflowTracker:
             mlflow.log_params(self.params.flat())
         logger.info("MLflow %s run %s", stage, run.info.run_id)
         try:
-            yield MlflowRecorder(run.info.run_id, self.params.tracking.experiment,
-                                 registered_model=self.params.tracking.registered_model)
+            yield MlflowRecorder(
+                run.info.run_id, self.params.tracking.experiment, registered_model=self.params.tracking.registered_model
+            )
         except BaseException as exc:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "error.txt"

@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pipeline.scaling import distributed
 from pipeline.core import files
 from pipeline.core.config import Params, TrainParams
+from pipeline.scaling import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def strategy_for(train: TrainParams) -> tf.distribute.Strategy:
     """``default``: the current (single-device) strategy; ``mirrored``: all local GPUs (or the CPU);
-    ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the workers of TF_CONFIG (:mod:`pipeline.scaling.distributed`).
+    ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the workers of TF_CONFIG
+    (:mod:`pipeline.scaling.distributed`).
 
     ``train.batch_size`` is the global batch: the strategy splits it over the replicas, so
     each of R replicas sees ``batch_size / R`` clips per step and the learning rate stays as set.
@@ -49,20 +50,23 @@ def strategy_for(train: TrainParams) -> tf.distribute.Strategy:
         return distributed.strategy(train)
     if train.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
-        logger.info("MirroredStrategy over %d replica(s); global batch %d", strategy.num_replicas_in_sync,
-                    train.batch_size)
+        logger.info(
+            "MirroredStrategy over %d replica(s); global batch %d", strategy.num_replicas_in_sync, train.batch_size
+        )
         return strategy
     return tf.distribute.get_strategy()
 
 
-def make_optimizer(train: TrainParams, steps_per_epoch: int, learning_rate: float | None = None,
-                   epochs: int | None = None):
+def make_optimizer(
+    train: TrainParams, steps_per_epoch: int, learning_rate: float | None = None, epochs: int | None = None
+):
     """AdamW (or Adam/SGD) with cosine annealing from ``learning_rate`` to ``min_learning_rate``."""
     lr = learning_rate if learning_rate is not None else train.learning_rate
     total = max(1, steps_per_epoch * (epochs if epochs is not None else train.epochs))
     if train.schedule == "cosine":
         schedule = tf_keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=lr, decay_steps=total, alpha=min(1.0, train.min_learning_rate / lr))
+            initial_learning_rate=lr, decay_steps=total, alpha=min(1.0, train.min_learning_rate / lr)
+        )
     else:
         schedule = lr
     if train.optimizer == "adamw":
@@ -101,16 +105,16 @@ def random_generators(model: tf_keras.Model) -> dict[str, tf.random.Generator]:
 class CheckpointManager:
     """Atomic per-epoch checkpoints of model, optimizer, epoch and random generator states."""
 
-    def __init__(self, directory: Path, model: tf_keras.Model, optimizer, keep: int = 2,
-                 restore_from: Path | None = None):
+    def __init__(
+        self, directory: Path, model: tf_keras.Model, optimizer, keep: int = 2, restore_from: Path | None = None
+    ):
         """``restore_from``: the folder whose checkpoints :meth:`restore` reads (default ``directory``;
         a non-chief worker saves into its scratch folder and restores the chief's checkpoints)."""
         self.directory = Path(directory)
         self.restore_from = Path(restore_from) if restore_from is not None else self.directory
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         rngs = random_generators(model)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch,
-                                              rngs=dict(rngs))
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, rngs=dict(rngs))
         self.keep = keep
         self.n_generators = len(rngs)
 
@@ -143,8 +147,9 @@ class CheckpointManager:
         os.replace(tmp, final)
         files.write_json(self.directory / "latest.json", {"checkpoint": name, "epoch": epochs_done})
         for old in sorted(self.directory.glob("epoch-*")):
-            if old.name != name and (old.name.endswith(".tmp") or
-                                     int(old.name.split("-")[1].split(".")[0]) <= epochs_done - self.keep):
+            if old.name != name and (
+                old.name.endswith(".tmp") or int(old.name.split("-")[1].split(".")[0]) <= epochs_done - self.keep
+            ):
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -158,9 +163,16 @@ class EpochEnd(tf_keras.callbacks.Callback):
     callback's own work from outside: ``benchmarks/_train_timing.py``.)
     """
 
-    def __init__(self, manager: CheckpointManager, best_path: Path, history_path: Path,
-                 history: dict[str, list[float]], total_epochs: int, best_val: float | None,
-                 log_metrics=None):
+    def __init__(
+        self,
+        manager: CheckpointManager,
+        best_path: Path,
+        history_path: Path,
+        history: dict[str, list[float]],
+        total_epochs: int,
+        best_val: float | None,
+        log_metrics=None,
+    ):
         super().__init__()
         self.log_metrics = log_metrics  # log_metrics(metrics: dict, step: int), e.g. the stage's recorder
         self.manager = manager
@@ -194,20 +206,29 @@ class EpochEnd(tf_keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         if self.log_metrics is not None:
             self.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
-        logger.info("epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e "
-                    "(%.1f s: steps %.1f s, validation %.1f s)",
-                    epoch + 1, self.total_epochs, logs.get("loss", float("nan")),
-                    logs.get("accuracy", float("nan")), logs.get("val_loss", float("nan")),
-                    logs.get("val_accuracy", float("nan")), logs["learning_rate"], logs["epoch_seconds"],
-                    logs["train_seconds"], logs["validation_seconds"])
+        logger.info(
+            "epoch %d/%d: loss %.4f accuracy %.3f val_loss %.4f val_accuracy %.3f lr %.2e "
+            "(%.1f s: steps %.1f s, validation %.1f s)",
+            epoch + 1,
+            self.total_epochs,
+            logs.get("loss", float("nan")),
+            logs.get("accuracy", float("nan")),
+            logs.get("val_loss", float("nan")),
+            logs.get("val_accuracy", float("nan")),
+            logs["learning_rate"],
+            logs["epoch_seconds"],
+            logs["train_seconds"],
+            logs["validation_seconds"],
+        )
         val = logs.get("val_loss")
         if val is not None and (self.best_val is None or val < self.best_val):
             self.best_val = float(val)
             self.best_epoch = epoch + 1
             with files.atomic_path(self.best_path) as tmp:
                 self.model.save(tmp)
-        files.write_json(self.history_path, {"history": self.history, "best_val_loss": self.best_val,
-                                             "best_epoch": self.best_epoch})
+        files.write_json(
+            self.history_path, {"history": self.history, "best_val_loss": self.best_val, "best_epoch": self.best_epoch}
+        )
         self.manager.save(epoch + 1)  # last: a checkpoint implies the history and best model above
 
 
@@ -247,5 +268,12 @@ def compile_model(model: tf_keras.Model, optimizer, loss=None, metrics=None) -> 
 
 
 def fit(params: Params, model, train_ds, val_ds, steps: int, start_epoch: int, callbacks) -> None:
-    model.fit(train_ds, validation_data=val_ds, epochs=params.train.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if params.train.progress_bar else 2)
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=params.train.epochs,
+        initial_epoch=start_epoch,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=1 if params.train.progress_bar else 2,
+    )

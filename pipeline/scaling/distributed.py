@@ -51,6 +51,7 @@ from pipeline.core.errors import StageError
 
 logger = logging.getLogger(__name__)
 
+
 class TFConfigError(ConfigError):
     """TF_CONFIG is missing or malformed (exit status 2 from ``pipeline.run``)."""
 
@@ -121,8 +122,10 @@ def parse_tf_config(text: str | None) -> Cluster:
         types, duplicate addresses, or a ``task`` whose type/index is not in the cluster.
     """
     if not text or not text.strip():
-        raise TFConfigError("train.strategy=multi_worker needs the TF_CONFIG environment variable (JSON with "
-                            "'cluster' and 'task'); it is unset or empty")
+        raise TFConfigError(
+            "train.strategy=multi_worker needs the TF_CONFIG environment variable (JSON with "
+            "'cluster' and 'task'); it is unset or empty"
+        )
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -132,8 +135,10 @@ def parse_tf_config(text: str | None) -> Cluster:
     cluster = config["cluster"]
     unknown = set(cluster) - {"chief", "worker"}
     if unknown:
-        raise TFConfigError(f"TF_CONFIG: cluster has task type(s) {sorted(unknown)}; multi_worker training "
-                            "takes 'worker' and an optional 'chief' only")
+        raise TFConfigError(
+            f"TF_CONFIG: cluster has task type(s) {sorted(unknown)}; multi_worker training "
+            "takes 'worker' and an optional 'chief' only"
+        )
     workers = cluster.get("worker")
     if not isinstance(workers, list) or not workers:
         raise TFConfigError("TF_CONFIG: cluster.worker must be a non-empty list of 'host:port' strings")
@@ -151,11 +156,12 @@ def parse_tf_config(text: str | None) -> Cluster:
         raise TFConfigError("TF_CONFIG must have a 'task' object with 'type' and 'index'")
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in ("chief", "worker") or task_type not in cluster:
-        raise TFConfigError(f"TF_CONFIG: task.type {task_type!r} is not a task type of the cluster "
-                            f"({sorted(cluster)})")
+        raise TFConfigError(f"TF_CONFIG: task.type {task_type!r} is not a task type of the cluster ({sorted(cluster)})")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
-        raise TFConfigError(f"TF_CONFIG: task.index {index!r} is not in 0..{len(cluster[task_type]) - 1} "
-                            f"(cluster.{task_type} has {len(cluster[task_type])} task(s))")
+        raise TFConfigError(
+            f"TF_CONFIG: task.index {index!r} is not in 0..{len(cluster[task_type]) - 1} "
+            f"(cluster.{task_type} has {len(cluster[task_type])} task(s))"
+        )
     return Cluster(chief=chief, workers=workers, task_type=task_type, task_index=index)
 
 
@@ -197,8 +203,10 @@ def wait_for_peers(cluster: Cluster, timeout: float, poll: float = 0.2) -> None:
         listener.bind(("", port))
     except OSError as exc:
         listener.close()
-        raise StageError(f"TF_CONFIG gives this task ({cluster.task_type} {cluster.task_index}) the address "
-                         f"{cluster.address}, but port {port} is taken: {exc}") from None
+        raise StageError(
+            f"TF_CONFIG gives this task ({cluster.task_type} {cluster.task_index}) the address "
+            f"{cluster.address}, but port {port} is taken: {exc}"
+        ) from None
     listener.listen(16)
     listener.settimeout(poll)
     stop = threading.Event()
@@ -225,7 +233,8 @@ def wait_for_peers(cluster: Cluster, timeout: float, poll: float = 0.2) -> None:
                     f"multi-worker training: {len(waiting)} peer(s) named in TF_CONFIG did not come up within "
                     f"train.connect_timeout_seconds={timeout:g} s: {', '.join(waiting)} (this task: "
                     f"{cluster.task_type} {cluster.task_index} at {cluster.address}); start every worker with "
-                    "the same command, or check the addresses")
+                    "the same command, or check the addresses"
+                )
             time.sleep(poll)
         time.sleep(2 * poll)  # let the peers' last probes of this port end before it changes hands
     finally:
@@ -258,8 +267,11 @@ def strategy(train: TrainParams):
     timeout = train.connect_timeout_seconds
 
     def give_up():
-        logger.error("multi-worker: the strategy did not start within train.connect_timeout_seconds=%g s (a peer "
-                     "answered, then did not register: it died or runs another configuration); exiting", timeout)
+        logger.error(
+            "multi-worker: the strategy did not start within train.connect_timeout_seconds=%g s (a peer "
+            "answered, then did not register: it died or runs another configuration); exiting",
+            timeout,
+        )
         logging.shutdown()
         os._exit(1)
 
@@ -269,14 +281,21 @@ def strategy(train: TrainParams):
     try:
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=train.collective_timeout_seconds or None)
+            timeout_seconds=train.collective_timeout_seconds or None,
+        )
         made = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     finally:
         watchdog.cancel()
     take_back_sigterm()
-    logger.info("MultiWorkerMirroredStrategy: %s %d of %d workers (%s), %d replica(s) in sync; global batch %d",
-                cluster.task_type, cluster.task_index, cluster.num_workers, "chief" if cluster.is_chief else "non-chief",
-                made.num_replicas_in_sync, train.batch_size)
+    logger.info(
+        "MultiWorkerMirroredStrategy: %s %d of %d workers (%s), %d replica(s) in sync; global batch %d",
+        cluster.task_type,
+        cluster.task_index,
+        cluster.num_workers,
+        "chief" if cluster.is_chief else "non-chief",
+        made.num_replicas_in_sync,
+        train.batch_size,
+    )
     _STRATEGY[key] = made
     return made
 
@@ -295,27 +314,38 @@ def refuse_sweep(cells: dict[str, Params]) -> None:
       ConfigError: ``TF_CONFIG`` names more than one task (or is malformed), or a cell sets
         ``train.strategy=multi_worker``; the message names it and what to do instead.
     """
-    instead = ("run each cell as its own multi-worker job (python -m pipeline.launch --workers N -- --stage all "
-               "--set KEY=VALUE --set seed=S)")
+    instead = (
+        "run each cell as its own multi-worker job (python -m pipeline.launch --workers N -- --stage all "
+        "--set KEY=VALUE --set seed=S)"
+    )
     text = os.environ.get("TF_CONFIG")
     if text and text.strip():
         try:
             cluster = parse_tf_config(text)
         except TFConfigError as exc:
-            raise ConfigError(f"a sweep (--sweep/--seeds) runs in one process, and TF_CONFIG is set: {exc}; unset "
-                              "TF_CONFIG to run the sweep here") from None
+            raise ConfigError(
+                f"a sweep (--sweep/--seeds) runs in one process, and TF_CONFIG is set: {exc}; unset "
+                "TF_CONFIG to run the sweep here"
+            ) from None
         if cluster.num_workers > 1:
             role = "the chief" if cluster.is_chief else "a non-chief task"
-            raise ConfigError(f"a sweep (--sweep/--seeds) runs its cells one after another in one process, but "
-                              f"TF_CONFIG names {cluster.num_workers} tasks and makes this process {role} "
-                              f"({cluster.task_type} {cluster.task_index}); unset TF_CONFIG to run the sweep here, "
-                              f"or {instead}")
+            raise ConfigError(
+                f"a sweep (--sweep/--seeds) runs its cells one after another in one process, but "
+                f"TF_CONFIG names {cluster.num_workers} tasks and makes this process {role} "
+                f"({cluster.task_type} {cluster.task_index}); unset TF_CONFIG to run the sweep here, "
+                f"or {instead}"
+            )
     multi = [name for name, params in cells.items() if params.train.strategy == "multi_worker"]
     if multi:
-        which = "every cell" if len(multi) == len(cells) else "cell(s) " + ", ".join(multi[:5]) + (
-            ", ..." if len(multi) > 5 else "")
-        raise ConfigError(f"train.strategy=multi_worker in {which} of the sweep: a sweep runs its cells one after "
-                          f"another in one process; sweep with train.strategy default or mirrored, or {instead}")
+        which = (
+            "every cell"
+            if len(multi) == len(cells)
+            else "cell(s) " + ", ".join(multi[:5]) + (", ..." if len(multi) > 5 else "")
+        )
+        raise ConfigError(
+            f"train.strategy=multi_worker in {which} of the sweep: a sweep runs its cells one after "
+            f"another in one process; sweep with train.strategy default or mirrored, or {instead}"
+        )
 
 
 def take_back_sigterm() -> None:
@@ -346,9 +376,12 @@ def check_batch(batch_size: int, n_clips: int, workers: int) -> None:
       ValueError: naming ``train.batch_size`` and the numbers.
     """
     if batch_size % workers:
-        raise ValueError(f"train.batch_size={batch_size} is the global batch and must be a multiple of the "
-                         f"{workers} workers")
+        raise ValueError(
+            f"train.batch_size={batch_size} is the global batch and must be a multiple of the {workers} workers"
+        )
     last = n_clips % batch_size
     if 0 < last < workers:
-        raise ValueError(f"train.batch_size={batch_size}: the last batch of each epoch holds {last} of {n_clips} "
-                         f"clips, fewer than the {workers} workers; choose another batch size or data.max_train_clips")
+        raise ValueError(
+            f"train.batch_size={batch_size}: the last batch of each epoch holds {last} of {n_clips} "
+            f"clips, fewer than the {workers} workers; choose another batch size or data.max_train_clips"
+        )

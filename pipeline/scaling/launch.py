@@ -84,8 +84,10 @@ def check_workers(n: int) -> None:
     """Raises ValueError naming ``--workers`` and ``n`` unless ``1 <= n <= max_workers()``."""
     top = max_workers()
     if not 1 <= n <= top:
-        raise ValueError(f"--workers: expected 1..{top} ({WORKERS_PER_CPU} per usable CPU, {usable_cpus()} here, at "
-                         f"most {MAX_WORKERS}: each worker is a TensorFlow process of about 0.8 GB), got {n}")
+        raise ValueError(
+            f"--workers: expected 1..{top} ({WORKERS_PER_CPU} per usable CPU, {usable_cpus()} here, at "
+            f"most {MAX_WORKERS}: each worker is a TensorFlow process of about 0.8 GB), got {n}"
+        )
 
 
 def check_restarts(k: int) -> None:
@@ -107,14 +109,18 @@ def check_host(host: str) -> None:
         socket.getaddrinfo(host, 0, socket.AF_INET, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else exc
-        raise ValueError(f"--host {host!r}: cannot resolve it to an IPv4 address ({reason}); give an IPv4 address "
-                         "or a name of this machine, e.g. 127.0.0.1") from None
+        raise ValueError(
+            f"--host {host!r}: cannot resolve it to an IPv4 address ({reason}); give an IPv4 address "
+            "or a name of this machine, e.g. 127.0.0.1"
+        ) from None
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((host, 0))
     except OSError as exc:
-        raise ValueError(f"--host {host!r}: the workers cannot listen on it ({exc.strerror or exc}): it is not an "
-                         "address of this machine; the launcher starts every worker here (e.g. 127.0.0.1)") from None
+        raise ValueError(
+            f"--host {host!r}: the workers cannot listen on it ({exc.strerror or exc}): it is not an "
+            "address of this machine; the launcher starts every worker here (e.g. 127.0.0.1)"
+        ) from None
 
 
 def _bounded(check: Callable[[int], None]) -> Callable[[str], int]:
@@ -173,15 +179,19 @@ def run_arguments(args: list[str]) -> list[str]:
     """
     sweep = sweep_option(args)
     if sweep is not None:
-        raise ValueError(f"the pipeline.run arguments select a sweep ({sweep}); the launcher runs one multi-worker "
-                         "job, and a sweep runs its cells one after another in one process. Launch each cell as its "
-                         "own job (-- --stage all --set KEY=VALUE --set seed=S), or run the sweep without the "
-                         "launcher (python -m pipeline.run ... --sweep ...)")
+        raise ValueError(
+            f"the pipeline.run arguments select a sweep ({sweep}); the launcher runs one multi-worker "
+            "job, and a sweep runs its cells one after another in one process. Launch each cell as its "
+            "own job (-- --stage all --set KEY=VALUE --set seed=S), or run the sweep without the "
+            "launcher (python -m pipeline.run ... --sweep ...)"
+        )
     values = [a.split("=", 1)[1] for a in args if a.startswith("train.strategy=")]
     values += [a.split("=", 1)[1] for a in args if a.startswith("--set=train.strategy=")]
     if any(v.strip() != "multi_worker" for v in values):
-        raise ValueError(f"the pipeline.run arguments set train.strategy={values[-1]}; the launcher runs "
-                         "train.strategy=multi_worker (leave it out or set multi_worker)")
+        raise ValueError(
+            f"the pipeline.run arguments set train.strategy={values[-1]}; the launcher runs "
+            "train.strategy=multi_worker (leave it out or set multi_worker)"
+        )
     return list(args) if values else [*args, "--set", "train.strategy=multi_worker"]
 
 
@@ -203,9 +213,16 @@ class Group:
         for i, config in enumerate(tf_configs(n, host)):
             env = {**os.environ, "TF_CONFIG": config, "PYTHONUNBUFFERED": "1"}
             try:
-                proc = subprocess.Popen([*command, *args], env=env, cwd=os.getcwd(),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    [*command, *args],
+                    env=env,
+                    cwd=os.getcwd(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
+                    start_new_session=True,
+                )
             except OSError:
                 for started in self.procs:  # no orphaned workers in their own sessions
                     started.kill()
@@ -242,8 +259,11 @@ class Group:
 
     def statuses(self) -> str:
         """``worker 0: 143, worker 1: 143`` (a worker killed by signal S: 128 + S)."""
-        return ", ".join(f"worker {i}: {128 - p.returncode if p.returncode < 0 else p.returncode}"
-                         for i, p in enumerate(self.procs) if p.returncode is not None)
+        return ", ".join(
+            f"worker {i}: {128 - p.returncode if p.returncode < 0 else p.returncode}"
+            for i, p in enumerate(self.procs)
+            if p.returncode is not None
+        )
 
     def send(self, sig: int) -> None:
         for proc in self.procs:
@@ -269,8 +289,16 @@ class Group:
             thread.join(timeout=5)
 
 
-def launch(n: int, args: list[str], *, max_restarts: int = 0, host: str = "127.0.0.1", grace: float = 30.0,
-           out=None, command: Sequence[str] | None = None) -> int:
+def launch(
+    n: int,
+    args: list[str],
+    *,
+    max_restarts: int = 0,
+    host: str = "127.0.0.1",
+    grace: float = 30.0,
+    out=None,
+    command: Sequence[str] | None = None,
+) -> int:
     """Run ``n`` workers of ``python -m pipeline.run args`` until done; restart the group on failure.
 
     Args:
@@ -304,8 +332,9 @@ def launch(n: int, args: list[str], *, max_restarts: int = 0, host: str = "127.0
         for attempt in range(max_restarts + 1):
             group = Group(n, args, host, out, command)
             if attempt:
-                group.say(f"[launch] attempt {attempt + 1} of {max_restarts + 1}: the group resumes from its "
-                          "checkpoints")
+                group.say(
+                    f"[launch] attempt {attempt + 1} of {max_restarts + 1}: the group resumes from its checkpoints"
+                )
             failure = None
             while not group.done():
                 if received:
@@ -340,8 +369,10 @@ def _interrupted(group: Group, received: list[int], grace: float) -> int:
     """Forward the launcher's signal, wait for the workers to unwind (or kill them), return 128 + signal."""
     sig = received[0]
     forward = FORWARDED[sig]
-    group.say(f"[launch] got {signal.Signals(sig).name}: sending {signal.Signals(forward).name} to the workers; they "
-              f"stop as on Ctrl-C (SIGKILL after {grace:g} s, or at a second signal)")
+    group.say(
+        f"[launch] got {signal.Signals(sig).name}: sending {signal.Signals(forward).name} to the workers; they "
+        f"stop as on Ctrl-C (SIGKILL after {grace:g} s, or at a second signal)"
+    )
     group.stop(grace, forward, hurry=lambda: len(received) > 1)
     group.say(f"[launch] workers stopped ({group.statuses()}); exit status {128 + sig}")
     return 128 + sig
@@ -351,19 +382,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.launch",
         description="Run N local workers of `python -m pipeline.run` with train.strategy=multi_worker. "
-                    "SIGINT/SIGTERM stop every worker as Ctrl-C stops pipeline.run (exit 128 + signal).",
-        epilog="Example: python -m pipeline.launch --workers 2 -- --stage all --set train.epochs=3")
-    parser.add_argument("--workers", type=_bounded(check_workers), required=True, metavar="N",
-                        help=f"worker processes, worker 0 the chief: 1..{max_workers()} here ({WORKERS_PER_CPU} per "
-                             f"usable CPU, at most {MAX_WORKERS}; each is a TensorFlow process of about 0.8 GB)")
-    parser.add_argument("--max-restarts", type=_bounded(check_restarts), default=0, metavar="K",
-                        help=f"restart the whole group up to K times after a failure, 0..{MAX_RESTARTS} (default 0)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="IPv4 address (or name) of this machine the workers listen on (default 127.0.0.1)")
-    parser.add_argument("--grace-seconds", type=seconds_arg, default=30.0,
-                        help="seconds between SIGTERM (or SIGINT) and SIGKILL when stopping workers (default 30: "
-                             "a worker unwinds in well under a second, then TensorFlow's teardown at exit takes "
-                             "seconds more: 5-9 s measured on 2 busy cores)")
+        "SIGINT/SIGTERM stop every worker as Ctrl-C stops pipeline.run (exit 128 + signal).",
+        epilog="Example: python -m pipeline.launch --workers 2 -- --stage all --set train.epochs=3",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_bounded(check_workers),
+        required=True,
+        metavar="N",
+        help=f"worker processes, worker 0 the chief: 1..{max_workers()} here ({WORKERS_PER_CPU} per "
+        f"usable CPU, at most {MAX_WORKERS}; each is a TensorFlow process of about 0.8 GB)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=_bounded(check_restarts),
+        default=0,
+        metavar="K",
+        help=f"restart the whole group up to K times after a failure, 0..{MAX_RESTARTS} (default 0)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="IPv4 address (or name) of this machine the workers listen on (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=seconds_arg,
+        default=30.0,
+        help="seconds between SIGTERM (or SIGINT) and SIGKILL when stopping workers (default 30: "
+        "a worker unwinds in well under a second, then TensorFlow's teardown at exit takes "
+        "seconds more: 5-9 s measured on 2 busy cores)",
+    )
     return parser
 
 
@@ -372,15 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     run_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, run_args = argv[:cut], argv[cut + 1:]
+        argv, run_args = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not run_args:
         parser.error("give the pipeline.run arguments after --, e.g. -- --stage all")
     logging.basicConfig(level="INFO", format="%(message)s")
     try:
-        return launch(args.workers, run_args, max_restarts=args.max_restarts, host=args.host,
-                      grace=args.grace_seconds)
+        return launch(args.workers, run_args, max_restarts=args.max_restarts, host=args.host, grace=args.grace_seconds)
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -35,13 +35,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.running import runner
-from pipeline.scaling import sweep_summary
-from pipeline.running import stages as registry
 from pipeline.core import config, dotted, files
 from pipeline.core.config import ConfigError, Params
 from pipeline.core.hashing import digest
 from pipeline.core.lock import file_lock
+from pipeline.running import runner
+from pipeline.running import stages as registry
+from pipeline.scaling import sweep_summary
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,10 @@ def parse_sweep(arg: str) -> Dimension:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--sweep {arg!r}: malformed key {key!r}")
     if key.split(".")[0] in FORBIDDEN:
-        raise ConfigError(f"--sweep {arg!r}: {key} cannot be swept (use --seeds for seeds; the sweep has one "
-                          "tracking store and one config name)")
+        raise ConfigError(
+            f"--sweep {arg!r}: {key} cannot be swept (use --seeds for seeds; the sweep has one "
+            "tracking store and one config name)"
+        )
     try:
         texts = split_values(text)
     except ConfigError as exc:
@@ -128,7 +130,7 @@ def parse_sweep(arg: str) -> Dimension:
     except ConfigError as exc:
         raise ConfigError(f"--sweep {arg!r}: {exc}") from None
     groups: dict[str, list[str]] = {}
-    for t, value in zip(texts, typed):
+    for t, value in zip(texts, typed, strict=True):
         groups.setdefault(value, []).append(t)
     dupes = [f"{sorted(same)} (all {value} as {key})" for value, same in groups.items() if len(same) > 1]
     if dupes:
@@ -230,7 +232,7 @@ def plan(config_path, overrides: list[str], sweeps: list[str], seeds: str | None
     cells, params = [], {}
     for combo, values in enumerate(itertools.product(*(d.texts for d in dims))):
         for seed in seed_list:
-            cell = Cell(combo, seed, tuple(zip(keys, values)))
+            cell = Cell(combo, seed, tuple(zip(keys, values, strict=True)))
             run_name = f"tracking.run_name=sweep-{sweep_id[:6]}-{cell.name}"  # the column title in MLflow's compare
             try:
                 params[cell.name] = config.load(config_path, [*overrides, *cell.overrides, run_name])
@@ -278,8 +280,9 @@ def _exclusive(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
 
     def busy(holder: dict, waited: float) -> Exception:
-        return registry.StageError(f"another process is running this sweep in {root}; give each concurrent "
-                                   "shard its own --workdir")
+        return registry.StageError(
+            f"another process is running this sweep in {root}; give each concurrent shard its own --workdir"
+        )
 
     with file_lock(root / ".lock", wait_seconds=0, busy=busy):
         yield
@@ -290,9 +293,17 @@ def _clear_tf_session() -> None:
         sys.modules["tf_keras"].backend.clear_session()
 
 
-def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int, int] = (1, 1),
-              force: bool = False, summary_only: bool = False,
-              stages: tuple = registry.STAGES, rerun_changed_code: bool = False) -> tuple[int, str]:
+def run_sweep(
+    sweep: Sweep,
+    workdir: Path,
+    names: list[str],
+    *,
+    shard: tuple[int, int] = (1, 1),
+    force: bool = False,
+    summary_only: bool = False,
+    stages: tuple = registry.STAGES,
+    rerun_changed_code: bool = False,
+) -> tuple[int, str]:
     """Run this shard's cells, then write and log the summaries.
 
     Args:
@@ -321,42 +332,82 @@ def run_sweep(sweep: Sweep, workdir: Path, names: list[str], *, shard: tuple[int
     label = ",".join(names)
     mine = shard_cells(list(sweep.cells), *shard)
     store = sweep_summary.Store(sweep.base)
-    logger.info("sweep %s: %d combination(s) x %d seed(s) = %d cells; %s: %d cell(s); folder %s",
-                sweep.sweep_id, len(sweep.combos), len(sweep.seeds), len(sweep.cells),
-                f"shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "this run", 0 if summary_only else len(mine),
-                root)
+    logger.info(
+        "sweep %s: %d combination(s) x %d seed(s) = %d cells; %s: %d cell(s); folder %s",
+        sweep.sweep_id,
+        len(sweep.combos),
+        len(sweep.seeds),
+        len(sweep.cells),
+        f"shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "this run",
+        0 if summary_only else len(mine),
+        root,
+    )
     errors: dict[str, dict] = {}  # cells failed in this invocation
     with _exclusive(root):
         if not summary_only:
-            _run_cells(sweep, mine, root, workdir, names, label, force, stages, store, errors,
-                       rerun_changed_code=rerun_changed_code)
+            _run_cells(
+                sweep,
+                mine,
+                root,
+                workdir,
+                names,
+                label,
+                force,
+                stages,
+                store,
+                errors,
+                rerun_changed_code=rerun_changed_code,
+            )
         latest = store.latest(sweep.sweep_id)
         written = []
         if shard[1] > 1 and not summary_only:
             scope = f"shard-{shard[0]}-of-{shard[1]}"
             written.append(sweep_summary.write(sweep, mine, latest, errors, root / scope, scope, store))
-        pending = [c.name for c in sweep.cells if c.name not in errors
-                   and sweep_summary.status(latest.get(c.name)) in ("missing", "running")]
+        pending = [
+            c.name
+            for c in sweep.cells
+            if c.name not in errors and sweep_summary.status(latest.get(c.name)) in ("missing", "running")
+        ]
         if shard[1] == 1 or summary_only or not pending:
             written.append(sweep_summary.write(sweep, list(sweep.cells), latest, errors, root, "grid", store))
         else:
-            logger.info("sweep %s: the whole grid's summary waits for %d cell(s) (%s); it is written by the shard "
-                        "that finishes last, or by --summary-only", sweep.sweep_id, len(pending),
-                        ", ".join(pending[:10]) + (", ..." if len(pending) > 10 else ""))
+            logger.info(
+                "sweep %s: the whole grid's summary waits for %d cell(s) (%s); it is written by the shard "
+                "that finishes last, or by --summary-only",
+                sweep.sweep_id,
+                len(pending),
+                ", ".join(pending[:10]) + (", ..." if len(pending) > 10 else ""),
+            )
     scope_cells = list(sweep.cells) if summary_only else mine
-    bad = [c.name for c in scope_cells
-           if c.name in errors or sweep_summary.status(latest.get(c.name)) != "finished"]
-    text = "\n".join([f"Sweep {sweep.sweep_id}: {len(scope_cells) - len(bad)}/{len(scope_cells)} cell(s) finished"
-                      + (f"; not finished: {', '.join(bad)}" if bad else ""),
-                      *(f"  {path}" for path in written),
-                      (f"  MLflow: runs tagged sweep_id = '{sweep.sweep_id}' in experiment "
-                       f"'{sweep.base.tracking.experiment}' ({sweep.base.tracking.uri})")])
+    bad = [c.name for c in scope_cells if c.name in errors or sweep_summary.status(latest.get(c.name)) != "finished"]
+    text = "\n".join(
+        [
+            f"Sweep {sweep.sweep_id}: {len(scope_cells) - len(bad)}/{len(scope_cells)} cell(s) finished"
+            + (f"; not finished: {', '.join(bad)}" if bad else ""),
+            *(f"  {path}" for path in written),
+            (
+                f"  MLflow: runs tagged sweep_id = '{sweep.sweep_id}' in experiment "
+                f"'{sweep.base.tracking.experiment}' ({sweep.base.tracking.uri})"
+            ),
+        ]
+    )
     return (1 if bad else 0), text
 
 
-def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names: list[str], label: str,
-               force: bool, stages: tuple, store, errors: dict[str, dict], *,
-               rerun_changed_code: bool = False) -> None:
+def _run_cells(
+    sweep: Sweep,
+    cells: list[Cell],
+    root: Path,
+    workdir: Path,
+    names: list[str],
+    label: str,
+    force: bool,
+    stages: tuple,
+    store,
+    errors: dict[str, dict],
+    *,
+    rerun_changed_code: bool = False,
+) -> None:
     from tqdm import tqdm
 
     before = store.latest(sweep.sweep_id)
@@ -364,11 +415,18 @@ def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     for cell in tqdm(cells, desc=f"sweep {sweep.sweep_id}", unit="cell", disable=None):
         prev = before.get(cell.name)
-        if (not force and not rerun_changed_code and sweep_summary.status(prev) == "finished"
-                and prev.data.tags.get("sweep_stages") == label):
-            logger.info("sweep cell %s: done in MLflow run %s; skipped (--force reruns it; --rerun-changed-code "
-                        "checks its stages' code)", cell.name,
-                        prev.info.run_id)
+        if (
+            not force
+            and not rerun_changed_code
+            and sweep_summary.status(prev) == "finished"
+            and prev.data.tags.get("sweep_stages") == label
+        ):
+            logger.info(
+                "sweep cell %s: done in MLflow run %s; skipped (--force reruns it; --rerun-changed-code "
+                "checks its stages' code)",
+                cell.name,
+                prev.info.run_id,
+            )
             continue
         run_dir = root / "runs" / cell.name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -376,20 +434,35 @@ def _run_cells(sweep: Sweep, cells: list[Cell], root: Path, workdir: Path, names
             (run_dir / "data").symlink_to(workdir / "data", target_is_directory=True)
         attempt = uuid.uuid4().hex
         params = sweep.params[cell.name]
-        tags = {"sweep_id": sweep.sweep_id, "sweep_role": "run", "sweep_combo": f"c{cell.combo}",
-                "sweep_cell": cell.name, "sweep_stages": label, "sweep_attempt": attempt,
-                **{f"sweep.{k}": v for k, v in cell.settings}}
+        tags = {
+            "sweep_id": sweep.sweep_id,
+            "sweep_role": "run",
+            "sweep_combo": f"c{cell.combo}",
+            "sweep_cell": cell.name,
+            "sweep_stages": label,
+            "sweep_attempt": attempt,
+            **{f"sweep.{k}": v for k, v in cell.settings},
+        }
         logger.info("sweep cell %s: %s, seed %d", cell.name, sweep.combo_label(cell.combo), cell.seed)
         try:
-            runner.run_stages(params, run_dir, names, stages=stages, folder=folders, parent_tags=tags,
-                              rerun_changed_code=rerun_changed_code)
+            runner.run_stages(
+                params,
+                run_dir,
+                names,
+                stages=stages,
+                folder=folders,
+                parent_tags=tags,
+                rerun_changed_code=rerun_changed_code,
+            )
         except KeyboardInterrupt:
             raise
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             logger.error("sweep cell %s failed: %s (the sweep goes on)", cell.name, message)
             logger.debug("traceback", exc_info=True)
-            errors[cell.name] = {"error": message,
-                                 "run_id": store.tag_attempt(attempt, {"sweep_error": message[:4000]})}
+            errors[cell.name] = {
+                "error": message,
+                "run_id": store.tag_attempt(attempt, {"sweep_error": message[:4000]}),
+            }
         finally:
             _clear_tf_session()

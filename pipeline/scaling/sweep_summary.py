@@ -17,18 +17,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.running import tracking
 from pipeline.core import files
 from pipeline.core.config import Params
 from pipeline.core.stats import mean_std
+from pipeline.running import tracking
 
 logger = logging.getLogger(__name__)
 
 # (parent-run metric, title): overall macro accuracy, unseen devices (S4-S6), log loss, int8 size.
-METRICS = (("macro_accuracy", "macro accuracy"), ("group_unseen_macro_accuracy", "unseen-device macro accuracy"),
-           ("log_loss", "log loss"), ("int8_size_bytes", "int8 size (bytes)"))
-_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running",
-           "SCHEDULED": "running"}
+METRICS = (
+    ("macro_accuracy", "macro accuracy"),
+    ("group_unseen_macro_accuracy", "unseen-device macro accuracy"),
+    ("log_loss", "log loss"),
+    ("int8_size_bytes", "int8 size (bytes)"),
+)
+_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running", "SCHEDULED": "running"}
 
 
 def status(run) -> str:
@@ -48,8 +51,13 @@ class Store:
     def search(self, filter_string: str) -> list:
         runs, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
-                                           order_by=["attributes.start_time DESC"], page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -75,14 +83,18 @@ class Store:
 
     def log_summary(self, sweep, scope: str, paths: list[Path], summary: pd.DataFrame) -> str:
         """Log the summary files into the sweep's summary run for ``scope`` (created once, then updated)."""
-        found = self.search(f"tags.sweep_id = '{sweep.sweep_id}' and tags.sweep_role = 'summary' "
-                            f"and tags.sweep_scope = '{scope}'")
+        found = self.search(
+            f"tags.sweep_id = '{sweep.sweep_id}' and tags.sweep_role = 'summary' and tags.sweep_scope = '{scope}'"
+        )
         if found:
             run_id = found[0].info.run_id
         else:
             name = f"sweep-{sweep.sweep_id}" + ("" if scope == "grid" else f"-{scope}")
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
-                "sweep_id": sweep.sweep_id, "sweep_role": "summary", "sweep_scope": scope}).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=name,
+                tags={"sweep_id": sweep.sweep_id, "sweep_role": "summary", "sweep_scope": scope},
+            ).info.run_id
         for path in paths:
             self.client.log_artifact(run_id, str(path))
         self.client.log_param(run_id, "sweep.keys", ",".join(d.key for d in sweep.dims) or "(seeds only)")
@@ -115,8 +127,16 @@ def runs_table(sweep, cells: list, latest: dict, errors: dict[str, dict]) -> pd.
             run_name = run_name if run is not None and run.info.run_id == run_id else ""
         if state in ("failed", "killed") and not error:
             error = "see error.txt in the failed stage's MLflow run"
-        row = {"cell": cell.name, "combo": f"c{cell.combo}", "seed": cell.seed, **dict(cell.settings),
-               "status": state, "run_id": run_id, "run_name": run_name, "error": error}
+        row = {
+            "cell": cell.name,
+            "combo": f"c{cell.combo}",
+            "seed": cell.seed,
+            **dict(cell.settings),
+            "status": state,
+            "run_id": run_id,
+            "run_name": run_name,
+            "error": error,
+        }
         for metric, _ in METRICS:
             row[metric] = run.data.metrics.get(metric, np.nan) if state == "finished" else np.nan
         rows.append(row)
@@ -128,19 +148,25 @@ def summary_table(sweep, runs: pd.DataFrame) -> pd.DataFrame:
     present = [m for m, _ in METRICS if runs[m].notna().any()]
     absent = [m for m, _ in METRICS if m not in present]
     if absent:
-        logger.info("sweep summary: %s not in any finished parent run (their stages did not run); left out",
-                    ", ".join(absent))
+        logger.info(
+            "sweep summary: %s not in any finished parent run (their stages did not run); left out", ", ".join(absent)
+        )
     rows = []
     for combo, group in runs.groupby("combo", sort=False):
         done = group[group.status == "finished"]
         failed = group[group.status.isin(["failed", "killed"])]
-        row = {"combo": combo, **{d.key: group[d.key].iloc[0] for d in sweep.dims},
-               "n_seeds": len(done), "n_failed": len(failed), "n_missing": len(group) - len(done) - len(failed),
-               "seeds": ",".join(map(str, done.seed))}
+        row = {
+            "combo": combo,
+            **{d.key: group[d.key].iloc[0] for d in sweep.dims},
+            "n_seeds": len(done),
+            "n_failed": len(failed),
+            "n_missing": len(group) - len(done) - len(failed),
+            "seeds": ",".join(map(str, done.seed)),
+        }
         row["status"] = "finished" if len(done) == len(group) else ("failed" if len(failed) else "incomplete")
         for metric in present:
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(done[metric].dropna())
-        row["error"] = "; ".join(f"{c}: {e}" for c, e in zip(failed.cell, failed.error))
+        row["error"] = "; ".join(f"{c}: {e}" for c, e in zip(failed.cell, failed.error, strict=True))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -157,13 +183,23 @@ def write(sweep, cells: list, latest: dict, errors: dict[str, dict], folder: Pat
         with files.atomic_path(folder / name) as tmp:
             table.to_csv(tmp, index=False)
         paths.append(folder / name)
-    series = [(title, summary[f"{m}_mean"].tolist(), summary[f"{m}_std"].tolist())
-              for m, title in METRICS if f"{m}_mean" in summary]
+    series = [
+        (title, summary[f"{m}_mean"].tolist(), summary[f"{m}_std"].tolist())
+        for m, title in METRICS
+        if f"{m}_mean" in summary
+    ]
     if series and summary.n_seeds.sum():
-        labels = [f"{row.combo}: {sweep.combo_label(int(row.combo[1:]))} (n={row.n_seeds})"
-                  for row in summary.itertuples()]
-        paths.append(plot_sweep(labels, series, folder / "summary.png",
-                                title=f"sweep {sweep.sweep_id} ({scope}): mean +/- std over seeds"))
+        labels = [
+            f"{row.combo}: {sweep.combo_label(int(row.combo[1:]))} (n={row.n_seeds})" for row in summary.itertuples()
+        ]
+        paths.append(
+            plot_sweep(
+                labels,
+                series,
+                folder / "summary.png",
+                title=f"sweep {sweep.sweep_id} ({scope}): mean +/- std over seeds",
+            )
+        )
     else:
         logger.warning("sweep %s (%s): no finished run with summary metrics; no plot", sweep.sweep_id, scope)
     run_id = store.log_summary(sweep, scope, paths, summary)

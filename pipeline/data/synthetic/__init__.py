@@ -73,8 +73,24 @@ from pipeline.data.synthetic.plan import (
 from pipeline.data.synthetic.wav import write_wav24
 
 __all__ = [
-    "CITIES", "CLASSES", "DEVICES", "GENERATOR", "GENERATOR_VERSION", "MARKER", "META_FILE",
-    "MIN_CLIPS", "MIN_LOCATIONS", "OWNER", "PEAK_DBFS", "SEEN_DEVICES", "SEGMENTS_PER_LOCATION",
-    "SPLIT_FILES", "SUBS_PER_SEGMENT", "TRAIN_FRACTION", "UNSEEN_DEVICES", "generate",
-    "read_completion_record", "write_wav24",
+    "CITIES",
+    "CLASSES",
+    "DEVICES",
+    "GENERATOR",
+    "GENERATOR_VERSION",
+    "MARKER",
+    "META_FILE",
+    "MIN_CLIPS",
+    "MIN_LOCATIONS",
+    "OWNER",
+    "PEAK_DBFS",
+    "SEEN_DEVICES",
+    "SEGMENTS_PER_LOCATION",
+    "SPLIT_FILES",
+    "SUBS_PER_SEGMENT",
+    "TRAIN_FRACTION",
+    "UNSEEN_DEVICES",
+    "generate",
+    "read_completion_record",
+    "write_wav24",
 ]

@@ -35,23 +35,28 @@ logger = logging.getLogger(__name__)
 def _check(n_clips, seed, sample_rate_hz, clip_seconds, n_cities, workers) -> int:
     """Validate ``generate``'s arguments (the message names the argument); returns the
     samples per clip."""
+
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
     if not is_int(n_clips) or n_clips < MIN_CLIPS:
-        raise ValueError(f"n_clips={n_clips!r}: need an integer >= {MIN_CLIPS} (every class and "
-                         "device in both splits)")
+        raise ValueError(f"n_clips={n_clips!r}: need an integer >= {MIN_CLIPS} (every class and device in both splits)")
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed={seed!r}: need a non-negative integer")
     if not is_int(sample_rate_hz) or not 8000 <= sample_rate_hz <= 192000:
         raise ValueError(f"sample_rate_hz={sample_rate_hz!r}: need an integer in [8000, 192000]")
-    if not isinstance(clip_seconds, (int, float)) or isinstance(clip_seconds, bool) \
-            or not math.isfinite(clip_seconds) or clip_seconds <= 0:
+    if (
+        not isinstance(clip_seconds, (int, float))
+        or isinstance(clip_seconds, bool)
+        or not math.isfinite(clip_seconds)
+        or clip_seconds <= 0
+    ):
         raise ValueError(f"clip_seconds={clip_seconds!r}: need a positive number")
     n_samples = int(round(sample_rate_hz * clip_seconds))
     if n_samples < 256:
-        raise ValueError(f"clip_seconds={clip_seconds!r}: {n_samples} samples at "
-                         f"{sample_rate_hz} Hz; need at least 256")
+        raise ValueError(
+            f"clip_seconds={clip_seconds!r}: {n_samples} samples at {sample_rate_hz} Hz; need at least 256"
+        )
     if not is_int(n_cities) or not 1 <= n_cities <= len(CITIES):
         raise ValueError(f"n_cities={n_cities!r}: need an integer in [1, {len(CITIES)}]")
     if not is_int(workers) or workers < 0:
@@ -61,9 +66,15 @@ def _check(n_clips, seed, sample_rate_hz, clip_seconds, n_cities, workers) -> in
 
 def _completion_params(n_clips, seed, sample_rate_hz, clip_seconds, n_cities) -> dict:
     """What the bytes of a set depend on: the completion record's ``params``."""
-    return {"generator": layout.GENERATOR, "version": layout.GENERATOR_VERSION,
-            "n_clips": int(n_clips), "seed": int(seed), "sample_rate_hz": int(sample_rate_hz),
-            "clip_seconds": float(clip_seconds), "n_cities": int(n_cities)}
+    return {
+        "generator": layout.GENERATOR,
+        "version": layout.GENERATOR_VERSION,
+        "n_clips": int(n_clips),
+        "seed": int(seed),
+        "sample_rate_hz": int(sample_rate_hz),
+        "clip_seconds": float(clip_seconds),
+        "n_cities": int(n_cities),
+    }
 
 
 @dataclass(frozen=True)
@@ -110,15 +121,24 @@ def _render_all(job: _Job, chunks: list, workers: int, n_clips: int, progress: b
                     f"a synthetic-dataset worker process died while writing {job.root}; nothing "
                     "was marked complete. If generate() runs from a script, call it under "
                     "'if __name__ == \"__main__\":' (worker processes re-import the "
-                    "script)") from err
+                    "script)"
+                ) from err
             finally:
                 for future in futures:
                     future.cancel()
 
 
-def generate(root: str | os.PathLike, *, n_clips: int, seed: int, sample_rate_hz: int = 44100,
-             clip_seconds: float = 1.0, n_cities: int = 6, workers: int = 0,
-             progress: bool = True) -> Path:
+def generate(
+    root: str | os.PathLike,
+    *,
+    n_clips: int,
+    seed: int,
+    sample_rate_hz: int = 44100,
+    clip_seconds: float = 1.0,
+    n_cities: int = 6,
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write the synthetic dataset under ``root`` (or reuse it when already complete).
 
     Args:
@@ -159,14 +179,13 @@ def generate(root: str | os.PathLike, *, n_clips: int, seed: int, sample_rate_hz
     (root / "evaluation_setup").mkdir()
     workers = workers or os.cpu_count() or 1
     chunk = max(1, min(16, len(recordings) // (4 * workers)))
-    chunks = [recordings[i:i + chunk] for i in range(0, len(recordings), chunk)]
+    chunks = [recordings[i : i + chunk] for i in range(0, len(recordings), chunk)]
     workers = min(workers, len(chunks))
-    logger.info("generating %d synthetic clips (%d recordings) in %s with %d worker(s)",
-                n_clips, len(recordings), root, workers)
-    _render_all(_Job(str(root), int(seed), int(sample_rate_hz), n_samples), chunks, workers,
-                n_clips, progress)
+    logger.info(
+        "generating %d synthetic clips (%d recordings) in %s with %d worker(s)", n_clips, len(recordings), root, workers
+    )
+    _render_all(_Job(str(root), int(seed), int(sample_rate_hz), n_samples), chunks, workers, n_clips, progress)
     counts = layout.write_tables(root, recordings)
     layout.write_completion_record(root, params, counts)
-    logger.info("wrote %d synthetic clips to %s in %.1f s", n_clips, root,
-                time.perf_counter() - started)
+    logger.info("wrote %d synthetic clips to %s in %.1f s", n_clips, root, time.perf_counter() - started)
     return root

@@ -43,16 +43,16 @@ class Device:
 DEVICE_TABLE = {
     "A": Device(20.0, 20000.0, 0.0, ((2800.0, 2.0, 1.0),), -88.0, 0.0, 0.0),
     "B": Device(110.0, 13000.0, 1.0, ((2300.0, 4.0, 0.7), (6500.0, -3.0, 0.5)), -74.0, -3.0, -2.0),
-    "C": Device(150.0, 11000.0, -1.0, ((1100.0, 3.0, 0.8), (4200.0, 5.0, 0.4)), -70.0, 0.0, 3.0,
-                knee=5.0),
+    "C": Device(150.0, 11000.0, -1.0, ((1100.0, 3.0, 0.8), (4200.0, 5.0, 0.4)), -70.0, 0.0, 3.0, knee=5.0),
     "S1": Device(200.0, 8000.0, 1.5, ((950.0, 5.0, 0.5),), -66.0, -3.0, -4.0, knee=4.0),
-    "S2": Device(80.0, 10500.0, -1.5, ((350.0, 3.0, 1.0), (5200.0, -5.0, 0.7)), -69.0, -6.0, 1.0,
-                 buzz_hz=50.0, buzz_dbfs=-66.0),
+    "S2": Device(
+        80.0, 10500.0, -1.5, ((350.0, 3.0, 1.0), (5200.0, -5.0, 0.7)), -69.0, -6.0, 1.0, buzz_hz=50.0, buzz_dbfs=-66.0
+    ),
     "S3": Device(250.0, 7500.0, 0.5, ((2000.0, 6.0, 0.3),), -67.0, 0.0, -1.0, knee=5.0),
-    "S4": Device(250.0, 9000.0, -2.0, ((700.0, 6.0, 0.5), (3500.0, 5.0, 0.4)), -64.0, -3.0, 2.0,
-                 knee=3.0),
-    "S5": Device(220.0, 5500.0, 3.0, ((1500.0, 7.0, 0.35),), -62.0, 3.0, -3.0, knee=4.0,
-                 buzz_hz=217.0, buzz_dbfs=-62.0),
+    "S4": Device(250.0, 9000.0, -2.0, ((700.0, 6.0, 0.5), (3500.0, 5.0, 0.4)), -64.0, -3.0, 2.0, knee=3.0),
+    "S5": Device(
+        220.0, 5500.0, 3.0, ((1500.0, 7.0, 0.35),), -62.0, 3.0, -3.0, knee=4.0, buzz_hz=217.0, buzz_dbfs=-62.0
+    ),
     "S6": Device(60.0, 14000.0, -3.0, ((500.0, -6.0, 0.8), (8000.0, 8.0, 0.4)), -60.0, -3.0, 0.0),
 }
 
@@ -72,7 +72,7 @@ def _device_response(device: str, sr: int, n: int) -> tuple[np.ndarray, np.ndarr
     # 4 sum(s_k^2) / n^2: s is set so that the full-band noise sits at noise_dbfs.
     shape = 10.0 ** (d.noise_tilt_db * in_band / 20.0) * dsp.highpass(f, 20.0, 2)
     shape[0] = 0.0
-    scale = 10.0 ** (d.noise_dbfs / 20.0) * n / (2.0 * math.sqrt(float(np.sum(shape ** 2))))
+    scale = 10.0 ** (d.noise_dbfs / 20.0) * n / (2.0 * math.sqrt(float(np.sum(shape**2))))
     noise = shape * band * scale
     h.setflags(write=False)
     noise.setflags(write=False)
@@ -86,7 +86,7 @@ def _compress(y: np.ndarray, sr: int, knee: float, ratio: float = 4.0) -> np.nda
     m = len(y) // hop
     if m < 2:
         return y
-    level = np.sqrt(np.mean(y[:m * hop].reshape(m, hop) ** 2, axis=1) + 1e-20)
+    level = np.sqrt(np.mean(y[: m * hop].reshape(m, hop) ** 2, axis=1) + 1e-20)
     threshold = knee * math.sqrt(float(np.mean(y * y)))
     gain = np.minimum(1.0, (threshold / level) ** (1.0 - 1.0 / ratio))
     gain = np.minimum(gain, np.concatenate([gain[1:], gain[-1:]]))  # attack one frame early
@@ -94,8 +94,7 @@ def _compress(y: np.ndarray, sr: int, knee: float, ratio: float = 4.0) -> np.nda
     return y * np.interp(np.arange(len(y)), centres, gain)
 
 
-def render_device(scene: np.ndarray, device: str, rng: np.random.Generator, sr: int,
-                  n: int) -> np.ndarray:
+def render_device(scene: np.ndarray, device: str, rng: np.random.Generator, sr: int, n: int) -> np.ndarray:
     """One device's recording of a clean scene spectrum: float samples, peak <= -1 dBFS."""
     d = DEVICE_TABLE[device]
     h, noise = _device_response(device, sr, n)

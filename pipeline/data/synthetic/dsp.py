@@ -23,7 +23,7 @@ def grid(sr: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def power(spec: np.ndarray, n: int) -> float:
     """Mean square of ``irfft(spec, n)`` from its spectrum (Parseval)."""
-    mag2 = spec.real ** 2 + spec.imag ** 2
+    mag2 = spec.real**2 + spec.imag**2
     total = 2.0 * mag2.sum() - mag2[0]
     if n % 2 == 0:
         total -= mag2[-1]
@@ -55,7 +55,7 @@ def add_at(out: np.ndarray, start: int, sig: np.ndarray) -> None:
     """out[start:start + len(sig)] += sig, cut at both ends of ``out``."""
     a, b = max(start, 0), min(start + len(sig), len(out))
     if b > a:
-        out[a:b] += sig[a - start:b - start]
+        out[a:b] += sig[a - start : b - start]
 
 
 def rms_normalise(x: np.ndarray) -> np.ndarray:
@@ -78,8 +78,7 @@ def harmonic(rng, n, sr, seconds, f0, n_harm, rolloff_db, jitter, glide) -> np.n
     return rms_normalise(out)
 
 
-def sweep(sr: int, inst: np.ndarray, partials: Sequence[tuple[float, float]],
-           phase0: float) -> np.ndarray:
+def sweep(sr: int, inst: np.ndarray, partials: Sequence[tuple[float, float]], phase0: float) -> np.ndarray:
     """Sum of partials (ratio, amplitude) of an instantaneous-frequency track."""
     phase = (2.0 * np.pi / sr) * np.cumsum(inst) + phase0
     out = np.zeros(len(inst))
@@ -102,4 +101,3 @@ def damped(rng, sr, hz: float, tau_s: float, noise_s: float) -> np.ndarray:
 
 def event_count(rng, rate: float, seconds: float) -> int:
     return int(rng.poisson(rate * seconds)) if rate > 0 else 0
-

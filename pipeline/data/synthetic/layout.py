@@ -46,8 +46,7 @@ def is_complete(root: Path, params: dict) -> bool:
     audio = root / "audio"
     if not audio.is_dir():
         return False
-    n_wav = sum(1 for e in os.scandir(audio)
-                if e.name.endswith(".wav") and not e.name.startswith("."))
+    n_wav = sum(1 for e in os.scandir(audio) if e.name.endswith(".wav") and not e.name.startswith("."))
     return n_wav == params["n_clips"]
 
 
@@ -60,7 +59,8 @@ def reset(root: Path) -> None:
         if entries and not (root / OWNER).is_file():
             raise FileExistsError(
                 f"synthetic dataset root {root} is not empty and was not written by {GENERATOR} "
-                f"(no {OWNER}); refusing to overwrite it -- choose another directory")
+                f"(no {OWNER}); refusing to overwrite it -- choose another directory"
+            )
         if (root / MARKER).exists():
             (root / MARKER).unlink()  # first: a half-emptied directory must not look complete
         for entry in entries:
@@ -80,18 +80,25 @@ def _tsv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def write_tables(root: Path, recordings: Sequence[Recording]) -> dict:
     """Write meta.csv and the fold1 split files of ``recordings``; returns their counts."""
-    rows = sorted((filename, CLASSES[rec.label], rec.identifier, device.lower(), rec.split)
-                  for rec in recordings for _, device, filename in rec.clips)
+    rows = sorted(
+        (filename, CLASSES[rec.label], rec.identifier, device.lower(), rec.split)
+        for rec in recordings
+        for _, device, filename in rec.clips
+    )
     write_text(root / META_FILE, _tsv(META_COLUMNS, [r[:4] for r in rows]))
     train = [r[:2] for r in rows if r[4] == "train"]
     evaluate = [r[:2] for r in rows if r[4] == "evaluate"]
     write_text(root / SPLIT_FILES["train"], _tsv(("filename", "scene_label"), train))
     write_text(root / SPLIT_FILES["evaluate"], _tsv(("filename", "scene_label"), evaluate))
     write_text(root / SPLIT_FILES["test"], _tsv(("filename",), [r[:1] for r in evaluate]))
-    return {"clips": len(rows), "recordings": len(recordings), "train": len(train),
-            "evaluate": len(evaluate),
-            "devices": {d: sum(1 for r in rows if r[3] == d.lower()) for d in DEVICES},
-            "locations": len({r[2] for r in rows})}
+    return {
+        "clips": len(rows),
+        "recordings": len(recordings),
+        "train": len(train),
+        "evaluate": len(evaluate),
+        "devices": {d: sum(1 for r in rows if r[3] == d.lower()) for d in DEVICES},
+        "locations": len({r[2] for r in rows}),
+    }
 
 
 def write_completion_record(root: Path, params: dict, counts: dict) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 
 from pipeline.core.labels import CLASSES, DEVICES, SEEN_DEVICES
 
-CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague",
-          "stockholm", "vienna")
+CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 
 MIN_CLIPS = 30  # ten train recordings (A + one other device) and ten evaluate clips
 TRAIN_FRACTION = 0.7
@@ -64,8 +63,7 @@ def plan_recordings(n_clips: int, seed: int, n_cities: int) -> list[Recording]:
     # about half the train clips; an odd count leaves the last recording on A alone.
     n_rec_train = (n_train + 1) // 2
     others = SEEN_DEVICES[1:]
-    other_seq = np.concatenate([rng.permutation(len(others))
-                                for _ in range(-(-n_rec_train // len(others)))])
+    other_seq = np.concatenate([rng.permutation(len(others)) for _ in range(-(-n_rec_train // len(others)))])
     train_devices = []
     for r in range(n_rec_train):
         devs = ("A",) if (r == n_rec_train - 1 and n_train % 2) else ("A", others[other_seq[r]])
@@ -75,19 +73,18 @@ def plan_recordings(n_clips: int, seed: int, n_cities: int) -> list[Recording]:
     # taken in turn from successive random permutations, so they are equally frequent.
     per_rec = 3 if n_eval >= 3 * n_classes else 1
     n_rec_eval = -(-n_eval // per_rec)
-    dev_seq = np.concatenate([rng.permutation(len(DEVICES))
-                              for _ in range(-(-n_rec_eval * per_rec // len(DEVICES)))])
+    dev_seq = np.concatenate([rng.permutation(len(DEVICES)) for _ in range(-(-n_rec_eval * per_rec // len(DEVICES)))])
     eval_devices = []
     for r in range(n_rec_eval):
         take = min(per_rec, n_eval - r * per_rec)
-        eval_devices.append(tuple(DEVICES[d] for d in dev_seq[r * per_rec:r * per_rec + take]))
+        eval_devices.append(tuple(DEVICES[d] for d in dev_seq[r * per_rec : r * per_rec + take]))
 
     # Classes balanced within each split; recordings of one class grouped into locations of
     # up to SEGMENTS_PER_LOCATION segments of up to SUBS_PER_SEGMENT sub-clips.
     rows = []  # (split, label, devices)
     for split, devices in (("train", train_devices), ("evaluate", eval_devices)):
         labels = rng.permutation(np.arange(len(devices)) % n_classes)
-        rows.extend((split, int(lab), devs) for lab, devs in zip(labels, devices))
+        rows.extend((split, int(lab), devs) for lab, devs in zip(labels, devices, strict=True))
 
     cities = CITIES[:n_cities]
     per_location = SUBS_PER_SEGMENT * SEGMENTS_PER_LOCATION
@@ -105,9 +102,14 @@ def plan_recordings(n_clips: int, seed: int, n_cities: int) -> list[Recording]:
 
     # Location numbers unique within a city, segment numbers unique overall (TAU-like).
     per_city = np.bincount([c for c, _ in locations], minlength=n_cities)
-    numbers = {c: iter(sorted(rng.choice(np.arange(100, 100 + max(900, 10 * int(per_city[c]))),
-                                         size=int(per_city[c]), replace=False)))
-               for c in range(n_cities)}
+    numbers = {
+        c: iter(
+            sorted(
+                rng.choice(np.arange(100, 100 + max(900, 10 * int(per_city[c]))), size=int(per_city[c]), replace=False)
+            )
+        )
+        for c in range(n_cities)
+    }
     n_segments = sum(len(segs) for _, segs in locations)
     seg_numbers = 1000 + rng.choice(max(9000, 10 * n_segments), size=n_segments, replace=False)
 
@@ -124,9 +126,9 @@ def plan_recordings(n_clips: int, seed: int, n_cities: int) -> list[Recording]:
                 for dev in devs:
                     clips.append((clip_index, dev, f"audio/{stem}-{dev.lower()}.wav"))
                     clip_index += 1
-                recordings.append(Recording(len(recordings), label, city, identifier, loc_index,
-                                             seg_index, split, tuple(clips)))
+                recordings.append(
+                    Recording(len(recordings), label, city, identifier, loc_index, seg_index, split, tuple(clips))
+                )
             seg_index += 1
     assert clip_index == n_clips, (clip_index, n_clips)
     return recordings
-

@@ -27,8 +27,7 @@ def _bed(rng, p, sr, n, seconds) -> np.ndarray:
     env = np.maximum(1.0 + p["bed_mod_depth"] * dsp.curve(rng, n, seconds, p["bed_mod_rate"]), 0.05)
     spec = sp_fft.rfft(rng.standard_normal(n) * env)
     shape_db = p["bed_tilt"] * oct_1k + dsp.peak_db(oct_1k, p["bed_low_hz"], p["bed_low_db"], 1.2)
-    shape = (10.0 ** (shape_db / 20.0) * dsp.lowpass(f, p["bed_hicut_hz"], 2)
-             * dsp.highpass(f, 20.0, 2))
+    shape = 10.0 ** (shape_db / 20.0) * dsp.lowpass(f, p["bed_hicut_hz"], 2) * dsp.highpass(f, 20.0, 2)
     spec *= shape
     return spec / math.sqrt(dsp.power(spec, n))
 
@@ -42,10 +41,9 @@ def _babble(rng, p, sr, n, seconds, talkers: int) -> np.ndarray:
     noise_env = np.zeros(m)
     for _ in range(talkers):
         syllable_hz = rng.uniform(3.0, 6.5)
-        env = (np.sin(2 * np.pi * syllable_hz * tc + rng.uniform(0, 2 * np.pi))
-               + rng.uniform(-0.3, 0.5))
+        env = np.sin(2 * np.pi * syllable_hz * tc + rng.uniform(0, 2 * np.pi)) + rng.uniform(-0.3, 0.5)
         env = np.maximum(env + 0.3 * dsp.curve(rng, m, seconds, 8.0), 0.0) ** 1.5
-        env *= (dsp.curve(rng, m, seconds, 1.5) > rng.uniform(-0.9, 0.1))  # pauses between phrases
+        env *= dsp.curve(rng, m, seconds, 1.5) > rng.uniform(-0.9, 0.1)  # pauses between phrases
         env *= rng.uniform(0.3, 1.0)  # distance
         f0 = rng.uniform(85.0, 260.0)
         periods = sr / (f0 * (1.0 + 0.04 * dsp.curve(rng, int(f0 * seconds) + 8, seconds, 4.0)))
@@ -57,10 +55,12 @@ def _babble(rng, p, sr, n, seconds, talkers: int) -> np.ndarray:
     if not excitation.any():
         return np.zeros(len(f), complex)
     s = p["formant_scale"]
-    shape_db = (dsp.peak_db(oct_1k, s * rng.uniform(400, 800), 14.0, 0.35)
-                + dsp.peak_db(oct_1k, s * rng.uniform(1000, 2000), 10.0, 0.3)
-                + dsp.peak_db(oct_1k, s * rng.uniform(2300, 3200), 7.0, 0.25)
-                - 6.0 * np.maximum(oct_1k + 1.0, 0.0))  # -6 dB/octave above 500 Hz
+    shape_db = (
+        dsp.peak_db(oct_1k, s * rng.uniform(400, 800), 14.0, 0.35)
+        + dsp.peak_db(oct_1k, s * rng.uniform(1000, 2000), 10.0, 0.3)
+        + dsp.peak_db(oct_1k, s * rng.uniform(2300, 3200), 7.0, 0.25)
+        - 6.0 * np.maximum(oct_1k + 1.0, 0.0)
+    )  # -6 dB/octave above 500 Hz
     spec = sp_fft.rfft(excitation) * 10.0 ** (shape_db / 20.0) * dsp.highpass(f, 120.0, 2)
     power = dsp.power(spec, n)
     return spec / math.sqrt(power) if power > 0 else spec
@@ -78,27 +78,40 @@ def _events(rng, p, sr, n, seconds) -> np.ndarray:
 
     if rng.random() < p["hum_prob"]:  # engines, fans, HVAC
         out += 10.0 ** (p["hum_db"] / 20.0) * dsp.harmonic(
-            rng, n, sr, seconds, p["hum_f0"] * rng.uniform(0.9, 1.1), p["hum_harm"], 3.0,
-            p["hum_jitter"], p["hum_glide"] * rng.uniform(-1.0, 1.0))
+            rng,
+            n,
+            sr,
+            seconds,
+            p["hum_f0"] * rng.uniform(0.9, 1.1),
+            p["hum_harm"],
+            3.0,
+            p["hum_jitter"],
+            p["hum_glide"] * rng.uniform(-1.0, 1.0),
+        )
     if rng.random() < p["mains_prob"]:  # electrical hum at the mains frequency and harmonics
-        out += 10.0 ** (p["mains_db"] / 20.0) * dsp.harmonic(
-            rng, n, sr, seconds, p["mains_hz"], 4, 2.0, 0.001, 0.0)
+        out += 10.0 ** (p["mains_db"] / 20.0) * dsp.harmonic(rng, n, sr, seconds, p["mains_hz"], 4, 2.0, 0.001, 0.0)
     if rng.random() < p["whine_prob"]:  # traction motor / inverter whine
         out += 10.0 ** (p["whine_db"] / 20.0) * dsp.harmonic(
-            rng, n, sr, seconds, p["whine_hz"] * rng.uniform(0.85, 1.15), 3, 8.0, 0.003,
-            p["whine_glide"] * rng.uniform(-1.0, 1.0))
+            rng,
+            n,
+            sr,
+            seconds,
+            p["whine_hz"] * rng.uniform(0.85, 1.15),
+            3,
+            8.0,
+            0.003,
+            p["whine_glide"] * rng.uniform(-1.0, 1.0),
+        )
 
     for _ in range(dsp.event_count(rng, p["steps_rate"], seconds)):  # footsteps
-        sig = dsp.damped(rng, sr, rng.uniform(100, 350), rng.uniform(0.008, 0.025),
-                         rng.uniform(0.002, 0.005))
+        sig = dsp.damped(rng, sr, rng.uniform(100, 350), rng.uniform(0.008, 0.025), rng.uniform(0.002, 0.005))
         dsp.add_at(out, start(len(sig)), db("steps_db") * sig)
     for _ in range(dsp.event_count(rng, p["clicks_rate"], seconds)):  # clicks, rattles, wheels
         m = max(int(rng.uniform(0.0005, 0.003) * sr), 2)
         sig = rng.standard_normal(m) * np.exp(-np.arange(m) / (m / 4.0))
         dsp.add_at(out, start(m), db("clicks_db") * sig / max(float(np.abs(sig).max()), 1e-12))
     for _ in range(dsp.event_count(rng, p["thumps_rate"], seconds)):  # door slams, bumps
-        sig = dsp.damped(rng, sr, rng.uniform(40, 120), rng.uniform(0.03, 0.08),
-                         rng.uniform(0.004, 0.01))
+        sig = dsp.damped(rng, sr, rng.uniform(40, 120), rng.uniform(0.03, 0.08), rng.uniform(0.004, 0.01))
         dsp.add_at(out, start(len(sig)), db("thumps_db") * sig)
     for _ in range(dsp.event_count(rng, p["clacks_rate"], seconds)):  # rail joints: clack-clack
         gap = int(rng.uniform(0.08, 0.2) * sr)
@@ -115,8 +128,7 @@ def _events(rng, p, sr, n, seconds) -> np.ndarray:
         length = int(rng.uniform(0.15, 0.8) * sr)
         tt = np.arange(length) / sr
         hz = p["squeal_hz"] * rng.uniform(0.8, 1.2)
-        inst = hz * (1.0 + 0.015 * np.sin(2 * np.pi * rng.uniform(4, 8) * tt)
-                     + rng.uniform(-0.1, 0.1) * tt / tt[-1])
+        inst = hz * (1.0 + 0.015 * np.sin(2 * np.pi * rng.uniform(4, 8) * tt) + rng.uniform(-0.1, 0.1) * tt / tt[-1])
         fade = np.minimum(1.0, np.minimum(tt, tt[-1] - tt) / 0.02)
         sig = dsp.sweep(sr, inst, ((1.0, 1.0), (2.0, 0.3)), rng.uniform(0, 2 * np.pi)) * fade
         dsp.add_at(out, start(length), db("squeal_db") * sig)
@@ -130,8 +142,14 @@ def _events(rng, p, sr, n, seconds) -> np.ndarray:
             tt = np.arange(length) / sr
             inst = hz * (1.0 + (ratio - 1.0) * tt / tt[-1])
             env = np.sin(np.pi * tt / tt[-1]) ** 2
-            dsp.add_at(out, s0, amp * rng.uniform(0.6, 1.0) * env
-                      * dsp.sweep(sr, inst, ((1.0, 1.0), (2.0, 0.15)), rng.uniform(0, 2 * np.pi)))
+            dsp.add_at(
+                out,
+                s0,
+                amp
+                * rng.uniform(0.6, 1.0)
+                * env
+                * dsp.sweep(sr, inst, ((1.0, 1.0), (2.0, 0.15)), rng.uniform(0, 2 * np.pi)),
+            )
             s0 += length + int(rng.uniform(0.03, 0.12) * sr)
     for _ in range(dsp.event_count(rng, p["pass_rate"], seconds)):  # passing vehicle (Doppler drop)
         length = int(rng.uniform(0.5, 1.5) * sr)
@@ -150,8 +168,9 @@ def _events(rng, p, sr, n, seconds) -> np.ndarray:
         fade = np.minimum(1.0, np.minimum(tt, tt[-1] - tt) / 0.01)
         hz = rng.uniform(350.0, 500.0)
         partials = [(h, 1.0 / h) for h in range(1, 7)]
-        sig = (dsp.sweep(sr, np.full(length, hz), partials, 0.0)
-               + dsp.sweep(sr, np.full(length, 1.26 * hz), partials, 1.0)) * fade
+        sig = (
+            dsp.sweep(sr, np.full(length, hz), partials, 0.0) + dsp.sweep(sr, np.full(length, 1.26 * hz), partials, 1.0)
+        ) * fade
         dsp.add_at(out, start(length), db("horn_db") * sig / max(float(np.abs(sig).max()), 1e-12))
     for _ in range(dsp.event_count(rng, p["notes_rate"], seconds)):  # music, chimes, bells
         length = int(rng.uniform(0.15, 0.7) * sr)
@@ -178,7 +197,7 @@ def _reverb(rng, p, sr, n) -> np.ndarray | None:
     tail = rng.standard_normal(n) * np.exp(-6.91 * t / rt60)
     tail[0] = 0.0
     spec = sp_fft.rfft(tail) * dsp.lowpass(f, rng.uniform(2000.0, 6000.0), 1)
-    mean = float(np.mean(spec.real ** 2 + spec.imag ** 2))
+    mean = float(np.mean(spec.real**2 + spec.imag**2))
     return spec * math.sqrt(10.0 ** (p["wet_db"] / 10.0) / mean)
 
 

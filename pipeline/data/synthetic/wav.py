@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.core.files import atomic_path
 
-_FULL_SCALE = 2 ** 23 - 1
+_FULL_SCALE = 2**23 - 1
 
 
 def _wav_bytes(y: np.ndarray) -> bytes:

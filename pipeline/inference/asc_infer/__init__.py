@@ -91,8 +91,10 @@ def _interpreter_class() -> tuple[type, str]:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ImportError("asc_infer needs a TFLite interpreter: pip install 'asc-infer[litert]' "
-                          "(ai-edge-litert) or 'asc-infer[tf]' (tensorflow)") from None
+        raise ImportError(
+            "asc_infer needs a TFLite interpreter: pip install 'asc-infer[litert]' "
+            "(ai-edge-litert) or 'asc-infer[tf]' (tensorflow)"
+        ) from None
     return tf.lite.Interpreter, "tensorflow.lite"
 
 
@@ -144,13 +146,23 @@ class Model:
         self._cin = self._classifier.get_input_details()[0]
         self._cout = self._classifier.get_output_details()[0]
         if int(self._fin["shape"][-1]) != self.window_samples:
-            raise ValueError(f"{self.folder / 'frontend.tflite'} takes {int(self._fin['shape'][-1])} samples; "
-                             f"model.json says clip_samples={self.window_samples}")
+            raise ValueError(
+                f"{self.folder / 'frontend.tflite'} takes {int(self._fin['shape'][-1])} samples; "
+                f"model.json says clip_samples={self.window_samples}"
+            )
         if int(self._cout["shape"][-1]) != len(self.labels):
-            raise ValueError(f"{self.folder / 'model_int8.tflite'} has {int(self._cout['shape'][-1])} outputs; "
-                             f"model.json lists {len(self.labels)} labels")
-        logger.info("asc_infer: loaded %s (%d classes, %d Hz, %d-sample clips) with %s", self.folder,
-                    len(self.labels), self.sample_rate, self.window_samples, self.runtime)
+            raise ValueError(
+                f"{self.folder / 'model_int8.tflite'} has {int(self._cout['shape'][-1])} outputs; "
+                f"model.json lists {len(self.labels)} labels"
+            )
+        logger.info(
+            "asc_infer: loaded %s (%d classes, %d Hz, %d-sample clips) with %s",
+            self.folder,
+            len(self.labels),
+            self.sample_rate,
+            self.window_samples,
+            self.runtime,
+        )
 
     def _json(self, name: str) -> dict:
         path = self.folder / name
@@ -160,8 +172,10 @@ class Model:
             raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
     def __repr__(self) -> str:
-        return (f"Model({str(self.folder)!r}, labels={len(self.labels)}, sample_rate={self.sample_rate}, "
-                f"window_samples={self.window_samples}, runtime={self.runtime!r})")
+        return (
+            f"Model({str(self.folder)!r}, labels={len(self.labels)}, sample_rate={self.sample_rate}, "
+            f"window_samples={self.window_samples}, runtime={self.runtime!r})"
+        )
 
     def clip_logits(self, clip: np.ndarray) -> np.ndarray:
         """Logits (float32 ``[n_classes]``) of one clip (float32 ``[window_samples]``)."""
@@ -212,8 +226,13 @@ def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None
 # --------------------------------------------------------------------------- the inputs
 
 
-def load_inputs(items: Item | Iterable[Item], model: Model | None = None, *, window_seconds: float | None = None,
-                hop_seconds: float | None = None) -> list[Recording]:
+def load_inputs(
+    items: Item | Iterable[Item],
+    model: Model | None = None,
+    *,
+    window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+) -> list[Recording]:
     """Open recordings lazily (headers only).
 
     Args:
@@ -239,16 +258,18 @@ def load_inputs(items: Item | Iterable[Item], model: Model | None = None, *, win
     out = []
     for i, item in enumerate(item_list(items)):
         name = item_name(item, i)
-        out.append(make_recording(name, open_wav(item, name), spec, window_seconds=window_seconds,
-                                  hop_seconds=hop_seconds))
+        out.append(
+            make_recording(name, open_wav(item, name), spec, window_seconds=window_seconds, hop_seconds=hop_seconds)
+        )
     return out
 
 
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_windows(model: Model, recording: Recording,
-                    score: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[float, np.ndarray]]:
+def predict_windows(
+    model: Model, recording: Recording, score: Callable[[np.ndarray], np.ndarray] | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
     """Per-window probabilities of one recording.
 
     Args:
@@ -282,8 +303,11 @@ def predict(model: Model, inputs: Recording | Item | Sequence[Recording | Item])
     items = [inputs] if isinstance(inputs, Recording) else item_list(inputs)
     rows = []
     for i, item in enumerate(items):
-        rec = item if isinstance(item, Recording) else \
-            make_recording(item_name(item, i), open_wav(item, item_name(item, i)), model)
+        rec = (
+            item
+            if isinstance(item, Recording)
+            else make_recording(item_name(item, i), open_wav(item, item_name(item, i)), model)
+        )
         probs = np.stack([p for _, p in predict_windows(model, rec)])
         rows.append(rec.weights() @ probs)
     return np.asarray(rows, np.float64).reshape(len(rows), len(model.labels))

@@ -151,7 +151,7 @@ def clip_pieces(window: np.ndarray, clip_samples: int) -> tuple[np.ndarray, np.n
         out[0, :n] = window
         return out, np.ones(1)
     starts = segment_starts(n, clip_samples, clip_samples)
-    pieces = np.stack([window[s:s + clip_samples] for s in starts])
+    pieces = np.stack([window[s : s + clip_samples] for s in starts])
     return pieces, coverage_weights(starts, clip_samples, n)
 
 
@@ -187,8 +187,12 @@ class WavSource:
         return frames.mean(axis=1, dtype=np.float32)
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def check_regular_file(path: str | os.PathLike) -> None:
@@ -215,8 +219,11 @@ def _reason(exc: BaseException) -> str:
 def check_rate(name: str, rate: int) -> None:
     """Raise :class:`InputError` for a sample rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``."""
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise InputError(name, f"sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} "
-                               "Hz (a corrupt header, or not a recording)")
+        raise InputError(
+            name,
+            f"sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} "
+            "Hz (a corrupt header, or not a recording)",
+        )
 
 
 # --------------------------------------------------------------------------- recordings
@@ -253,8 +260,9 @@ class Recording:
             try:
                 self._resampler = Resampler(self.source.sample_rate, self.sample_rate)
             except ValueError as exc:
-                raise InputError(self.name, f"cannot resample {self.source.sample_rate} Hz to {self.sample_rate} Hz: "
-                                            f"{exc}") from exc
+                raise InputError(
+                    self.name, f"cannot resample {self.source.sample_rate} Hz to {self.sample_rate} Hz: {exc}"
+                ) from exc
         self._starts = segment_starts(self.samples, self.window_samples, self.hop_samples)
 
     @property
@@ -327,8 +335,10 @@ class Recording:
 def _loud(where: str, exc: LoudSamples) -> str:
     if exc.non_finite:
         return f"{where}: {exc.non_finite} non-finite samples (NaN or inf)"
-    return (f"{where}: samples far beyond full scale (peak {exc.peak:.3g}; at most {MAX_ABS_SAMPLE:g} is accepted, "
-            "audio is scaled to [-1, 1])")
+    return (
+        f"{where}: samples far beyond full scale (peak {exc.peak:.3g}; at most {MAX_ABS_SAMPLE:g} is accepted, "
+        "audio is scaled to [-1, 1])"
+    )
 
 
 def seconds_to_samples(seconds: float | None, default: float, rate: int, what: str) -> int:
@@ -352,8 +362,9 @@ def seconds_to_samples(seconds: float | None, default: float, rate: int, what: s
     return n
 
 
-def make_recording(name: str, source: Any, model: Any, *, window_seconds: float | None = None,
-                   hop_seconds: float | None = None) -> Recording:
+def make_recording(
+    name: str, source: Any, model: Any, *, window_seconds: float | None = None, hop_seconds: float | None = None
+) -> Recording:
     """A :class:`Recording` of any source with ``sample_rate``, ``frames`` and ``read(start, stop)`` (mono).
 
     Args:
@@ -369,13 +380,16 @@ def make_recording(name: str, source: Any, model: Any, *, window_seconds: float 
       InputError: the source holds no frames or has a sample rate outside the supported range.
     """
     window = seconds_to_samples(window_seconds, model.window_seconds, model.sample_rate, "window_seconds")
-    hop_default = window / model.sample_rate if hop_seconds is None and window_seconds is not None \
-        else model.hop_seconds
+    hop_default = (
+        window / model.sample_rate if hop_seconds is None and window_seconds is not None else model.hop_seconds
+    )
     hop = seconds_to_samples(hop_seconds, hop_default, model.sample_rate, "hop_seconds")
     clip = int(getattr(model, "window_samples", None) or window)
     if window < clip:
-        raise ValueError(f"window_seconds={window / model.sample_rate:g} is shorter than the model's clip "
-                         f"({clip / model.sample_rate:g} s): every window would be zero-padded")
+        raise ValueError(
+            f"window_seconds={window / model.sample_rate:g} is shorter than the model's clip "
+            f"({clip / model.sample_rate:g} s): every window would be zero-padded"
+        )
     if hop_seconds is not None and hop < round(MIN_HOP_SECONDS * model.sample_rate):
         raise ValueError(f"hop_seconds={hop_seconds!r} is shorter than {MIN_HOP_SECONDS:g} seconds (the shortest hop)")
     return Recording(name, source, model.sample_rate, window, hop, clip_samples=clip)
@@ -398,8 +412,9 @@ def item_list(items: Item | Iterable[Item]) -> list[Item]:
     try:
         return list(items)
     except TypeError:
-        raise TypeError(f"inputs must be a path, the bytes of a WAV file, or a list of those; got "
-                        f"{type(items).__name__}") from None
+        raise TypeError(
+            f"inputs must be a path, the bytes of a WAV file, or a list of those; got {type(items).__name__}"
+        ) from None
 
 
 def item_name(item: Item, i: int) -> str:
@@ -407,8 +422,10 @@ def item_name(item: Item, i: int) -> str:
         return f"<bytes #{i}>"
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    raise TypeError(f"input #{i} is a {type(item).__name__}: expected a path (str or os.PathLike) or the bytes of a "
-                    "WAV file (bytes, bytearray, memoryview)")
+    raise TypeError(
+        f"input #{i} is a {type(item).__name__}: expected a path (str or os.PathLike) or the bytes of a "
+        "WAV file (bytes, bytearray, memoryview)"
+    )
 
 
 @dataclass

@@ -76,7 +76,7 @@ def _design(up: int, down: int) -> tuple[np.ndarray, int]:
     t = (p * down + (pad_left - j) * up) / up  # [frame_len, up]: time from input sample to output sample
     inside = np.abs(t) <= half_width
     ratio = np.clip(t / half_width, -1.0, 1.0)
-    window = np.i0(KAISER_BETA * np.sqrt(1.0 - ratio ** 2)) / np.i0(KAISER_BETA)
+    window = np.i0(KAISER_BETA * np.sqrt(1.0 - ratio**2)) / np.i0(KAISER_BETA)
     taps = np.where(inside, 2.0 * fc * np.sinc(2.0 * fc * t) * window, 0.0)
     taps /= taps.sum(axis=0, keepdims=True)  # DC gain 1 on every phase
     return taps.astype(np.float32), pad_left
@@ -105,8 +105,10 @@ class Resampler:
         g = math.gcd(self.orig_rate, self.target_rate)
         up, down = self.target_rate // g, self.orig_rate // g
         if up > MAX_UP:
-            raise ValueError(f"cannot resample {self.orig_rate} Hz -> {self.target_rate} Hz: the reduced ratio "
-                             f"{up}/{down} needs {up} filter phases (at most {MAX_UP})")
+            raise ValueError(
+                f"cannot resample {self.orig_rate} Hz -> {self.target_rate} Hz: the reduced ratio "
+                f"{up}/{down} needs {up} filter phases (at most {MAX_UP})"
+            )
         self.identity = up == down
         group = 1 if self.identity else -(-MIN_BLOCK // up)  # blocks of >= MIN_BLOCK outputs
         self.up, self.down = up * group, down * group
@@ -114,8 +116,10 @@ class Resampler:
             fc = ROLLOFF * min(self.up, self.down) / (2.0 * self.down)
             taps = (self.down + 2 * math.ceil(ZERO_CROSSINGS / (2.0 * fc))) * self.up  # the matrix, before building it
             if taps > MAX_TAPS:
-                raise ValueError(f"cannot resample {self.orig_rate} Hz -> {self.target_rate} Hz: the reduced ratio "
-                                 f"{up}/{down} needs a filter of {taps:,} taps (at most {MAX_TAPS:,})")
+                raise ValueError(
+                    f"cannot resample {self.orig_rate} Hz -> {self.target_rate} Hz: the reduced ratio "
+                    f"{up}/{down} needs a filter of {taps:,} taps (at most {MAX_TAPS:,})"
+                )
         if self.identity:
             self.matrix, self.pad_left = np.ones((1, 1), np.float32), 0
         else:
@@ -124,8 +128,10 @@ class Resampler:
         self._chunk_blocks = max(1, CHUNK_OUTPUT // self.up)
 
     def __repr__(self) -> str:
-        return (f"Resampler({self.orig_rate} -> {self.target_rate} Hz, up={self.up}, down={self.down}, "
-                f"frame_len={self.frame_len})")
+        return (
+            f"Resampler({self.orig_rate} -> {self.target_rate} Hz, up={self.up}, down={self.down}, "
+            f"frame_len={self.frame_len})"
+        )
 
     def output_length(self, n_in: int) -> int:
         """Output samples for ``n_in`` input samples: ``ceil(n_in * target / orig)``."""
@@ -182,7 +188,7 @@ class Resampler:
             b1 = min(b0 + self._chunk_blocks, total_blocks)
             y = self._blocks(read, n_in, b0, b1)  # outputs [b0*up, b1*up)
             lo, hi = max(start, b0 * self.up), min(stop, b1 * self.up)
-            parts.append(y[lo - b0 * self.up:hi - b0 * self.up])
+            parts.append(y[lo - b0 * self.up : hi - b0 * self.up])
         return np.concatenate(parts)
 
     @staticmethod
@@ -199,7 +205,8 @@ class Resampler:
         buf = np.zeros(hi - lo, np.float32)
         a, b = max(lo, 0), min(hi, n_in)
         if a < b:
-            buf[a - lo:b - lo] = self._read(read, a, b)
-        frames = np.lib.stride_tricks.as_strided(buf, shape=(b1 - b0, self.frame_len),
-                                                 strides=(self.down * buf.itemsize, buf.itemsize), writeable=False)
+            buf[a - lo : b - lo] = self._read(read, a, b)
+        frames = np.lib.stride_tricks.as_strided(
+            buf, shape=(b1 - b0, self.frame_len), strides=(self.down * buf.itemsize, buf.itemsize), writeable=False
+        )
         return (np.ascontiguousarray(frames) @ self.matrix).reshape(-1)  # [blocks, up] -> [blocks * up]

@@ -37,8 +37,14 @@ _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 # the last 14 bytes of KSDATAFORMAT_SUBTYPE_PCM / _IEEE_FLOAT; the first two bytes are the format tag
 _GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 _ENCODING_NAMES = {
-    0x0002: "Microsoft ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM",
-    0x0031: "GSM 6.10", 0x0050: "MPEG", 0x0055: "MPEG Layer 3 (MP3)", 0x0092: "Dolby AC3",
+    0x0002: "Microsoft ADPCM",
+    0x0006: "A-law",
+    0x0007: "mu-law",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0050: "MPEG",
+    0x0055: "MPEG Layer 3 (MP3)",
+    0x0092: "Dolby AC3",
 }
 
 
@@ -81,7 +87,7 @@ def _open(source: Source) -> tuple[BinaryIO, int]:
         return io.BytesIO(data), len(data)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
-    fh = open(source, "rb")  # noqa: SIM115 (closed by the caller)  FileNotFoundError etc. pass through
+    fh = open(source, "rb")
     return fh, os.fstat(fh.fileno()).st_size
 
 
@@ -143,8 +149,9 @@ def _parse(fh: BinaryIO, size: int) -> WavInfo:
     tag, channels, rate, block_align, bits = fmt
     encoding = _encoding(tag, bits)
     if channels < 1 or rate < 1 or block_align != channels * bits // 8:
-        raise WavError(f"inconsistent header (channels={channels}, rate={rate}, block_align={block_align}, "
-                       f"bits={bits})")
+        raise WavError(
+            f"inconsistent header (channels={channels}, rate={rate}, block_align={block_align}, bits={bits})"
+        )
     available = size - data_offset
     if csize > available or csize == 0xFFFFFFFF:
         raise WavError(f"truncated: header announces {csize} data bytes, file holds {available}")
@@ -177,14 +184,14 @@ def _decode(raw: bytes, info: WavInfo) -> np.ndarray:
     if info.encoding == "float":
         x = np.frombuffer(raw, "<f4" if info.bits == 32 else "<f8").astype(np.float32)
     elif info.bits == 16:
-        x = np.frombuffer(raw, "<i2").astype(np.float32) * np.float32(2.0 ** -15)
+        x = np.frombuffer(raw, "<i2").astype(np.float32) * np.float32(2.0**-15)
     elif info.bits == 24:
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
         wide = np.zeros((len(b), 4), np.uint8)
         wide[:, 1:] = b  # left-aligned in int32: sample * 2**8, as tensorflow-io returns it
-        x = wide.view("<i4")[:, 0].astype(np.float32) * np.float32(2.0 ** -31)
+        x = wide.view("<i4")[:, 0].astype(np.float32) * np.float32(2.0**-31)
     else:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) * np.float32(2.0 ** -31)
+        x = np.frombuffer(raw, "<i4").astype(np.float32) * np.float32(2.0**-31)
     return x.reshape(-1, info.channels)
 
 
@@ -221,14 +228,15 @@ def read_frames(source: Source, info: WavInfo | None = None, start: int = 0, cou
     nbytes = (stop - start) * info.block_align
     offset = info.data_offset + start * info.block_align
     if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(memoryview(source)[offset:offset + nbytes])
+        raw = bytes(memoryview(source)[offset : offset + nbytes])
     else:
         with open(source, "rb") as fh:
             fh.seek(offset)
             raw = fh.read(nbytes)
     if len(raw) != nbytes:
-        raise WavError(f"truncated: expected {nbytes} bytes of frames {start}..{stop} at offset {offset}, "
-                       f"read {len(raw)}")
+        raise WavError(
+            f"truncated: expected {nbytes} bytes of frames {start}..{stop} at offset {offset}, read {len(raw)}"
+        )
     return _decode(raw, info)
 
 

@@ -26,71 +26,152 @@ from pipeline.running.stages.teacher import teacher
 from pipeline.running.stages.train import train
 
 # Settings sections that shape the trained network (TTA only changes evaluation).
-_TRAINING = ("seed", "audio", "data", "model", "augment", "train", "distill.enabled", "distill.temperature",
-             "distill.weight")
+_TRAINING = (
+    "seed",
+    "audio",
+    "data",
+    "model",
+    "augment",
+    "train",
+    "distill.enabled",
+    "distill.temperature",
+    "distill.weight",
+)
 _CHECKS = ("data.scan_audio", "data.strict_checks")  # prepare's business: its outputs' digest covers them
+# Settings no stage output depends on: how fast clips are decoded, not which values come out (the cached
+# and the parallel pipelines give the same elements in the same order: tests/test_inputs.py). A stage may
+# read them without declaring them; tests/test_settings_read.py checks every other read is declared.
+OUTPUT_NEUTRAL = ("data.cache", "data.num_parallel_calls")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", prepare, main_output="index.csv", settings=("data.scan_audio", "data.strict_checks"),
-          outputs={"index": "index.csv", "summary": "summary.json", "counts": "summary.csv",
-                   "audio_scan": "audio_scan.csv"},
-          external=dataset_facts,
-          reads="the dataset (`data.source`)",
-          writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
-                 "facts, content hash), `summary.json` (with the dataset checks' warnings), `summary.csv` (clips per split x "
-                 "class x device), `audio_scan.csv` (per clip: content hash, peak, clipped fraction)"),
-    Stage("teacher", teacher, upstream=("prepare",), main_output="logits.npz",
-          outputs={"logits": "logits.npz", "metrics": "metrics.json"},
-          settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"),
-          exclude=("augment.tta", *_CHECKS),
-          resumable=True, distributed=True,
-          when=lambda params: params.distill.enabled,
-          headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
-          reads="`prepare/` (only with `distill.enabled`)",
-          writes="`teacher/logits.npz` (the ensemble's logits for the training clips), `metrics.json`, "
-                 "`teacherK/` (each member's model and checkpoints)"),
-    Stage("train", train, upstream=("prepare", "teacher"), main_output="model.keras",
-          outputs={"model": "model.keras", "best": "best.keras", "history": "history.json", "curves": "curves.png"},
-          settings=_TRAINING, exclude=("augment.tta", *_CHECKS), resumable=True, distributed=True,
-          reads="`prepare/`",
-          writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, "
-                 "`checkpoints/`"),
-    Stage("evaluate", evaluate, upstream=("prepare", "train"), main_output="metrics.json",
-          outputs={"metrics": "metrics.json", "per_device": "per_device.csv", "per_class": "per_class.csv",
-                   "predictions": "predictions.csv", "confusion_matrix": "confusion_matrix.png",
-                   "device_accuracy": "device_accuracy.png", "training_curves": "training_curves.png",
-                   "size_vs_accuracy": "size_vs_accuracy.png"},
-          settings=("seed", "audio", "augment", "evaluate", "data.max_eval_clips"),
-          headline=("macro_accuracy", "log_loss", "tta_macro_accuracy", "tta_log_loss", "tta_macs_per_clip",
-                    "tta_masks_macro_accuracy", "tta_masks_log_loss", "tta_masks_macs_per_clip",
-                    "group_unseen_macro_accuracy", "group_seen_macro_accuracy", "model_params", "model_macs",
-                    "model_int8_bytes_estimate"),
-          summary=evaluate_summary,
-          reads="`prepare/`, `train/`",
-          writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*`, "
-                 "`*_tta_masks.*` per TTA mode), plots"),
-    Stage("compress", compress, upstream=("prepare", "train"), main_output="model_int8.tflite",
-          outputs={"model_int8": "model_int8.tflite", "model_int8_ptq": "model_int8_ptq.tflite",
-                   "frontend": "frontend.tflite", "metrics": "metrics.json", "package": "package",
-                   "package_archive": "package.tar.gz"},
-          settings=("seed", "compress", "train", "data"), exclude=_CHECKS,
-          headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
-          summary=compress_summary,
-          reads="`prepare/`, `train/`",
-          writes="`compress/model_int8.tflite`, `model_int8_ptq.tflite`, `frontend.tflite`, `metrics.json`, "
-                 "`package/` (the installable `asc_infer` package), `package.tar.gz`"),
-    Stage("report", report, upstream=("prepare", "evaluate"), optional=("compress",), main_output="report.md",
-          outputs={"markdown": "report.md", "html": "report.html"}, summary=report_summary,
-          reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
-          writes="`report/report.md`, `report.html` and the plots"),
+    Stage(
+        "prepare",
+        prepare,
+        main_output="index.csv",
+        settings=("data.scan_audio", "data.strict_checks"),
+        outputs={
+            "index": "index.csv",
+            "summary": "summary.json",
+            "counts": "summary.csv",
+            "audio_scan": "audio_scan.csv",
+        },
+        external=dataset_facts,
+        reads="the dataset (`data.source`)",
+        writes="`prepare/index.csv` (filename, scene_label, label, city, identifier, device, split, WAV header "
+        "facts, content hash), `summary.json` (with the dataset checks' warnings), `summary.csv` (clips per split x "
+        "class x device), `audio_scan.csv` (per clip: content hash, peak, clipped fraction)",
+    ),
+    Stage(
+        "teacher",
+        teacher,
+        upstream=("prepare",),
+        main_output="logits.npz",
+        outputs={"logits": "logits.npz", "metrics": "metrics.json"},
+        settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"),
+        exclude=("augment.tta", *_CHECKS),
+        resumable=True,
+        distributed=True,
+        when=lambda params: params.distill.enabled,
+        headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
+        reads="`prepare/` (only with `distill.enabled`)",
+        writes="`teacher/logits.npz` (the ensemble's logits for the training clips), `metrics.json`, "
+        "`teacherK/` (each member's model and checkpoints)",
+    ),
+    Stage(
+        "train",
+        train,
+        upstream=("prepare", "teacher"),
+        main_output="model.keras",
+        outputs={"model": "model.keras", "best": "best.keras", "history": "history.json", "curves": "curves.png"},
+        settings=_TRAINING,
+        exclude=("augment.tta", *_CHECKS),
+        resumable=True,
+        distributed=True,
+        reads="`prepare/`",
+        writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, `checkpoints/`",
+    ),
+    Stage(
+        "evaluate",
+        evaluate,
+        upstream=("prepare", "train"),
+        main_output="metrics.json",
+        outputs={
+            "metrics": "metrics.json",
+            "per_device": "per_device.csv",
+            "per_class": "per_class.csv",
+            "predictions": "predictions.csv",
+            "confusion_matrix": "confusion_matrix.png",
+            "device_accuracy": "device_accuracy.png",
+            "training_curves": "training_curves.png",
+            "size_vs_accuracy": "size_vs_accuracy.png",
+        },
+        settings=("seed", "name", "audio", "model.name", "augment", "evaluate", "data.max_eval_clips"),
+        headline=(
+            "macro_accuracy",
+            "log_loss",
+            "tta_macro_accuracy",
+            "tta_log_loss",
+            "tta_macs_per_clip",
+            "tta_masks_macro_accuracy",
+            "tta_masks_log_loss",
+            "tta_masks_macs_per_clip",
+            "group_unseen_macro_accuracy",
+            "group_seen_macro_accuracy",
+            "model_params",
+            "model_macs",
+            "model_int8_bytes_estimate",
+        ),
+        summary=evaluate_summary,
+        reads="`prepare/`, `train/`",
+        writes="`evaluate/metrics.json`, `per_device.csv`, `per_class.csv`, `predictions.csv` (and `*_tta.*`, "
+        "`*_tta_masks.*` per TTA mode), plots",
+    ),
+    Stage(
+        "compress",
+        compress,
+        upstream=("prepare", "train"),
+        main_output="model_int8.tflite",
+        outputs={
+            "model_int8": "model_int8.tflite",
+            "model_int8_ptq": "model_int8_ptq.tflite",
+            "frontend": "frontend.tflite",
+            "metrics": "metrics.json",
+            "package": "package",
+            "package_archive": "package.tar.gz",
+        },
+        settings=("seed", "name", "audio", "model", "compress", "train", "data", "evaluate.batch_size"),
+        exclude=_CHECKS,
+        headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
+        summary=compress_summary,
+        reads="`prepare/`, `train/`",
+        writes="`compress/model_int8.tflite`, `model_int8_ptq.tflite`, `frontend.tflite`, `metrics.json`, "
+        "`package/` (the installable `asc_infer` package), `package.tar.gz`",
+    ),
+    Stage(
+        "report",
+        report,
+        upstream=("prepare", "evaluate"),
+        optional=("compress",),
+        main_output="report.md",
+        outputs={"markdown": "report.md", "html": "report.html"},
+        summary=report_summary,
+        reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
+        writes="`report/report.md`, `report.html` and the plots",
+    ),
     # Last: a registry that is down costs nothing else of --stage all; nothing reads its outputs.
-    Stage("register", register, upstream=("compress",), main_output="registered.json",
-          outputs={"registered": "registered.json"},
-          settings=("tracking.uri", "tracking.registered_model"), summary=register_summary,
-          reads="`compress/package/`",
-          writes="`register/registered.json` (model URI, version, run id, package digest, the version's tags); "
-                 "in the MLflow store: the package as a pyfunc model of its run and a new version of "
-                 "`tracking.registered_model` tagged with the int8 metrics and the training run"),
+    Stage(
+        "register",
+        register,
+        upstream=("compress",),
+        main_output="registered.json",
+        outputs={"registered": "registered.json"},
+        settings=("tracking.uri", "tracking.registered_model"),
+        summary=register_summary,
+        reads="`compress/package/`",
+        writes="`register/registered.json` (model URI, version, run id, package digest, the version's tags); "
+        "in the MLflow store: the package as a pyfunc model of its run and a new version of "
+        "`tracking.registered_model` tagged with the int8 metrics and the training run",
+    ),
 )
 
 NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
@@ -106,8 +187,10 @@ def get(name: str, registry: tuple[Stage, ...] = STAGES) -> Stage:
 
 def table(registry: tuple[Stage, ...] = STAGES) -> str:
     """The README's stage table (markdown), made from the records."""
-    rows = ["| stage | reads | writes under `--workdir` (default `work/`) | reused when these are unchanged |",
-            "| --- | --- | --- | --- |"]
+    rows = [
+        "| stage | reads | writes under `--workdir` (default `work/`) | reused when these are unchanged |",
+        "| --- | --- | --- | --- |",
+    ]
     for stage in registry:
         parts = [f"`{s}`" for s in stage.settings or ()]
         parts += [f"not `{s}`" for s in stage.exclude]

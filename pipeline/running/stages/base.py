@@ -3,9 +3,9 @@
 A stage function is a plain function ``f(ctx: Context) -> dict``. It asks for its upstream
 outputs by name (``ctx.input("prepare", "index")``: the upstream record's ``outputs`` catalog),
 writes files under ``ctx.out`` and records metrics, tags, artifacts and models through
-``ctx.record`` (a :class:`Recorder`). It never imports MLflow, never writes its completion marker and never decides whether it
-should run: the runner (:mod:`pipeline.running.runner`) does reuse, markers, MLflow runs and the
-failure record. A stage can therefore run in a test with a :class:`MemoryRecorder`.
+``ctx.record`` (a :class:`Recorder`). It never imports MLflow, never writes its completion marker
+and never decides whether it should run: the runner (:mod:`pipeline.running.runner`) does reuse,
+markers, MLflow runs and the failure record. A stage can therefore run in a test with a :class:`MemoryRecorder`.
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ class Context:
       data_name: ``synthetic`` or the dataset folder's name (titles, run names).
       resuming: True when ``out`` holds an interrupted run of this stage with the same key.
       facts: what the stage wants kept in its completion marker (read by later stages).
+      settings: the settings this stage's outputs depend on (its record's ``settings`` minus
+        ``exclude``, as in its reuse key: dotted path -> value), or None for a stage that always runs.
     """
 
     params: Params
@@ -167,6 +169,7 @@ class Context:
     resuming: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None
 
     def input(self, stage: str, name: str, *, missing_ok: bool = False) -> Path | None:
         """The path of output ``name`` of upstream stage ``stage`` (its record's ``outputs`` catalog).
@@ -186,12 +189,15 @@ class Context:
         if stage not in self.inputs:
             if missing_ok:
                 return None
-            raise StageError(f"stage {stage!r} is not a (complete) input of this stage; inputs: "
-                             f"{', '.join(sorted(self.inputs)) or 'none'}")
+            raise StageError(
+                f"stage {stage!r} is not a (complete) input of this stage; inputs: "
+                f"{', '.join(sorted(self.inputs)) or 'none'}"
+            )
         catalog = self.outputs.get(stage, {})
         if name not in catalog:
-            raise StageError(f"stage {stage!r} declares no output {name!r}; its outputs: "
-                             f"{', '.join(sorted(catalog)) or 'none'}")
+            raise StageError(
+                f"stage {stage!r} declares no output {name!r}; its outputs: {', '.join(sorted(catalog)) or 'none'}"
+            )
         path = self.inputs[stage] / catalog[name]
         if not path.exists():
             if missing_ok:

@@ -15,12 +15,11 @@ from evaluate import compress as cz
 from evaluate import metrics as dm
 from evaluate.complexity.rules import MAX_BYTES, MAX_MACS
 from models import asc
-from pipeline.data import inputs
-from pipeline.running import task
-from pipeline.running import training
 from pipeline.core import files, seeds
 from pipeline.core.config import Params
+from pipeline.data import inputs
 from pipeline.inference.package import build_package
+from pipeline.running import task, training
 from pipeline.running.stages.base import Context, clips, load_index
 
 logger = logging.getLogger(__name__)
@@ -47,8 +46,16 @@ def compress(ctx: Context) -> dict:
     steps = int(np.ceil(len(tr) / params.train.batch_size))
 
     def data(epochs: int, stream: str):
-        ds, _ = inputs.train_dataset(tr, root, params.audio, params.data, batch_size=params.train.batch_size,
-                                     seed=seeds.stream_seed(params.seed, stream), start_epoch=0, epochs=epochs)
+        ds, _ = inputs.train_dataset(
+            tr,
+            root,
+            params.audio,
+            params.data,
+            batch_size=params.train.batch_size,
+            seed=seeds.stream_seed(params.seed, stream),
+            start_epoch=0,
+            epochs=epochs,
+        )
         return ds
 
     result: dict = {"steps": [], "model": params.model.name, "data_fingerprint": data_fp}
@@ -66,19 +73,30 @@ def compress(ctx: Context) -> dict:
     result["float"] = score(float_probs)
     pruned = False
     if c.prune:
-        classifier, sparsity = cz.prune(cz.copy_model(classifier), frontend_layer,
-                                        data(c.prune_epochs, "compress.prune_data"), steps, epochs=c.prune_epochs,
-                                        target_sparsity=c.target_sparsity, learning_rate=c.fine_tune_learning_rate,
-                                        clip_samples=clip)
+        classifier, sparsity = cz.prune(
+            cz.copy_model(classifier),
+            frontend_layer,
+            data(c.prune_epochs, "compress.prune_data"),
+            steps,
+            epochs=c.prune_epochs,
+            target_sparsity=c.target_sparsity,
+            learning_rate=c.fine_tune_learning_rate,
+            clip_samples=clip,
+        )
         pruned = True
         result["steps"].append("prune")
         result["sparsity_per_kernel"] = sparsity
         result["sparsity"] = cz.overall_sparsity(sparsity)
         result["pruned_float"] = score(keras_probs(classifier))["overall"]
-        ctx.record.metrics({"sparsity": result["sparsity"],
-                            "pruned_float_macro_accuracy": result["pruned_float"]["macro_accuracy"]})
-        logger.info("compress: pruned to %.1f%% zeros; float macro accuracy %.3f -> %.3f", 100 * result["sparsity"],
-                    result["float"]["overall"]["macro_accuracy"], result["pruned_float"]["macro_accuracy"])
+        ctx.record.metrics(
+            {"sparsity": result["sparsity"], "pruned_float_macro_accuracy": result["pruned_float"]["macro_accuracy"]}
+        )
+        logger.info(
+            "compress: pruned to %.1f%% zeros; float macro accuracy %.3f -> %.3f",
+            100 * result["sparsity"],
+            result["float"]["overall"]["macro_accuracy"],
+            result["pruned_float"]["macro_accuracy"],
+        )
 
     rep_waves = inputs.representative_waveforms(tr, root, params.audio, c.representative_clips, params.seed)
     representative = frontend(rep_waves, training=False).numpy()
@@ -88,9 +106,16 @@ def compress(ctx: Context) -> dict:
         ptq_bytes = cz.to_tflite(classifier, representative, c.input_type, c.output_type)
         result["steps"].append("ptq")
     if c.qat:
-        qat = cz.quantize_aware(classifier, frontend_layer, data(c.qat_epochs, "compress.qat_data"), steps,
-                                epochs=c.qat_epochs, learning_rate=c.fine_tune_learning_rate, clip_samples=clip,
-                                pruned=pruned)
+        qat = cz.quantize_aware(
+            classifier,
+            frontend_layer,
+            data(c.qat_epochs, "compress.qat_data"),
+            steps,
+            epochs=c.qat_epochs,
+            learning_rate=c.fine_tune_learning_rate,
+            clip_samples=clip,
+            pruned=pruned,
+        )
         shipped = cz.to_tflite(qat, representative, c.input_type, c.output_type)
         result["steps"].append("qat")
         if pruned:
@@ -114,18 +139,31 @@ def compress(ctx: Context) -> dict:
     result["accuracy_drop"] = fa - ia
     result["argmax_agreement"] = float(np.mean(float_probs.argmax(1) == int8_probs.argmax(1)))
 
-    ctx.record.metrics({"float_macro_accuracy": fa, "int8_macro_accuracy": ia, "int8_accuracy_drop": fa - ia,
-                        "int8_log_loss": result["int8"]["overall"]["log_loss"],
-                        "int8_size_bytes": result["tflite"]["size_bytes"], "int8_macs": result["tflite"]["macs"],
-                        "int8_gzip_bytes": result["gzip_bytes"], "int8_argmax_agreement": result["argmax_agreement"]})
+    ctx.record.metrics(
+        {
+            "float_macro_accuracy": fa,
+            "int8_macro_accuracy": ia,
+            "int8_accuracy_drop": fa - ia,
+            "int8_log_loss": result["int8"]["overall"]["log_loss"],
+            "int8_size_bytes": result["tflite"]["size_bytes"],
+            "int8_macs": result["tflite"]["macs"],
+            "int8_gzip_bytes": result["gzip_bytes"],
+            "int8_argmax_agreement": result["argmax_agreement"],
+        }
+    )
     ctx.record.metrics(dm.flatten_for_mlflow(result["int8"], "int8_"))
     files.write_json(out / "metrics.json", result)
     for name in ("model_int8.tflite", "frontend.tflite", "metrics.json"):
         ctx.record.artifact(out / name)
     if (out / "model_int8_ptq.tflite").is_file():
         ctx.record.artifact(out / "model_int8_ptq.tflite")
-    logger.info("compress: int8 TFLite %d bytes (NeSsi), %.2f M MACs, macro accuracy %.3f (float %.3f)",
-                result["tflite"]["size_bytes"], result["tflite"]["macs"] / 1e6, ia, fa)
+    logger.info(
+        "compress: int8 TFLite %d bytes (NeSsi), %.2f M MACs, macro accuracy %.3f (float %.3f)",
+        result["tflite"]["size_bytes"],
+        result["tflite"]["macs"] / 1e6,
+        ia,
+        fa,
+    )
     package = _ship(ctx, result, frontend_bytes, shipped)
     return {"tflite": out / "model_int8.tflite", "metrics": out / "metrics.json", "package": package}
 
@@ -133,15 +171,31 @@ def compress(ctx: Context) -> dict:
 def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: bytes) -> Path:
     """Write the deployable package (``package/``, ``package.tar.gz``) and log the archive as an artifact."""
     params, out = ctx.params, ctx.out
-    cost = dict(result["tflite"], limits={"max_bytes": MAX_BYTES, "max_macs": MAX_MACS},
-                counted_by="NeSsi rules on model_int8.tflite (evaluate.complexity)")
-    metrics = {"split": "evaluate", "int8": result["int8"], "float_overall": result["float"]["overall"],
-               "accuracy_drop": result["accuracy_drop"], "argmax_agreement": result["argmax_agreement"],
-               "steps": result["steps"], "data_fingerprint": result["data_fingerprint"]}
+    cost = dict(
+        result["tflite"],
+        limits={"max_bytes": MAX_BYTES, "max_macs": MAX_MACS},
+        counted_by="NeSsi rules on model_int8.tflite (evaluate.complexity)",
+    )
+    metrics = {
+        "split": "evaluate",
+        "int8": result["int8"],
+        "float_overall": result["float"]["overall"],
+        "accuracy_drop": result["accuracy_drop"],
+        "argmax_agreement": result["argmax_agreement"],
+        "steps": result["steps"],
+        "data_fingerprint": result["data_fingerprint"],
+    }
     trained = ctx.marker("train")
     provenance = {"train_output": trained.get("output"), "train_run_id": trained.get("run_id")}
-    package = build_package(out, frontend_tflite=frontend_bytes, classifier_tflite=classifier_bytes, params=params,
-                            metrics=metrics, complexity=cost, provenance=provenance)
+    package = build_package(
+        out,
+        frontend_tflite=frontend_bytes,
+        classifier_tflite=classifier_bytes,
+        params=params,
+        metrics=metrics,
+        complexity=cost,
+        provenance=provenance,
+    )
     ctx.record.artifact(out / "package.tar.gz")
     # The MLflow model and its registry version are the register stage's (its own settings and run).
     return package
@@ -159,11 +213,15 @@ def summary_lines(folder: Path, params: Params) -> list[str]:
     """
     cz = json.loads((folder / "metrics.json").read_text())
     t = cz["tflite"]
-    lines = [f"  int8:     {folder.parent.resolve() / folder.name / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
-             f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
-             f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
-             f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})"]
+    lines = [
+        f"  int8:     {folder.parent.resolve() / folder.name / 'model_int8.tflite'}: {t['size_bytes']:,} bytes "
+        f"(NeSsi), {t['macs'] / 1e6:.2f} M MACs, within DCASE2022 limits: "
+        f"{'yes' if t.get('within_limits') else 'no'}; macro accuracy "
+        f"{cz['int8']['overall']['macro_accuracy']:.1%} (float {cz['float']['overall']['macro_accuracy']:.1%})"
+    ]
     if (folder / "package").is_dir():
-        lines.append(f"  package:  {(folder / 'package').resolve()} (classify recordings: python -m pipeline.predict "
-                     f"FILES --model {folder.parent})")
+        lines.append(
+            f"  package:  {(folder / 'package').resolve()} (classify recordings: python -m pipeline.predict "
+            f"FILES --model {folder.parent})"
+        )
     return lines

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from evaluate import complexity, plots
 from evaluate import metrics as dm
 from models import asc
-from pipeline.data import inputs
-from pipeline.running import task
 from pipeline.core import files
 from pipeline.core.config import Params
+from pipeline.data import inputs
+from pipeline.running import task
 from pipeline.running.stages.base import Context, StageError, clips, load_index
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,19 @@ def predict(model, params: Params, index: pd.DataFrame, root: Path, *, tta: str 
         def step(wave):
             return predictor.probabilities(frontend(wave, training=False))
     else:
+
         @tf.function(reduce_retracing=True)
         def step(wave):
             return tf.nn.softmax(classifier(frontend(wave, training=False), training=False))
 
     ds = inputs.eval_dataset(index, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
     steps = int(np.ceil(len(index) / params.evaluate.batch_size))
-    out = [step(wave).numpy() for wave, _ in tqdm(ds, total=steps, desc=f"predict (TTA {tta})" if tta else "predict",
-                                                   unit="batch", mininterval=2.0)]
+    out = [
+        step(wave).numpy()
+        for wave, _ in tqdm(
+            ds, total=steps, desc=f"predict (TTA {tta})" if tta else "predict", unit="batch", mininterval=2.0
+        )
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -62,8 +67,14 @@ def _experiment_points(ctx: Context) -> list[dict]:
             continue
         m = run["metrics"]
         if "macro_accuracy" in m and "model_int8_bytes_estimate" in m:
-            points.append({"name": run["name"].split(": ")[-1], "size_bytes": m["model_int8_bytes_estimate"],
-                           "accuracy": m["macro_accuracy"], "macs": m.get("model_macs")})
+            points.append(
+                {
+                    "name": run["name"].split(": ")[-1],
+                    "size_bytes": m["model_int8_bytes_estimate"],
+                    "accuracy": m["macro_accuracy"],
+                    "macs": m.get("model_macs"),
+                }
+            )
     return points
 
 
@@ -78,8 +89,12 @@ def tta_variants(params: Params) -> dict[str, str]:
 def tta_cost(classifier_macs: int, n_copies: int) -> dict:
     """MACs per clip of TTA with ``n_copies`` copies: ``n_copies`` classifier passes (front end once, not counted)."""
     macs = int(n_copies) * int(classifier_macs)
-    return {"n_copies": int(n_copies), "classifier_macs": int(classifier_macs), "macs_per_clip": macs,
-            "within_macs_limit": macs <= complexity.MAX_MACS}
+    return {
+        "n_copies": int(n_copies),
+        "classifier_macs": int(classifier_macs),
+        "macs_per_clip": macs,
+        "within_macs_limit": macs <= complexity.MAX_MACS,
+    }
 
 
 def _suffix(split: str, variant: str) -> str:
@@ -93,21 +108,33 @@ def evaluate(ctx: Context) -> dict:
     index, root, data_fp = load_index(ctx)
     model = task.load(ctx.input("train", "model"))
     cost = complexity.keras_complexity(asc.get_classifier(model))
-    result: dict = {"model": params.model.name, "config": params.name, "data": ctx.data_name,
-                    "data_fingerprint": data_fp,
-                    "complexity": {k: cost[k] for k in ("params", "trainable_params", "size_bytes", "macs",
-                                                         "within_limits")},
-                    "splits": {}}
+    result: dict = {
+        "model": params.model.name,
+        "config": params.name,
+        "data": ctx.data_name,
+        "data_fingerprint": data_fp,
+        "complexity": {k: cost[k] for k in ("params", "trainable_params", "size_bytes", "macs", "within_limits")},
+        "splits": {},
+    }
     tta = tta_variants(params)
-    result["tta"] = {"enabled": params.augment.tta.enabled, "n_copies": params.augment.tta.n_copies,
-                     "mask_fill": params.augment.tta.mask_fill,
-                     "macs_counted": "classifier MACs x n_copies per clip (the front end runs once and, as in "
-                                     "the DCASE count, is not counted)",
-                     "modes": {mode: {"variant": variant, **tta_cost(cost["macs"], params.augment.tta.n_copies)}
-                               for variant, mode in tta.items()}}
+    result["tta"] = {
+        "enabled": params.augment.tta.enabled,
+        "n_copies": params.augment.tta.n_copies,
+        "mask_fill": params.augment.tta.mask_fill,
+        "macs_counted": "classifier MACs x n_copies per clip (the front end runs once and, as in "
+        "the DCASE count, is not counted)",
+        "modes": {
+            mode: {"variant": variant, **tta_cost(cost["macs"], params.augment.tta.n_copies)}
+            for variant, mode in tta.items()
+        },
+    }
     if tta:
-        ctx.record.tags({"tta.modes": ",".join(tta.values()),
-                         "tta.variants": ",".join(f"{variant}={mode}" for variant, mode in tta.items())})
+        ctx.record.tags(
+            {
+                "tta.modes": ",".join(tta.values()),
+                "tta.variants": ",".join(f"{variant}={mode}" for variant, mode in tta.items()),
+            }
+        )
     headline = {}
     for split in params.evaluate.splits:
         part = clips(index, split, params, labelled=True)
@@ -135,46 +162,75 @@ def evaluate(ctx: Context) -> dict:
             flat = dm.flatten_for_mlflow(m, prefix)
             ctx.record.metrics(flat)
             headline.update(flat)
-            logger.info("evaluate %s (%s): accuracy %.3f macro %.3f log loss %.3f | unseen devices %s",
-                        split, variant if mode is None else f"{variant}: TTA {mode}", m["overall"]["accuracy"],
-                        m["overall"]["macro_accuracy"],
-                        m["overall"]["log_loss"],
-                        f"{m['per_device_group']['unseen']['macro_accuracy']:.3f}"
-                        if "unseen" in m["per_device_group"] else "n/a")
+            logger.info(
+                "evaluate %s (%s): accuracy %.3f macro %.3f log loss %.3f | unseen devices %s",
+                split,
+                variant if mode is None else f"{variant}: TTA {mode}",
+                m["overall"]["accuracy"],
+                m["overall"]["macro_accuracy"],
+                m["overall"]["log_loss"],
+                f"{m['per_device_group']['unseen']['macro_accuracy']:.3f}"
+                if "unseen" in m["per_device_group"]
+                else "n/a",
+            )
     if not result["splits"]:
         raise StageError("evaluate: no labelled clips in the splits " + ", ".join(params.evaluate.splits))
-    ctx.record.metrics({"model_params": cost["params"], "model_macs": cost["macs"],
-                        "model_int8_bytes_estimate": cost["size_bytes"]})
+    ctx.record.metrics(
+        {"model_params": cost["params"], "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]}
+    )
 
     main = result["splits"].get("evaluate") or next(iter(result["splits"].values()))
     for mode, entry in result["tta"]["modes"].items():
         variant = entry["variant"]
         overall = main[variant]["overall"]
         entry.update({k: overall[k] for k in ("accuracy", "macro_accuracy", "log_loss")})
-        entry["splits"] = {split: {k: r[variant]["overall"][k] for k in ("accuracy", "macro_accuracy", "log_loss")}
-                           for split, r in result["splits"].items()}
+        entry["splits"] = {
+            split: {k: r[variant]["overall"][k] for k in ("accuracy", "macro_accuracy", "log_loss")}
+            for split, r in result["splits"].items()
+        }
         cost_metrics = {f"{variant}_macs_per_clip": entry["macs_per_clip"], f"{variant}_n_copies": entry["n_copies"]}
         ctx.record.metrics(cost_metrics)
         headline.update(cost_metrics)
-        logger.info("evaluate: TTA %s (%s) %d copies: macro accuracy %.3f (plain %.3f), %s MACs per clip "
-                    "(%d x %s; DCASE limit %s)", mode, variant, entry["n_copies"], overall["macro_accuracy"],
-                    main["plain"]["overall"]["macro_accuracy"], f"{entry['macs_per_clip']:,}", entry["n_copies"],
-                    f"{cost['macs']:,}", f"{complexity.MAX_MACS:,}")
+        logger.info(
+            "evaluate: TTA %s (%s) %d copies: macro accuracy %.3f (plain %.3f), %s MACs per clip "
+            "(%d x %s; DCASE limit %s)",
+            mode,
+            variant,
+            entry["n_copies"],
+            overall["macro_accuracy"],
+            main["plain"]["overall"]["macro_accuracy"],
+            f"{entry['macs_per_clip']:,}",
+            entry["n_copies"],
+            f"{cost['macs']:,}",
+            f"{complexity.MAX_MACS:,}",
+        )
     plain = main["plain"]
     title = f"({params.model.name}, {ctx.data_name})"
     pngs = [
-        plots.plot_confusion_matrix(plain["confusion_matrix"], list(plain["class_names"]), out / "confusion_matrix.png",
-                                    title=f"Confusion matrix {title}"),
-        plots.plot_device_accuracy(plain["per_device"], out / "device_accuracy.png",
-                                   title=f"Accuracy per device {title}"),
+        plots.plot_confusion_matrix(
+            plain["confusion_matrix"],
+            list(plain["class_names"]),
+            out / "confusion_matrix.png",
+            title=f"Confusion matrix {title}",
+        ),
+        plots.plot_device_accuracy(
+            plain["per_device"], out / "device_accuracy.png", title=f"Accuracy per device {title}"
+        ),
     ]
     history_file = ctx.input("train", "history", missing_ok=True)
     if history_file is not None and history_file.is_file():
-        pngs.append(plots.plot_training_curves(json.loads(history_file.read_text())["history"],
-                                               out / "training_curves.png"))
+        pngs.append(
+            plots.plot_training_curves(json.loads(history_file.read_text())["history"], out / "training_curves.png")
+        )
     points = _experiment_points(ctx)
-    points.append({"name": f"{params.model.name}-{params.name} (this run)", "size_bytes": cost["size_bytes"],
-                   "accuracy": plain["overall"]["macro_accuracy"], "macs": cost["macs"]})
+    points.append(
+        {
+            "name": f"{params.model.name}-{params.name} (this run)",
+            "size_bytes": cost["size_bytes"],
+            "accuracy": plain["overall"]["macro_accuracy"],
+            "macs": cost["macs"],
+        }
+    )
     pngs.append(plots.plot_size_vs_accuracy(points, out / "size_vs_accuracy.png"))
     for png in pngs:
         ctx.record.artifact(png, "plots")
@@ -198,6 +254,8 @@ def summary_lines(folder: Path, params: Params) -> list[str]:
     plain = split["plain"]["overall"]
     line = f"  evaluate: macro accuracy {plain['macro_accuracy']:.1%}, log loss {plain['log_loss']:.3f}"
     if "tta" in split:
-        line += (f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
-                 f"{split['tta']['overall']['log_loss']:.3f}")
+        line += (
+            f"; with TTA ({ev['tta']['n_copies']} copies) {split['tta']['overall']['macro_accuracy']:.1%}, "
+            f"{split['tta']['overall']['log_loss']:.3f}"
+        )
     return [line + (" (synthetic data, not TAU22)" if ev.get("data") == "synthetic" else "")]

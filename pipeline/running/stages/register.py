@@ -38,8 +38,11 @@ def package_digest(package_dir: Path) -> str:
       The digest; equal folders give equal digests wherever they are.
     """
     package_dir = Path(package_dir)
-    listing = sorted((p.relative_to(package_dir).as_posix(), file_digest(p)) for p in package_dir.rglob("*")
-                     if p.is_file() and "__pycache__" not in p.parts)
+    listing = sorted(
+        (p.relative_to(package_dir).as_posix(), file_digest(p))
+        for p in package_dir.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
     return digest(listing)
 
 
@@ -75,16 +78,25 @@ def version_tags(package_dir: Path, data_name: str) -> dict[str, str]:
     info, metrics, cost = (_read(model_dir / name) for name in ("model.json", "metrics.json", "complexity.json"))
     try:
         overall = metrics["int8"]["overall"]
-        tags = {"int8_macro_accuracy": f"{overall['macro_accuracy']:.4f}",
-                "int8_log_loss": f"{overall['log_loss']:.4f}"}
+        tags = {
+            "int8_macro_accuracy": f"{overall['macro_accuracy']:.4f}",
+            "int8_log_loss": f"{overall['log_loss']:.4f}",
+        }
     except (KeyError, TypeError) as exc:
-        raise StageError(f"{model_dir / 'metrics.json'} lacks int8.overall.{exc}; rerun --stage compress --force") \
-            from None
+        raise StageError(
+            f"{model_dir / 'metrics.json'} lacks int8.overall.{exc}; rerun --stage compress --force"
+        ) from None
     try:
         limits = cost["limits"]
         within = cost["size_bytes"] <= limits["max_bytes"] and cost["macs"] <= limits["max_macs"]
-        tags.update({"int8_size_bytes": str(cost["size_bytes"]), "int8_macs": str(cost["macs"]),
-                     "int8_params": str(cost["params"]), "within_limits": str(bool(within)).lower()})
+        tags.update(
+            {
+                "int8_size_bytes": str(cost["size_bytes"]),
+                "int8_macs": str(cost["macs"]),
+                "int8_params": str(cost["params"]),
+                "within_limits": str(bool(within)).lower(),
+            }
+        )
     except (KeyError, TypeError) as exc:
         raise StageError(f"{model_dir / 'complexity.json'} lacks {exc}; rerun --stage compress --force") from None
     missing = [k for k in ("config", "model") if k not in info]
@@ -93,8 +105,11 @@ def version_tags(package_dir: Path, data_name: str) -> dict[str, str]:
     tags.update({"config": str(info["config"]), "model": str(info["model"]), "data": data_name})
     absent = [k for k in PROVENANCE if info.get(k) in (None, "")]
     if absent:
-        logger.warning("register: %s holds no %s: the version will not name its training run",
-                       model_dir / "model.json", " or ".join(absent))
+        logger.warning(
+            "register: %s holds no %s: the version will not name its training run",
+            model_dir / "model.json",
+            " or ".join(absent),
+        )
     tags.update({k: str(info[k]) for k in PROVENANCE if k not in absent})
     return tags
 
@@ -118,19 +133,29 @@ def register(ctx: Context) -> dict:
     where = ctx.record.package(package_dir, tags) or {}
     name = ctx.params.tracking.registered_model
     version = where.get("version")
-    result = {"registered_model": name if version is not None else None, "version": version,
-              "model_uri": where.get("model_uri"), "logged_model_uri": where.get("logged_model_uri"),
-              "run_id": ctx.record.run_id, "package": str(package_dir.resolve()),
-              "package_digest": tags["package_digest"], "compress_run_id": tags["compress_run_id"], "tags": tags}
+    result = {
+        "registered_model": name if version is not None else None,
+        "version": version,
+        "model_uri": where.get("model_uri"),
+        "logged_model_uri": where.get("logged_model_uri"),
+        "run_id": ctx.record.run_id,
+        "package": str(package_dir.resolve()),
+        "package_digest": tags["package_digest"],
+        "compress_run_id": tags["compress_run_id"],
+        "tags": tags,
+    }
     files.write_json(ctx.out / "registered.json", result)
     ctx.record.artifact(ctx.out / "registered.json")
     ctx.facts.update(registered_model=result["registered_model"], version=version, model_uri=result["model_uri"])
     if version is not None:
-        logger.info("register: %s (run %s; predict with --model %s)", result["model_uri"], ctx.record.run_id,
-                    result["model_uri"])
+        logger.info(
+            "register: %s (run %s; predict with --model %s)",
+            result["model_uri"],
+            ctx.record.run_id,
+            result["model_uri"],
+        )
     elif where:
-        logger.info("register: logged %s without registering it (tracking.registered_model is '')",
-                    result["model_uri"])
+        logger.info("register: logged %s without registering it (tracking.registered_model is '')", result["model_uri"])
     else:
         logger.info("register: package kept in memory (no MLflow store)")
     return {"registered": ctx.out / "registered.json", "model_uri": result["model_uri"]}
@@ -148,8 +173,10 @@ def summary_lines(folder: Path, params: Params) -> list[str]:
     """
     reg = json.loads((folder / "registered.json").read_text())
     if reg.get("version") is not None:
-        return [f"  registry: {reg['model_uri']} (python -m pipeline.predict FILES --model {reg['model_uri']} "
-                f"--tracking-uri {params.tracking.uri})"]
+        return [
+            f"  registry: {reg['model_uri']} (python -m pipeline.predict FILES --model {reg['model_uri']} "
+            f"--tracking-uri {params.tracking.uri})"
+        ]
     if reg.get("model_uri"):
         return [f"  registry: not registered (tracking.registered_model is ''); logged as {reg['model_uri']}"]
     return []

@@ -18,9 +18,12 @@ def report(ctx: Context) -> dict:
     runs = [r for r in ctx.record.finished_runs("evaluate") if r["tags"].get("reused") != "true"]
     rows = ablation(runs)
     plots = (ctx.input("evaluate", plot, missing_ok=True) for plot in rep.PLOTS)
-    inputs = rep.ReportInputs(summary=ctx.input("prepare", "summary"), metrics=ctx.input("evaluate", "metrics"),
-                              plots=tuple(p for p in plots if p is not None),
-                              compress_metrics=ctx.input("compress", "metrics", missing_ok=True))
+    inputs = rep.ReportInputs(
+        summary=ctx.input("prepare", "summary"),
+        metrics=ctx.input("evaluate", "metrics"),
+        plots=tuple(p for p in plots if p is not None),
+        compress_metrics=ctx.input("compress", "metrics", missing_ok=True),
+    )
     result = rep.build_report(inputs, ctx.params.to_yaml(), ctx.out, ablation=rows)
     for path in sorted(ctx.out.iterdir()):
         if path.is_file():

@@ -23,10 +23,10 @@ import pandas as pd
 import tensorflow as tf
 
 from evaluate import metrics as dm
-from pipeline.data import inputs
-from pipeline.running import task
 from pipeline.core import files, seeds
 from pipeline.core.config import Params
+from pipeline.data import inputs
+from pipeline.running import task
 from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,15 @@ logger = logging.getLogger(__name__)
 def teacher_params(params: Params, member: int) -> Params:
     """The parameter tree of ensemble member ``member`` (0-based): wider network, own seed."""
     t = params.distill.teacher
-    return params.replace(**{
-        "model.channels": str(list(t.channels)),
-        "model.hidden_units": str(t.hidden_units),
-        "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
-        "train.epochs": str(t.epochs or params.train.epochs),
-        "distill.enabled": "false",
-    })
+    return params.replace(
+        **{
+            "model.channels": str(list(t.channels)),
+            "model.hidden_units": str(t.hidden_units),
+            "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
+            "train.epochs": str(t.epochs or params.train.epochs),
+            "distill.enabled": "false",
+        }
+    )
 
 
 def logits_of(model, frame: pd.DataFrame, root, params: Params) -> np.ndarray:
@@ -55,8 +57,10 @@ def teacher(ctx: Context) -> dict:
     """Train each teacher, average their logits on the training clips, store them; score the ensemble."""
     params = ctx.params
     if params.model.name != "asc":
-        raise StageError(f"distillation teachers are wider versions of the report's network (model.name=asc); "
-                         f"got model.name={params.model.name}")
+        raise StageError(
+            f"distillation teachers are wider versions of the report's network (model.name=asc); "
+            f"got model.name={params.model.name}"
+        )
     index, root, _ = load_index(ctx)
     tr = clips(index, "train", params)
     ev = clips(index, "evaluate", params, labelled=True)
@@ -64,22 +68,36 @@ def teacher(ctx: Context) -> dict:
     for k in range(params.distill.teacher.members):
         member = teacher_params(params, k)
         name = f"teacher{k + 1}"
-        logger.info("teacher %d of %d: channels %s, seed %d, %d epochs", k + 1, params.distill.teacher.members,
-                    list(member.model.channels), member.seed, member.train.epochs)
-        model, _ = task.fit(member, ctx.out / name, tr, ev, root, PrefixedRecorder(ctx.record, f"{name}_"),
-                            resuming=ctx.resuming, log_model=False,
-                            resume_from=task.resume_folder(params, ctx.workdir, "teacher", name))
+        logger.info(
+            "teacher %d of %d: channels %s, seed %d, %d epochs",
+            k + 1,
+            params.distill.teacher.members,
+            list(member.model.channels),
+            member.seed,
+            member.train.epochs,
+        )
+        model, _ = task.fit(
+            member,
+            ctx.out / name,
+            tr,
+            ev,
+            root,
+            PrefixedRecorder(ctx.record, f"{name}_"),
+            resuming=ctx.resuming,
+            log_model=False,
+            resume_from=task.resume_folder(params, ctx.workdir, "teacher", name),
+        )
         train_logits.append(logits_of(model, tr, root, member))
         eval_logits.append(logits_of(model, ev, root, member))
-        member_m = dm.compute_metrics(ev.label.to_numpy(), tf.nn.softmax(eval_logits[-1]).numpy().astype(np.float64),
-                                      ev.device.to_numpy())
+        member_m = dm.compute_metrics(
+            ev.label.to_numpy(), tf.nn.softmax(eval_logits[-1]).numpy().astype(np.float64), ev.device.to_numpy()
+        )
         ctx.record.metrics({f"{name}_macro_accuracy": member_m["overall"]["macro_accuracy"]})
 
     logits = np.mean(train_logits, axis=0)  # [N, K]: the ensemble
     with files.atomic_path(ctx.out / "logits.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits,
-                     members=np.stack(train_logits))
+            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits, members=np.stack(train_logits))
     ensemble = tf.nn.softmax(np.mean(eval_logits, axis=0)).numpy().astype(np.float64)
     m = dm.compute_metrics(ev.label.to_numpy(), ensemble, ev.device.to_numpy())
     headline = {"teacher_macro_accuracy": m["overall"]["macro_accuracy"], "teacher_log_loss": m["overall"]["log_loss"]}
@@ -88,6 +106,10 @@ def teacher(ctx: Context) -> dict:
     ctx.record.metrics(headline)
     files.write_json(ctx.out / "metrics.json", {"members": params.distill.teacher.members, **headline})
     ctx.record.artifact(ctx.out / "metrics.json")
-    logger.info("teacher ensemble (%d): validation macro accuracy %.3f, log loss %.3f",
-                params.distill.teacher.members, headline["teacher_macro_accuracy"], headline["teacher_log_loss"])
+    logger.info(
+        "teacher ensemble (%d): validation macro accuracy %.3f, log loss %.3f",
+        params.distill.teacher.members,
+        headline["teacher_macro_accuracy"],
+        headline["teacher_log_loss"],
+    )
     return {"logits": ctx.out / "logits.npz", **headline}

@@ -24,8 +24,10 @@ def distillation_targets(ctx: Context, tr: pd.DataFrame) -> np.ndarray:
     row = {name: i for i, name in enumerate(stored["filenames"].tolist())}
     missing = [f for f in tr.filename if f not in row]
     if missing:
-        raise StageError(f"{path} has no teacher logits for {len(missing)} training "
-                         f"clip(s), e.g. {missing[0]}: run --stage teacher with this run's settings")
+        raise StageError(
+            f"{path} has no teacher logits for {len(missing)} training "
+            f"clip(s), e.g. {missing[0]}: run --stage teacher with this run's settings"
+        )
     logits = stored["logits"][[row[f] for f in tr.filename]]
     return distill.pack_targets(tr.label.to_numpy(), logits)
 
@@ -46,8 +48,22 @@ def train(ctx: Context) -> dict:
     ctx.record.tags({f"specaugment.width.{pos}": f"time {t}, freq {f}" for pos, (t, f) in widths.items()})
     targets = distillation_targets(ctx, tr) if params.distill.enabled else None
     if targets is not None:
-        logger.info("train: distilling from %d teacher(s) at T=%.1f, weight %.2f", params.distill.teacher.members,
-                    params.distill.temperature, params.distill.weight)
-    _, history = task.fit(params, ctx.out, tr, ev, root, ctx.record, resuming=ctx.resuming, targets=targets,
-                          resume_from=task.resume_folder(params, ctx.workdir, "train"))
+        logger.info(
+            "train: distilling from %d teacher(s) at T=%.1f, weight %.2f",
+            params.distill.teacher.members,
+            params.distill.temperature,
+            params.distill.weight,
+        )
+    _, history = task.fit(
+        params,
+        ctx.out,
+        tr,
+        ev,
+        root,
+        ctx.record,
+        resuming=ctx.resuming,
+        targets=targets,
+        resume_from=task.resume_folder(params, ctx.workdir, "train"),
+        settings=ctx.settings,
+    )
     return {"model": ctx.out / "model.keras", "best": ctx.out / "best.keras", "history": history}

@@ -1,0 +1,52 @@
+"""The real stages read only the settings their records declare (their reuse keys depend on them).
+
+Each stage's function runs on a tiny synthetic set with a :class:`RecordingParams` view of the
+parameters, which records the dotted path of every setting read (through the whole call tree:
+the training task, the input pipeline, the model builder, the compressor). A read outside the
+record's ``settings`` (or inside its ``exclude``) would let the runner reuse outputs made with
+another value of that setting: a stale reuse.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_overrides
+from test_architecture import RecordingParams, undeclared_reads
+
+from pipeline.core import config
+from pipeline.running import runner, stages
+from pipeline.running.stages import Context, MemoryRecorder
+
+pytestmark = pytest.mark.slow
+
+
+def _run_recorded(name: str, params, workdir, scratch) -> set[str]:
+    """The settings ``name``'s function reads, run into ``scratch`` on the complete upstream of ``workdir``."""
+    stage = stages.get(name)
+    reads: set[str] = set()
+    out = scratch / name
+    out.mkdir(parents=True)
+    inputs = {up: workdir / up for up in (*stage.upstream, *stage.optional) if (workdir / up).is_dir()}
+    ctx = Context(
+        params=RecordingParams(params, "", reads),
+        workdir=workdir,
+        out=out,
+        inputs=inputs,
+        record=MemoryRecorder(),
+        outputs={up: dict(stages.get(up).outputs) for up in inputs},
+        settings=stage.settings_of(params),
+    )
+    stage.function(ctx)
+    return reads
+
+
+def test_train_evaluate_and_compress_read_only_their_declared_settings(tmp_path, tiny_dataset):
+    params = config.load(None, tiny_overrides(tmp_path, tiny_dataset, **{"train.epochs": 1}))
+    workdir = tmp_path / "work"
+    runner.run_stages(params, workdir, ["prepare", "train"], track=False)
+    found = {}
+    for name in ("train", "evaluate", "compress"):
+        reads = _run_recorded(name, params, workdir, tmp_path / "recorded")
+        assert reads, name
+        found[name] = undeclared_reads(stages.get(name), reads, stages.OUTPUT_NEUTRAL)
+    assert found == {"train": [], "evaluate": [], "compress": []}
