@@ -41,6 +41,19 @@ def tiny_overrides(workdir, dataset, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def toy_params(tmp_path, **extra):
+    """The default config with its MLflow store under ``tmp_path`` (experiment ``toy``), for the runner's toy stages."""
+    from pipeline.core import config
+
+    sets = {
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "tracking.artifact_root": f"{tmp_path}/mlruns",
+        "tracking.experiment": "toy",
+        **extra,
+    }
+    return config.load(None, [f"{k}={v}" for k, v in sets.items()])
+
+
 @pytest.fixture(scope="session")
 def shipped_workdir(tmp_path_factory, tiny_dataset):
     """A workdir where prepare, train, compress and register ran once (tiny model, no pruning, 2 epochs).

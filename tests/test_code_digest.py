@@ -12,8 +12,9 @@ import uuid
 
 import mlflow
 import pytest
+from conftest import toy_params
 
-from pipeline.core import config, files, source
+from pipeline.core import files, source
 from pipeline.running import cli as run
 from pipeline.running import runner
 from pipeline.running import state as run_state
@@ -101,16 +102,6 @@ def toy(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def _params(tmp_path, **extra):
-    sets = {
-        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "tracking.artifact_root": f"{tmp_path}/mlruns",
-        "tracking.experiment": "toy",
-        **extra,
-    }
-    return config.load(None, [f"{k}={v}" for k, v in sets.items()])
-
-
 def _code_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "other code" in r.getMessage()]
 
@@ -174,7 +165,7 @@ def test_a_parent_package_is_digested_but_its_siblings_are_not_followed():
 
 
 def test_marker_records_the_code_digest(toy, tmp_path):
-    runner.run_stages(_params(tmp_path), tmp_path, ["count", "double"], stages=toy.records, track=False)
+    runner.run_stages(toy_params(tmp_path), tmp_path, ["count", "double"], stages=toy.records, track=False)
     code = source.code_digest(f"{toy.name}.stages")
     for name in ("count", "double"):
         marker = files.read_marker(tmp_path / name)
@@ -182,7 +173,7 @@ def test_marker_records_the_code_digest(toy, tmp_path):
 
 
 def test_reuse_after_a_code_change_warns_once_per_stage_and_reuses(toy, tmp_path, caplog):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False)
     caplog.clear()
     assert runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False) == {
@@ -213,7 +204,7 @@ def test_reuse_after_a_code_change_warns_once_per_stage_and_reuses(toy, tmp_path
 
 
 def test_marker_without_a_code_digest_counts_as_other_code(toy, tmp_path, caplog):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     runner.run_stages(params, tmp_path, ["count"], stages=toy.records, track=False)
     marker = files.read_marker(tmp_path / "count")
     for field in ("code", "code_files", "code_sources"):
@@ -228,7 +219,7 @@ def test_marker_without_a_code_digest_counts_as_other_code(toy, tmp_path, caplog
 
 
 def test_reused_mlflow_run_is_tagged_code_changed(toy, tmp_path):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     runner.run_stages(params, tmp_path, ["count"], stages=toy.records)
     runner.run_stages(params, tmp_path, ["count"], stages=toy.records)
     toy.edit(f"{toy.name}/lazy.py", "# edited\n")
@@ -248,7 +239,7 @@ def test_reused_mlflow_run_is_tagged_code_changed(toy, tmp_path):
 
 
 def test_rerun_changed_code_reruns_the_stage_and_its_downstream(toy, tmp_path, caplog):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     runner.run_stages(params, tmp_path, ["count", "double"], stages=toy.records, track=False)
     toy.edit(f"{toy.name}/helper.py", "VALUE = 30\n")
     toy.calls.clear()
@@ -269,7 +260,7 @@ def test_rerun_changed_code_reruns_the_stage_and_its_downstream(toy, tmp_path, c
 
 
 def test_an_input_made_by_other_code_is_refused_with_the_setting_and_named_without(toy, tmp_path, caplog):
-    runner.run_stages(_params(tmp_path), tmp_path, ["count", "double"], stages=toy.records, track=False)
+    runner.run_stages(toy_params(tmp_path), tmp_path, ["count", "double"], stages=toy.records, track=False)
     toy.edit(f"{toy.name}/rel.py", "# edited\n")
     with pytest.raises(
         StageError,
@@ -277,17 +268,17 @@ def test_an_input_made_by_other_code_is_refused_with_the_setting_and_named_witho
         r"run --stage count --rerun-changed-code",
     ):
         runner.run_stages(
-            _params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False, rerun_changed_code=True
+            toy_params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False, rerun_changed_code=True
         )
     caplog.clear()
-    runner.run_stages(_params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False)
+    runner.run_stages(toy_params(tmp_path, seed=7), tmp_path, ["double"], stages=toy.records, track=False)
     assert any(
         line.startswith("stage double: its input count was made by other code (") for line in _code_warnings(caplog)
     ), _code_warnings(caplog)
 
 
 def test_an_interrupted_run_of_other_code_resumes_with_a_warning_or_starts_afresh(toy, tmp_path, caplog):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     for rerun in (False, True):
         workdir = tmp_path / f"w{rerun}"
         workdir.mkdir()
@@ -309,9 +300,11 @@ def test_an_interrupted_run_of_other_code_resumes_with_a_warning_or_starts_afres
 def test_same_code_still_resumes(toy, tmp_path, caplog):
     (tmp_path / "interrupt").touch()
     with pytest.raises(KeyboardInterrupt):
-        runner.run_stages(_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False)
+        runner.run_stages(toy_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False)
     toy.calls.clear()
-    runner.run_stages(_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False, rerun_changed_code=True)
+    runner.run_stages(
+        toy_params(tmp_path), tmp_path, ["slow"], stages=toy.records, track=False, rerun_changed_code=True
+    )
     assert toy.calls == [("slow", True)] and _code_warnings(caplog) == []
 
 

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import toy_params
 
 from pipeline.core import config, files
 from pipeline.running import runner, stages
 from pipeline.running.stages import Context, MemoryRecorder, Stage, StageError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _params(tmp_path, **extra):
-    sets = {
-        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "tracking.artifact_root": f"{tmp_path}/mlruns",
-        "tracking.experiment": "toy",
-        **extra,
-    }
-    return config.load(None, [f"{k}={v}" for k, v in sets.items()])
 
 
 CALLS: list[str] = []
@@ -68,7 +59,7 @@ def _runs(tmp_path, stage):
 
 def test_toy_stage_runs_through_reuse_markers_and_mlflow(tmp_path):
     CALLS.clear()
-    params = _params(tmp_path, **{"train.epochs": 3})
+    params = toy_params(tmp_path, **{"train.epochs": 3})
     results = runner.run_stages(params, tmp_path, ["count", "double"], stages=TOY)
     assert results["double"]["value"] == 6 and CALLS == ["count", "double"]
     marker = files.read_marker(tmp_path / "double")
@@ -94,16 +85,16 @@ def test_toy_stage_runs_through_reuse_markers_and_mlflow(tmp_path):
 
     # A setting only the downstream stage depends on reruns it alone.
     CALLS.clear()
-    runner.run_stages(_params(tmp_path, **{"train.epochs": 3, "seed": 7}), tmp_path, ["count", "double"], stages=TOY)
+    runner.run_stages(toy_params(tmp_path, **{"train.epochs": 3, "seed": 7}), tmp_path, ["count", "double"], stages=TOY)
     assert CALLS == ["double"]
 
     # A setting of the upstream stage: running only the downstream stage is refused, naming the stage.
     with pytest.raises(StageError, match="count was made with other settings"):
-        runner.run_stages(_params(tmp_path, **{"train.epochs": 4}), tmp_path, ["double"], stages=TOY)
+        runner.run_stages(toy_params(tmp_path, **{"train.epochs": 4}), tmp_path, ["double"], stages=TOY)
 
 
 def test_failing_toy_stage_leaves_no_marker_and_a_failed_run(tmp_path):
-    params = _params(tmp_path)
+    params = toy_params(tmp_path)
     with pytest.raises(RuntimeError, match="toy failure"):
         runner.run_stages(params, tmp_path, ["count", "broken"], stages=TOY)
     assert files.read_marker(tmp_path / "broken") is None
@@ -116,14 +107,14 @@ def test_failing_toy_stage_leaves_no_marker_and_a_failed_run(tmp_path):
 def test_missing_main_output_is_an_error(tmp_path):
     lazy = (Stage("lazy", lambda ctx: {}, main_output="promised.txt", settings=()),)
     with pytest.raises(StageError, match="main output"):
-        runner.run_stages(_params(tmp_path), tmp_path, ["lazy"], stages=lazy, track=False)
+        runner.run_stages(toy_params(tmp_path), tmp_path, ["lazy"], stages=lazy, track=False)
     assert files.read_marker(tmp_path / "lazy") is None
 
 
 def test_stages_run_without_mlflow(tmp_path):
     CALLS.clear()
     results = runner.run_stages(
-        _params(tmp_path, **{"train.epochs": 2}), tmp_path, ["count", "double"], stages=TOY, track=False
+        toy_params(tmp_path, **{"train.epochs": 2}), tmp_path, ["count", "double"], stages=TOY, track=False
     )
     assert results["double"]["value"] == 4
     assert not (tmp_path / "mlflow.db").exists()
@@ -134,7 +125,7 @@ def test_stage_function_with_a_memory_recorder(tmp_path):
     out = tmp_path / "count"
     out.mkdir()
     record = MemoryRecorder()
-    params = _params(tmp_path, **{"train.epochs": 5})
+    params = toy_params(tmp_path, **{"train.epochs": 5})
     ctx = Context(params=params, workdir=tmp_path, out=out, inputs={}, record=record)
     _count(ctx)
     assert record.latest() == {"count": 5.0} and record.logged_tags() == {"dataset.toy": "yes"}
@@ -172,7 +163,7 @@ def test_every_stage_function_is_free_of_mlflow_and_markers():
         assert "mark_complete" not in source and "clear_marker" not in source, stage.name
 
 
-def test_settings_keys_exist_in_params():
+def test_settings_keys_exist_intoy_params():
     tree = config.Params().to_dict()
     for stage in stages.STAGES:
         for dotted in (*(stage.settings or ()), *stage.exclude):
