@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.core import dotted
 from pipeline.core.hashing import digest
+from pipeline.core.labels import SEEN_DEVICES
 from pipeline.core.params import (  # noqa: F401  (the section classes, re-exported: config.TrainParams etc.)
     AudioParams,
     AugmentParams,
@@ -267,6 +268,11 @@ def typed_value(key: str, value):
 
 def _cross_check(p: Params) -> None:
     """Constraints that span several fields."""
+    held = p.data.validation
+    if "evaluate" in held and len(held) > 1:
+        raise ConfigError(f"data.validation: 'evaluate' or training devices, not both; got {list(held)}")
+    if "evaluate" not in held and len(held) >= len(SEEN_DEVICES):
+        raise ConfigError(f"data.validation: holding out every training device {list(held)} leaves nothing to train on")
     a = p.audio
     nyquist = a.sample_rate_hz / 2
     if a.fmax_hz is not None and a.fmax_hz > nyquist:

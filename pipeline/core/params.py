@@ -13,6 +13,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
 
+from pipeline.core.labels import SEEN_DEVICES
+
 
 def _f(default, **meta):
     """A dataclass field with validation metadata (``choices``, ``min``, ``max``, ``check``, ``help``).
@@ -78,6 +80,13 @@ class DataParams:
     num_parallel_calls: int = _f(-1, min=-1, help="parallel decode calls; -1 = one per CPU core (at most 16)")
     max_train_clips: int = _f(0, min=0, help="use at most this many train clips (0 = all)")
     max_eval_clips: int = _f(0, min=0, help="use at most this many evaluate clips (0 = all)")
+    validation: tuple = _f(
+        ("evaluate",),
+        choices=("evaluate", *(d.lower() for d in SEEN_DEVICES)),
+        help="what training validates on (early stopping, best.keras): the evaluate split, or training devices "
+        "held out as pseudo-unseen (e.g. s3 or s2,s3): their training clips leave training and become the "
+        "validation split; tune on these, report on the evaluate split",
+    )
     scan_audio: bool = _f(
         True,
         help="prepare reads every clip: content hashes (duplicates across splits), "

@@ -105,7 +105,17 @@ STAGES: tuple[Stage, ...] = (
             "training_curves": "training_curves.png",
             "size_vs_accuracy": "size_vs_accuracy.png",
         },
-        settings=("seed", "name", "audio", "model.name", "augment", "evaluate", "data.max_eval_clips"),
+        settings=(
+            "seed",
+            "name",
+            "audio",
+            "model.name",
+            "augment",
+            "evaluate",
+            "data.max_eval_clips",
+            "data.max_train_clips",
+            "data.validation",
+        ),
         headline=(
             "macro_accuracy",
             "log_loss",

@@ -292,13 +292,45 @@ def load_index(ctx: Context) -> tuple[pd.DataFrame, Path, str]:
     return index, Path(marker["root"]), marker["fingerprint"]
 
 
+def held_out_devices(params: Params) -> tuple[str, ...]:
+    """The training devices held out as pseudo-unseen (``data.validation``; upper case), or ``()``."""
+    return () if params.data.validation == ("evaluate",) else tuple(d.upper() for d in params.data.validation)
+
+
+def validation_split(params: Params) -> str:
+    """The split training validates on: ``evaluate``, or ``validation`` (held-out training devices)."""
+    return "validation" if held_out_devices(params) else "evaluate"
+
+
 def clips(index: pd.DataFrame, split: str, params: Params, *, labelled: bool = False) -> pd.DataFrame:
-    """The clips of one split, subsampled to ``data.max_train_clips``/``max_eval_clips`` (seeded)."""
-    part = index[index.split == split]
+    """The clips of one split, subsampled to ``data.max_train_clips``/``max_eval_clips`` (seeded).
+
+    With training devices held out (``data.validation``, e.g. ``s3``), ``train`` is the training split
+    without those devices' clips and ``validation`` is exactly those clips; without, ``validation`` is the
+    evaluate split. The subsample is drawn before the hold-out, so both come from one draw.
+
+    Raises:
+      StageError: a held-out device has no clip in the training split (named, with the devices it has).
+    """
+    held = held_out_devices(params)
+    if split == "validation" and not held:
+        return clips(index, "evaluate", params, labelled=labelled)
+    source = "train" if split == "validation" else split
+    part = index[index.split == source]
     if labelled:
         part = part[part.label >= 0]
-    limit = params.data.max_train_clips if split == "train" else params.data.max_eval_clips
+    limit = params.data.max_train_clips if source == "train" else params.data.max_eval_clips
     part = part.reset_index(drop=True)
-    if limit and split in ("train", "evaluate"):
+    if limit and source in ("train", "evaluate"):
         part = part.sample(n=min(len(part), limit), random_state=params.seed).reset_index(drop=True)
+    if source == "train" and held:
+        present = set(part.device)
+        missing = [d for d in held if d not in present]
+        if missing:
+            raise StageError(
+                f"data.validation: device(s) {', '.join(d.lower() for d in missing)} have no clip in the training "
+                f"split (it has {', '.join(sorted(d.lower() for d in present)) or 'no clip'})"
+            )
+        keep = part.device.isin(held) if split == "validation" else ~part.device.isin(held)
+        part = part[keep].reset_index(drop=True)
     return part

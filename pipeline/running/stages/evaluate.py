@@ -27,7 +27,7 @@ from pipeline.core import files
 from pipeline.core.config import Params
 from pipeline.data import inputs
 from pipeline.running import task
-from pipeline.running.stages.base import Context, StageError, clips, load_index
+from pipeline.running.stages.base import Context, StageError, clips, held_out_devices, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ def evaluate(ctx: Context) -> dict:
             }
         )
     headline = {}
-    for split in params.evaluate.splits:
+    held = held_out_devices(params)  # pseudo-unseen training devices: their figures next to the real unseen ones
+    result["held_out_devices"] = list(held)
+    for split in (*params.evaluate.splits, *(("validation",) if held else ())):
         part = clips(index, split, params, labelled=True)
         if len(part) == 0:
             logger.warning("evaluate: split %r has no labelled clips; skipped", split)

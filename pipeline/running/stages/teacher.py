@@ -27,7 +27,7 @@ from pipeline.core import files, seeds
 from pipeline.core.config import Params
 from pipeline.data import inputs
 from pipeline.running import task
-from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index
+from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index, validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def teacher(ctx: Context) -> dict:
         )
     index, root, _ = load_index(ctx)
     tr = clips(index, "train", params)
-    ev = clips(index, "evaluate", params, labelled=True)
+    ev = clips(index, "evaluate", params, labelled=True)  # the ensemble's reported figures
+    val = clips(index, validation_split(params), params, labelled=True)  # what its members validate on
     train_logits, eval_logits = [], []
     for k in range(params.distill.teacher.members):
         member = teacher_params(params, k)
@@ -80,7 +81,7 @@ def teacher(ctx: Context) -> dict:
             member,
             ctx.out / name,
             tr,
-            ev,
+            val,
             root,
             PrefixedRecorder(ctx.record, f"{name}_"),
             resuming=ctx.resuming,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from models import asc, distill
 from pipeline.running import task
-from pipeline.running.stages.base import Context, StageError, clips, load_index
+from pipeline.running.stages.base import Context, StageError, clips, load_index, validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def train(ctx: Context) -> dict:
     params = ctx.params
     index, root, _ = load_index(ctx)
     tr = clips(index, "train", params)
-    ev = clips(index, "evaluate", params)
+    ev = clips(index, validation_split(params), params)
     if len(ev) == 0:
-        raise StageError("the evaluate split is empty: nothing to validate on")
+        raise StageError(f"the {validation_split(params)} split is empty: nothing to validate on (data.validation)")
     widths = asc.specaugment_widths(params)
     ctx.record.tags({f"specaugment.width.{pos}": f"time {t}, freq {f}" for pos, (t, f) in widths.items()})
     targets = distillation_targets(ctx, tr) if params.distill.enabled else None
