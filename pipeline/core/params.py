@@ -276,6 +276,11 @@ class TeacherParams:
     channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
     hidden_units: int = _f(256, min=1)
     epochs: int | None = _f(None, min=1, help="teacher epochs; null = train.epochs")
+    logits: str | None = _f(
+        None,
+        help="imported teacher: a CSV or NPZ of logits computed elsewhere (filename + one column per class, "
+        "named); the teacher stage reads and checks it instead of training teachers; null = train them",
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pipeline.running.stages.register import register
 from pipeline.running.stages.register import summary_lines as register_summary
 from pipeline.running.stages.report import report
 from pipeline.running.stages.report import summary_lines as report_summary
-from pipeline.running.stages.teacher import teacher
+from pipeline.running.stages.teacher import teacher, teacher_facts
 from pipeline.running.stages.train import train
 
 # Settings sections that shape the trained network (TTA only changes evaluation).
@@ -71,6 +71,7 @@ STAGES: tuple[Stage, ...] = (
         exclude=("augment.tta", *_CHECKS),
         resumable=True,
         distributed=True,
+        external=teacher_facts,
         when=lambda params: params.distill.enabled,
         headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
         reads="`prepare/` (only with `distill.enabled`)",

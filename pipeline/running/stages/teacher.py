@@ -17,6 +17,7 @@ is what the augmentations are meant to preserve (Schmid et al. 2022 do the same)
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,9 @@ import tensorflow as tf
 from evaluate import metrics as dm
 from pipeline.core import files, seeds
 from pipeline.core.config import Params
+from pipeline.core.hashing import file_digest
 from pipeline.data import inputs
+from pipeline.data.teacher_logits import TeacherLogitsError, read_teacher_logits
 from pipeline.running import task
 from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index, validation_split
 
@@ -53,9 +56,68 @@ def logits_of(model, frame: pd.DataFrame, root, params: Params) -> np.ndarray:
     return np.concatenate([step(wave).numpy() for wave, _ in ds]).astype(np.float32)
 
 
+def teacher_facts(params: Params) -> dict | None:
+    """The imported logits file's digest (``distill.teacher.logits``): part of the stage's key, so an edited
+    file is read again; None when the teachers are trained here."""
+    path = params.distill.teacher.logits
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    return {"logits": file_digest(file) if file.is_file() else f"missing: {file}"}
+
+
+def _store(ctx: Context, tr: pd.DataFrame, ev: pd.DataFrame, logits: np.ndarray, members, eval_logits) -> dict:
+    """Write ``logits.npz`` (the training clips' ensemble logits) and ``metrics.json``; score on ``ev``."""
+    with files.atomic_path(ctx.out / "logits.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits, members=members)
+    headline: dict = {}
+    if eval_logits is not None:
+        ensemble = tf.nn.softmax(eval_logits).numpy().astype(np.float64)
+        m = dm.compute_metrics(ev.label.to_numpy(), ensemble, ev.device.to_numpy())
+        headline = {
+            "teacher_macro_accuracy": m["overall"]["macro_accuracy"],
+            "teacher_log_loss": m["overall"]["log_loss"],
+        }
+        if "unseen" in m["per_device_group"]:
+            headline["teacher_unseen_macro_accuracy"] = m["per_device_group"]["unseen"]["macro_accuracy"]
+        ctx.record.metrics(headline)
+    imported = ctx.params.distill.teacher.logits
+    facts = {"members": int(members.shape[0]) if imported is None else 0, "imported": imported, **headline}
+    files.write_json(ctx.out / "metrics.json", facts)
+    ctx.record.artifact(ctx.out / "metrics.json")
+    return headline
+
+
+def _imported(ctx: Context, tr: pd.DataFrame, ev: pd.DataFrame) -> dict:
+    """The teacher of ``distill.teacher.logits``: read, checked, stored as a trained ensemble's would be."""
+    path = ctx.params.distill.teacher.logits
+    try:
+        table = read_teacher_logits(path, tr.filename.tolist())
+    except TeacherLogitsError as exc:
+        raise StageError(str(exc)) from None
+    logits = np.stack([table[f] for f in tr.filename])
+    scored = all(f in table for f in ev.filename) and len(ev) > 0
+    eval_logits = np.stack([table[f] for f in ev.filename]) if scored else None
+    ctx.record.tags({"teacher.imported": str(path)})
+    headline = _store(ctx, tr, ev, logits, logits[None], eval_logits)
+    logger.info(
+        "teacher: imported logits for %d training clips from %s; %s",
+        len(tr),
+        path,
+        f"on the evaluate split: macro accuracy {headline['teacher_macro_accuracy']:.3f}"
+        if scored
+        else "the file has no logits for every evaluate clip: the teacher is not scored",
+    )
+    return {"logits": ctx.out / "logits.npz", **headline}
+
+
 def teacher(ctx: Context) -> dict:
-    """Train each teacher, average their logits on the training clips, store them; score the ensemble."""
+    """Train each teacher (or import their logits), store the training clips' logits; score the ensemble."""
     params = ctx.params
+    if params.distill.teacher.logits is not None:
+        index, _, _ = load_index(ctx)
+        return _imported(ctx, clips(index, "train", params), clips(index, "evaluate", params, labelled=True))
     if params.model.name != "asc":
         raise StageError(
             f"distillation teachers are wider versions of the report's network (model.name=asc); "
@@ -96,19 +158,9 @@ def teacher(ctx: Context) -> dict:
         ctx.record.metrics({f"{name}_macro_accuracy": member_m["overall"]["macro_accuracy"]})
 
     logits = np.mean(train_logits, axis=0)  # [N, K]: the ensemble
-    with files.atomic_path(ctx.out / "logits.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits, members=np.stack(train_logits))
-    ensemble = tf.nn.softmax(np.mean(eval_logits, axis=0)).numpy().astype(np.float64)
-    m = dm.compute_metrics(ev.label.to_numpy(), ensemble, ev.device.to_numpy())
-    headline = {"teacher_macro_accuracy": m["overall"]["macro_accuracy"], "teacher_log_loss": m["overall"]["log_loss"]}
-    if "unseen" in m["per_device_group"]:
-        headline["teacher_unseen_macro_accuracy"] = m["per_device_group"]["unseen"]["macro_accuracy"]
-    ctx.record.metrics(headline)
-    files.write_json(ctx.out / "metrics.json", {"members": params.distill.teacher.members, **headline})
-    ctx.record.artifact(ctx.out / "metrics.json")
+    headline = _store(ctx, tr, ev, logits, np.stack(train_logits), np.mean(eval_logits, axis=0))
     logger.info(
-        "teacher ensemble (%d): validation macro accuracy %.3f, log loss %.3f",
+        "teacher ensemble (%d): evaluate-split macro accuracy %.3f, log loss %.3f",
         params.distill.teacher.members,
         headline["teacher_macro_accuracy"],
         headline["teacher_log_loss"],
