@@ -138,12 +138,40 @@ class ReportInputs:
       plots: the evaluate stage's plots to copy (``confusion_matrix.png``, ...), those that exist.
       compress_metrics: the compress stage's ``metrics.json`` when that stage is complete, else None
         (a half-written compress stage is never reported).
+      teacher_metrics: the teacher stage's ``metrics.json`` when distilling (complete, this run's), else None.
     """
 
     summary: Path
     metrics: Path
     plots: tuple[Path, ...] = ()
     compress_metrics: Path | None = None
+    teacher_metrics: Path | None = None
+
+
+def _teacher_lines(teacher: dict, plain: dict) -> list[str]:
+    """The distillation teacher against this run's student, saying so plainly when it is not better."""
+    who = (
+        f"imported from `{teacher['imported']}`"
+        if teacher.get("imported")
+        else f"ensemble of {teacher.get('members', '?')} trained here"
+    )
+    if "teacher_macro_accuracy" not in teacher:
+        return [f"- Distillation teacher ({who}): not scored (its file has no logits for every evaluate clip)."]
+    t, s = teacher["teacher_macro_accuracy"], plain["overall"]["macro_accuracy"]
+    t_un = teacher.get("teacher_unseen_macro_accuracy")
+    s_un = plain.get("per_device_group", {}).get("unseen", {}).get("macro_accuracy")
+    lines = [
+        f"- Distillation teacher ({who}): macro accuracy {_pct(t)} (unseen devices {_pct(t_un)}) against this "
+        f"run's student {_pct(s)} (unseen {_pct(s_un)})."
+    ]
+    if t <= s:
+        lines.append(
+            f"- **The teacher is not better than the student it teaches** ({_pct(t)} against {_pct(s)}): "
+            "distillation can only pull the student towards a weaker model. Train the teachers longer "
+            "(`distill.teacher.epochs`), use more of them (`distill.teacher.members`) or import a stronger "
+            "teacher (`distill.teacher.logits`)."
+        )
+    return lines
 
 
 def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation: list[dict] | None = None) -> dict:
@@ -213,6 +241,8 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
                 f"- **Seen/unseen gap: {100 * gap:.1f} points** (devices seen in training, A-C and S1-S3, "
                 f"{_pct(seen_acc)} over {n} clips, against unseen S4-S6)."
             )
+    if inputs.teacher_metrics is not None:
+        md += _teacher_lines(json.loads(Path(inputs.teacher_metrics).read_text()), plain)
     held = ev.get("held_out_devices") or []
     if held and "validation" in ev["splits"]:
         val = ev["splits"]["validation"]["plain"]["overall"]

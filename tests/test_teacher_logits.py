@@ -127,6 +127,11 @@ def test_the_teacher_stage_imports_logits_and_is_keyed_by_the_file(tmp_path, tin
     assert json.loads((work / "teacher" / "metrics.json").read_text())["imported"] == str(path)
     assert not any((work / "teacher").glob("teacher1"))  # no teacher was trained
 
+    runner.run_stages(params, work, ["evaluate", "report"], track=False)
+    report = (work / "report" / "report.md").read_text()
+    assert f"- Distillation teacher (imported from `{path}`): macro accuracy 100.0%" in report
+    assert "The teacher is not better" not in report
+
     again = runner.run_stages(params, work, ["teacher"], track=False)
     assert again["teacher"] == {"reused": True}
     _write_csv(path, ["filename", *CLASSES], _one_hot_rows(names, hot=hot[1:] + hot[:1]))  # the file changed
@@ -139,3 +144,20 @@ def test_the_teacher_stage_imports_logits_and_is_keyed_by_the_file(tmp_path, tin
     assert files.read_marker(work / "teacher") is None  # no marker: nothing later takes the failed import as good
     with pytest.raises(StageError, match="teacher is missing or incomplete: run --stage teacher first"):
         runner.run_stages(params, work, ["train"], track=False)
+
+
+def test_the_report_says_plainly_when_the_teacher_is_not_better():
+    from evaluate.report import _teacher_lines
+
+    student = {"overall": {"macro_accuracy": 0.5}, "per_device_group": {"unseen": {"macro_accuracy": 0.4}}}
+    strong = _teacher_lines(
+        {"members": 2, "teacher_macro_accuracy": 0.6, "teacher_unseen_macro_accuracy": 0.55}, student
+    )
+    assert strong == [
+        "- Distillation teacher (ensemble of 2 trained here): macro accuracy 60.0% (unseen devices 55.0%) against "
+        "this run's student 50.0% (unseen 40.0%)."
+    ]
+    weak = _teacher_lines({"imported": "t.csv", "teacher_macro_accuracy": 0.45}, student)
+    assert weak[0].startswith("- Distillation teacher (imported from `t.csv`): macro accuracy 45.0%")
+    assert weak[1].startswith("- **The teacher is not better than the student it teaches** (45.0% against 50.0%)")
+    assert "not scored" in _teacher_lines({"imported": "t.csv"}, student)[0]

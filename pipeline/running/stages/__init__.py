@@ -162,11 +162,11 @@ STAGES: tuple[Stage, ...] = (
         "report",
         report,
         upstream=("prepare", "evaluate"),
-        optional=("compress",),
+        optional=("compress", "teacher"),
         main_output="report.md",
         outputs={"markdown": "report.md", "html": "report.html"},
         summary=report_summary,
-        reads="`prepare/`, `evaluate/`, `compress/` (when complete)",
+        reads="`prepare/`, `evaluate/`, `compress/` and `teacher/` (when complete)",
         writes="`report/report.md`, `report.html` and the plots",
     ),
     # Last: a registry that is down costs nothing else of --stage all; nothing reads its outputs.

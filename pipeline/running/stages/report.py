@@ -23,6 +23,7 @@ def report(ctx: Context) -> dict:
         metrics=ctx.input("evaluate", "metrics"),
         plots=tuple(p for p in plots if p is not None),
         compress_metrics=ctx.input("compress", "metrics", missing_ok=True),
+        teacher_metrics=ctx.input("teacher", "metrics", missing_ok=True),
     )
     result = rep.build_report(inputs, ctx.params.to_yaml(), ctx.out, ablation=rows)
     for path in sorted(ctx.out.iterdir()):
