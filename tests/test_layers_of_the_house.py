@@ -102,6 +102,7 @@ GROUPS = {
         "evaluate",
         "pipeline.scaling.distributed",  # the worker role: the runner and task ask the cluster
         "pipeline.scaling.sweep",  # the CLI hands --sweep/--seeds over
+        "pipeline.scaling.search",  # the CLI hands --search/--trials over
         "pipeline.inference.package",  # the compress stage builds the package
         "pipeline.inference.serving",
     ),  # tracking registers the served model

@@ -34,6 +34,7 @@ from pipeline.core.params import (  # noqa: F401  (the section classes, re-expor
     EvaluateParams,
     FreqMixStyleParams,
     ModelParams,
+    SearchParams,
     SpecAugmentParams,
     SyntheticParams,
     TeacherParams,
@@ -79,6 +80,7 @@ class Params:
     evaluate: EvaluateParams = dataclasses.field(default_factory=EvaluateParams)
     compress: CompressParams = dataclasses.field(default_factory=CompressParams)
     tracking: TrackingParams = dataclasses.field(default_factory=TrackingParams)
+    search: SearchParams = dataclasses.field(default_factory=SearchParams)
 
     def to_dict(self) -> dict:
         return _to_plain(self)

@@ -10,6 +10,7 @@ validates every value against it. This module imports nothing of the configurati
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional  # noqa: F401  (type hints resolved by name)
 
@@ -372,4 +373,38 @@ class TrackingParams:
         help="Model Registry name for the register stage (one new version per package "
         "it registers; no '/' or ':', at most 256 characters); empty = log the pyfunc "
         "model without registering it",
+    )
+
+
+def storage_problem(url: str) -> str | None:
+    """Why ``url`` is not a database URL for Optuna's storage (``None``: it reads as one).
+
+    Args:
+      url: a ``search.storage`` value.
+
+    Returns:
+      A sentence naming the problem, or ``None``.
+    """
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S*", url):
+        return (
+            f"{url!r} is not a database URL; use e.g. sqlite:////shared/optuna.db or "
+            "postgresql://user:password@host/optuna (null = a SQLite file in the search's folder)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How ``python -m pipeline.run --search SPACE.yaml --trials N`` runs its Optuna study (not what it searches)."""
+
+    storage: str | None = _f(
+        None,
+        check=storage_problem,
+        help="Optuna storage, a database URL (SQLAlchemy: sqlite, postgresql, mysql) that every process and "
+        "machine of one study shares; null = a SQLite file optuna.db in the search's folder under the workdir",
+    )
+    sampler_startup_trials: int = _f(10, min=0, help="TPE sampler: trials drawn at random before it models results")
+    pruner_startup_trials: int = _f(5, min=0, help="median pruner: completed trials before it prunes any trial")
+    pruner_warmup_epochs: int = _f(
+        2, min=0, help="median pruner: epochs every trial trains before it can be pruned (at the end of a later epoch)"
     )

@@ -94,12 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="I/N",
         help="run only the I-th (1-based) of N interleaved slices of the (combination x seed) "
-        "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server",
+        "list, e.g. 1/3 on one machine, 2/3 and 3/3 on others sharing the tracking server; with "
+        "--search: of the study's trials",
     )
     sweep.add_argument(
         "--summary-only",
         action="store_true",
         help="run nothing: write the whole grid's summary from the runs in MLflow",
+    )
+    search = parser.add_argument_group(
+        "searches",
+        "an Optuna study over the settings, tuned on the held-out validation devices (data.validation), "
+        "written to <workdir>/search/<search id>/ (see pipeline/scaling/search.py)",
+    )
+    search.add_argument(
+        "--search",
+        default=None,
+        type=Path,
+        metavar="SPACE.yaml",
+        help="search the settings this file ranges over (KEY: {low: .., high: .. [, log: true] [, step: ..] "
+        "[, type: int]} or KEY: {choices: [..]}), e.g. configs/search/dcase22-kd.yaml",
+    )
+    search.add_argument(
+        "--trials",
+        type=trials_arg,
+        default=None,
+        metavar="N",
+        help="the study's total of trials (a rerun runs only the missing ones; a larger N adds more)",
     )
     parser.add_argument(
         "--wait-lock",
@@ -128,6 +149,17 @@ def seconds_arg(text: str) -> float:
     return value
 
 
+def trials_arg(text: str) -> int:
+    """A whole number of trials >= 1 (argparse type: a bad value exits 2 naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of trials, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 trial, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -136,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.insert(0, f"data.source={args.data}")
+    if args.search is not None or args.trials is not None:
+        return _search(args, overrides)
     if args.sweeps or args.seeds is not None or args.shard is not None or args.summary_only:
         return _sweep(args, overrides)
     try:
@@ -213,7 +247,10 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 
     try:
         if not args.sweeps and args.seeds is None:
-            raise config.ConfigError("--shard and --summary-only need a sweep: give --sweep KEY=V1,V2 and/or --seeds")
+            raise config.ConfigError(
+                "--shard and --summary-only need a sweep (--sweep KEY=V1,V2 and/or --seeds) or a search "
+                "(--search SPACE.yaml --trials N; --shard only)"
+            )
         shard = sweep.parse_shard(args.shard) if args.shard is not None else (1, 1)
         if args.summary_only and args.shard is not None:
             raise config.ConfigError("--summary-only summarises the whole grid: drop --shard")
@@ -256,6 +293,54 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except stages.StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return code
+
+
+def _search(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--search SPACE.yaml --trials N``: check everything (exit 2 naming what is wrong), then run this shard."""
+    from pipeline.running import preflight, stages
+    from pipeline.scaling import search, sweep
+
+    try:
+        if args.search is None or args.trials is None:
+            raise config.ConfigError("--search SPACE.yaml and --trials N go together: give both")
+        if args.sweeps or args.seeds is not None:
+            raise config.ConfigError("--search cannot be combined with --sweep/--seeds: search or sweep, not both")
+        if args.summary_only:
+            raise config.ConfigError(
+                "--summary-only is a sweep option; rerunning the same --search command when every trial is "
+                "done writes the search's summaries without running anything"
+            )
+        shard = sweep.parse_shard(args.shard) if args.shard is not None else (1, 1)
+        names = sweep.with_upstream(args.stage)  # a trial starts empty: the stage and what it reads
+        plan = search.plan(args.config, overrides, args.search, args.trials, names)
+        preflight.check(args.workdir, plan.base.tracking.uri, plan.base.tracking.artifact_root)
+        search.open_storage(plan, args.workdir)  # an unreachable database or a missing driver: named now
+    except config.ConfigError as exc:
+        print(f"error: invalid search: {exc}", file=sys.stderr)
+        return 2
+    except preflight.EnvironmentProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import optuna
+
+    optuna.logging.disable_default_handler()  # its lines go through this logging setup
+    optuna.logging.enable_propagation()
+    try:
+        with preflight.terminate_as_interrupt():
+            code, text = search.run_search(
+                plan, args.workdir, shard=shard, force=args.force, rerun_changed_code=args.rerun_changed_code
+            )
+    except preflight.Terminated as exc:
+        print(f"{exc}: the running trial is marked FAIL; rerun the same command to run its slot again", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume the search", file=sys.stderr)
+        return 130
+    except (stages.StageError, config.ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(text)

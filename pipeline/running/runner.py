@@ -32,6 +32,7 @@ other code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import signal
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 PARTIAL = ".partial"  # <stage>.partial/: where a non-resumable stage writes until it is complete
 PARENT_TAG_PREFIX = "dataset."  # stage tags that describe the whole invocation, copied to the parent run
 Folder = Callable[[str, str], Path]  # (stage name, reuse key) -> the folder holding that stage's outputs
+Observe = Callable[[str, dict, int | None], None]  # (stage name, metrics, step) for every metrics call of a stage
 
 
 def run_stages(
@@ -78,6 +80,7 @@ def run_stages(
     parent_tags: dict[str, str] | None = None,
     wait_lock: float = 0.0,
     rerun_changed_code: bool = False,
+    observe: Observe | None = None,
 ) -> dict[str, dict]:
     """Run the named stages in order under one parent run, one nested run per stage.
 
@@ -99,6 +102,11 @@ def run_stages(
       rerun_changed_code: rerun a stage whose complete outputs (same key) were made by other code
         (its marker's ``code`` digest differs from :func:`stage_code`), and refuse upstream
         outputs made by other code; default: reuse them with one warning line per stage.
+      observe: ``observe(stage_name, metrics, step)`` is called with every metrics call of a stage
+        that runs (not of a reused one), after the metrics are recorded: a caller watching a
+        stage as it works (a search prunes a trial on the train stage's per-epoch ``val_accuracy``).
+        What it raises ends the stage as the stage's own error would;
+        :class:`~pipeline.running.tracking.Stopped` ends its MLflow runs KILLED instead of FAILED.
 
     Returns:
       Per stage: the function's result plus ``seconds``, or ``{"reused": True}`` (plus
@@ -134,6 +142,7 @@ def run_stages(
                 folder,
                 rerun_changed_code=rerun_changed_code,
                 reported=invoked,
+                observe=observe,
             )
     return results
 
@@ -168,6 +177,7 @@ def _run_one(
     *,
     rerun_changed_code: bool = False,
     reported: frozenset[str] = frozenset(),
+    observe: Observe | None = None,
 ) -> dict:
     key = stage_key(stage, params, workdir, stages)
     folder = _place(stage.name, workdir, key, place)
@@ -249,6 +259,7 @@ def _run_one(
             code=code,
             rerun_changed_code=rerun_changed_code,
             reported=reported,
+            observe=observe,
         )
     except BaseException:
         if work != folder:  # a failed or interrupted stage leaves no half-written folder behind
@@ -273,6 +284,7 @@ def _run_in(
     code: source.CodeDigest | None = None,
     rerun_changed_code: bool = False,
     reported: frozenset[str] = frozenset(),
+    observe: Observe | None = None,
 ) -> dict:
     """Run ``stage`` into ``work``, mark it complete, and swap it in as ``folder`` (see :func:`_run_one`)."""
     code_facts = {
@@ -281,6 +293,8 @@ def _run_in(
         "code_sources": dict(code.files) if code else {},
     }
     with tracker.stage(stage.name, run_id=run_id, tags={"code": code.digest} if code else None) as rec:
+        if observe is not None:
+            rec.observe = functools.partial(observe, stage.name)
         check_upstream(stage, params, workdir, stages, rerun_changed_code=rerun_changed_code, reported=reported)
         if state is None:
             shutil.rmtree(work, ignore_errors=True)  # start clean: nothing of another run survives

@@ -2,7 +2,9 @@
 
 The store defaults to ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/``
 (MLflow 3 deprecates the file store); ``tracking.uri`` points a team at its server.
-A stage that raises ends its run FAILED with the traceback logged as ``error.txt``.
+A stage that raises ends its run FAILED with the traceback logged as ``error.txt``; one stopped on
+purpose (:class:`Stopped`, e.g. a search pruning a trial) ends its run and the parent run KILLED,
+tagged ``stopped`` with the reason.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from pipeline.core.lock import file_lock
 from pipeline.running.stages.base import MemoryRecorder, Recorder
 
 logger = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """Raised to stop a run early on purpose (not a failure): its MLflow runs end KILLED, tagged ``stopped``.
+
+    The runner's ``observe`` hook raises a subclass to end a stage while it works (a search's
+    pruned trial); the message is the reason, kept in the ``stopped`` tag of the stage's run and
+    of the parent run.
+    """
+
 
 PACKAGES = (
     "tensorflow",
@@ -104,7 +116,8 @@ def setup(params: Params) -> str:
     return exp_id
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True when process ``pid`` of this host is alive (or not ours to signal)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,7 +142,7 @@ def end_stale_runs(client, experiment_id: str) -> list[str]:
     )
     for run in runs:
         pid = run.data.tags.get("process.pid", "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             client.set_tag(run.info.run_id, "ended_by", f"a later run: process {pid} on {host} was gone")
             client.set_terminated(run.info.run_id, status="KILLED")
             marked.append(run.info.run_id)
@@ -275,7 +288,12 @@ class MlflowTracker:
                 self.params.tracking.uri,
             )
             self.parent_id = run.info.run_id
-            yield run
+            try:
+                yield run
+            except Stopped as exc:  # ended here, so the context manager does not mark it FAILED
+                mlflow.set_tag("stopped", str(exc)[:5000])
+                mlflow.end_run(status="KILLED")
+                raise
 
     def parent_metrics(self, values: dict) -> None:
         if values:
@@ -317,6 +335,10 @@ class MlflowTracker:
             yield MlflowRecorder(
                 run.info.run_id, self.params.tracking.experiment, registered_model=self.params.tracking.registered_model
             )
+        except Stopped as exc:
+            mlflow.set_tag("stopped", str(exc)[:5000])
+            mlflow.end_run(status="KILLED")
+            raise
         except BaseException as exc:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "error.txt"

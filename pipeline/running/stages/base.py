@@ -35,13 +35,16 @@ class Recorder:
         self._latest: dict[str, float] = {}
         self._tags: dict[str, str] = {}
         self.packages: list[tuple[Path, dict[str, str]]] = []
+        self.observe: Callable[[dict[str, float], int | None], None] | None = None  # set by the runner
 
     def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics (``step``: the epoch, for curves)."""
+        """Log metrics (``step``: the epoch, for curves), then hand them to ``observe`` when the runner set one."""
         clean = {k: float(v) for k, v in values.items() if v is not None}
         if clean:
             self._latest.update(clean)
             self._log_metrics(clean, step)
+            if self.observe is not None:
+                self.observe(dict(clean), step)
 
     def tags(self, values: Mapping[str, str]) -> None:
         clean = {k: str(v) for k, v in values.items()}
