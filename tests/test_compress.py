@@ -1,45 +1,34 @@
-"""Compression on a tiny model and tiny data: pruning, QAT, PTQ, TFLite agreement and complexity."""
+"""Compression of a network that learned (``learned_workdir``): pruning, QAT, PTQ, TFLite agreement and complexity."""
+
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
 from evaluate import complexity
 from evaluate import compress as cz
 from models import asc
-from pipeline.core import config
 from pipeline.data import inputs
-from pipeline.data import tau as data
-from pipeline.running import training
-from tests.conftest import tiny_overrides
-from tests.test_asc import _deterministic_weights
+from pipeline.running import task
 
 pytestmark = pytest.mark.slow  # prunes and quantises (QAT) a network: minutes on 2 cores
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_dataset):
-    params = config.load(
-        None,
-        tiny_overrides(
-            tmp_path_factory.mktemp("cz"), tiny_dataset, **{"train.learning_rate": "3e-3", "train.schedule": "constant"}
-        ),
-    )
-    training.seed_everything(params.seed)
-    index = data.read_index(tiny_dataset)
-    train = index[index.split == "train"].reset_index(drop=True)
-    model = asc.build_model(params)
+def setup(learned_workdir):
+    """The network of ``learned_workdir`` (it learned: most clips decided, so argmax agreement means
+    something), 96 of its training clips and their log-mels; the dataset folder."""
+    workdir, params = learned_workdir
+    root = Path(params.data.source)
+    index = pd.read_csv(workdir / "prepare" / "index.csv")
+    train = index[index.split == "train"].sample(n=96, random_state=0).reset_index(drop=True)
+    model = task.load(workdir / "train" / "model.keras")
     frontend = asc.frontend_model(model)
-    waves = np.concatenate([w for w, _ in inputs.eval_dataset(train, tiny_dataset, params.audio, params.data, 16)])
+    waves = np.concatenate([w for w, _ in inputs.eval_dataset(train, root, params.audio, params.data, 32)])
     logmel = frontend(waves, training=False).numpy()
-    # No fit (its weights were overwritten here anyway): seeded weights and a scaled head make every clip
-    # decided, but a random network's pooled features hardly depend on the clip, so every clip gets the same
-    # class; the agreement checks below compare decided clips and the probabilities themselves.
-    _deterministic_weights(model, seed=11)
-    head = asc.get_classifier(model).get_layer("logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 200.0, bias])  # the attention products leave tiny features: spread the logits
-    return params, model, train, logmel
+    return params, model, train, logmel, root
 
 
 def _data(params, train, root, epochs=1):
@@ -67,11 +56,11 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_prune_reaches_target_sparsity_in_custom_layers(setup, tiny_dataset):
-    params, model, train, _ = setup
+def test_prune_reaches_target_sparsity_in_custom_layers(setup):
+    params, model, train, _, root = setup
     classifier = asc.export_classifier(model, params)
     before = classifier.get_weights()
-    ds, steps = _data(params, train, tiny_dataset, epochs=2)
+    ds, steps = _data(params, train, root, epochs=2)
     pruned, report = cz.prune(
         cz.copy_model(classifier),
         asc.frontend_layer(model),
@@ -94,26 +83,28 @@ def test_prune_reaches_target_sparsity_in_custom_layers(setup, tiny_dataset):
 
 
 def test_ptq_tflite_agrees_with_keras_and_complexity_matches(setup):
-    params, model, train, logmel = setup
+    params, model, train, logmel, root = setup
     classifier = asc.export_classifier(model, params)
-    content = cz.to_tflite(classifier, logmel[:8])
+    content = cz.to_tflite(classifier, logmel[:64])
     tfl = cz.TFLiteClassifier(content)
     assert tfl.input["dtype"] == np.int8 and tfl.output["dtype"] == np.int8
     got = tfl.probabilities(logmel)
     ref = _softmax(classifier.predict(logmel, verbose=0).astype(np.float64))
     assert _agree(got, ref) >= 0.9
-    assert np.max(np.abs(got - ref)) < 0.15
+    assert np.mean(np.abs(got - ref)) < 0.03 and np.max(np.abs(got - ref)) < 0.35  # int8 steps on confident clips
     keras_side = complexity.keras_complexity(classifier)
     tflite_side = complexity.tflite_complexity(content)
     assert tflite_side["size_bytes"] == keras_side["size_bytes"]
     assert tflite_side["macs"] == keras_side["macs"]
-    assert tflite_side["params"] <= keras_side["params"]  # batch-norm folded away
+    # Batch norm is folded away (-3 per channel) and the converter gives some convolutions a bias (+1 per
+    # channel): measured 7,978 TFLite against 7,946 Keras parameters for this network; the bytes are equal.
+    assert abs(tflite_side["params"] - keras_side["params"]) <= 0.01 * keras_side["params"]
 
 
-def test_qat_pruning_preserving_then_int8(setup, tiny_dataset):
-    params, model, train, logmel = setup
+def test_qat_pruning_preserving_then_int8(setup):
+    params, model, train, logmel, root = setup
     classifier = asc.export_classifier(model, params)
-    ds, steps = _data(params, train, tiny_dataset)
+    ds, steps = _data(params, train, root)
     pruned, report = cz.prune(
         cz.copy_model(classifier),
         asc.frontend_layer(model),
@@ -124,7 +115,7 @@ def test_qat_pruning_preserving_then_int8(setup, tiny_dataset):
         learning_rate=1e-4,
         clip_samples=params.audio.clip_samples,
     )
-    ds, steps = _data(params, train, tiny_dataset)
+    ds, steps = _data(params, train, root)
     qat = cz.quantize_aware(
         pruned,
         asc.frontend_layer(model),
@@ -141,17 +132,15 @@ def test_qat_pruning_preserving_then_int8(setup, tiny_dataset):
     assert pointwise and all(
         abs(float(tf.reduce_mean(tf.cast(w == 0, tf.float32))) - 0.5) < 0.02 for w in pointwise
     )  # sparsity kept through QAT
-    content = cz.to_tflite(qat, logmel[:8])
+    content = cz.to_tflite(qat, logmel[:64])
     got = cz.TFLiteClassifier(content).probabilities(logmel)
     ref = _softmax(qat.predict(logmel, verbose=0).astype(np.float64))
-    # Six QAT steps leave this seeded model undecided (its top classes tie on every clip: measured 0 of 42
-    # clips with a top-2 gap over 0.02), so an argmax agreement would compare nothing and is not asserted;
-    # the int8 and float probabilities are compared on every clip instead.
-    assert np.mean(np.abs(got - ref)) < 0.05  # (int8 output steps can split near-ties)
+    assert _agree(got, ref) >= 0.9  # the QAT model's int8 conversion decides as the QAT model does
+    assert np.mean(np.abs(got - ref)) < 0.05
 
 
 def test_frontend_tflite_matches_keras(setup):
-    params, model, train, logmel = setup
+    params, model, train, logmel, root = setup
     content = cz.frontend_tflite(asc.frontend_model(model))
     interp = tf.lite.Interpreter(model_content=content)
     interp.allocate_tensors()

