@@ -16,6 +16,7 @@ is what the augmentations are meant to preserve (Schmid et al. 2022 do the same)
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -63,7 +64,17 @@ def teacher_facts(params: Params) -> dict | None:
     if path is None:
         return None
     file = Path(path).expanduser()
-    return {"logits": file_digest(file) if file.is_file() else f"missing: {file}"}
+    if not file.is_file():
+        return {"logits": f"missing: {file}"}
+    st = file.stat()
+    return {"logits": _digest_of(str(file.resolve()), st.st_size, st.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str | None:
+    """The file's content digest, read once per (path, size, modification time): one run computes this
+    stage's key several times (its own, its downstream's upstream check, the report's optional inputs)."""
+    return file_digest(path)
 
 
 def _store(ctx: Context, tr: pd.DataFrame, ev: pd.DataFrame, logits: np.ndarray, members, eval_logits) -> dict:
