@@ -440,6 +440,8 @@ def stages_child(
             "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
             "final_train_accuracy": history.get("accuracy", [None])[-1],
             "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+            # learning curves: per epoch, the training accuracy (on augmented batches) and the validation one
+            "curves": {k: [round(v, 4) for v in history.get(k, [])] for k in ("accuracy", "val_accuracy")},
             "wall_seconds": round(seconds, 1),
         }
     )
@@ -456,6 +458,7 @@ def seeds_by_variants(
     stages: list[str],
     force: bool = False,
     extra: list[str] = (),
+    configs: dict[str, str] | None = None,
 ) -> list[dict]:
     """Generate one synthetic set, then run ``stages`` for every seed x variant, each in a fresh child process.
 
@@ -471,6 +474,11 @@ def seeds_by_variants(
       stages: the stages each run runs (inactive ones, e.g. ``teacher`` without distillation, are skipped).
       force: rerun complete stages of a kept ``--workdir``.
       extra: overrides for every run, before the variant's.
+      configs: variant name -> the configuration it loads (default ``--config``).
+
+    In a variant's overrides ``{work}`` stands for the runs' parent folder and ``{seed}`` for the
+    seed, so a variant can read an earlier variant's outputs of the same seed (e.g. import its
+    teacher: ``distill.teacher.logits={work}/kd-seed{seed}/teacher/logits.npz``).
 
     Returns:
       One dict per run: ``variant``, ``seed``, the :func:`stages_child` figures and ``peak_rss_mb``.
@@ -500,13 +508,16 @@ def seeds_by_variants(
                     f"tracking.artifact_root={store.resolve()}",
                     f"tracking.experiment=bench-{name}",
                     f"tracking.run_name={variant}-seed{seed}",
-                    *settings,
+                    *(
+                        item.replace("{work}", os.fspath(base.resolve())).replace("{seed}", str(seed))
+                        for item in settings
+                    ),
                     *args.set,
                 ]
                 logger.info("%s, seed %d (%d epochs on %d clips)", variant, seed, args.epochs, args.clips)
                 out = run_child(
                     stages_child,
-                    args.config,
+                    (configs or {}).get(variant, args.config),
                     overrides,
                     os.fspath(base / f"{variant}-seed{seed}"),
                     args.verbose,
@@ -518,9 +529,14 @@ def seeds_by_variants(
                     "%s seed %d: %s",
                     variant,
                     seed,
-                    json.dumps({g: run[g] for g in GRID_GROUPS} | {"s": run["wall_seconds"]}),
+                    json.dumps(
+                        {g: run[g] for g in GRID_GROUPS}
+                        | {"train_accuracy": run["final_train_accuracy"], "s": run["wall_seconds"]}
+                    ),
                 )
                 runs.append(run)
+                with open(base / "runs.jsonl", "a", encoding="utf-8") as fh:  # each run as it ends: a long grid
+                    fh.write(json.dumps(run) + "\n")  # that stops early keeps what it measured
     return runs
 
 

@@ -199,42 +199,50 @@ class RecordingParams:
     """A read-only view of a Params (sub)tree that records the dotted path of every setting read.
 
     A leaf read records its path (``train.epochs``); a method of a section or of the tree
-    (``params.to_yaml()``, ``params.replace(...)``) reads all of it and records the section's path
-    (``""`` for the whole tree).
+    (``params.to_yaml()``) reads all of it and records the section's path (``""`` for the whole
+    tree). ``params.replace(**changes)`` on the tree returns a recording view of the changed tree in
+    which the changed settings are not recorded (their values come from the caller, not from the run).
     """
 
-    def __init__(self, obj, path: str, reads: set[str]):
+    def __init__(self, obj, path: str, reads: set[str], given: frozenset[str] = frozenset()):
         object.__setattr__(self, "_obj", obj)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_reads", reads)
+        object.__setattr__(self, "_given", given)
 
     def __getattr__(self, name: str):
+        if name == "replace" and self._path == "":
+            return lambda **changes: RecordingParams(
+                self._obj.replace(**changes), "", self._reads, self._given | frozenset(changes)
+            )
         prop = getattr(type(self._obj), name, None)
         if isinstance(prop, property):  # a derived value (audio.clip_samples): record the fields it reads
             return prop.fget(self)
         value = getattr(self._obj, name)
         dotted = f"{self._path}.{name}" if self._path else name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return RecordingParams(value, dotted, self._reads)
-        self._reads.add(self._path if callable(value) else dotted)
+            return RecordingParams(value, dotted, self._reads, self._given)
+        if dotted not in self._given:
+            self._reads.add(self._path if callable(value) else dotted)
         return value
 
     def __setattr__(self, name, value):
         raise AttributeError("Params are frozen")
 
 
-def undeclared_reads(stage: Stage, reads: set[str], neutral: tuple[str, ...] = ()) -> list[str]:
-    """The recorded reads not covered by the stage's ``settings`` minus its ``exclude`` (nor in ``neutral``)."""
+def undeclared_reads(stage: Stage, reads: set[str], neutral: tuple[str, ...] = (), params=None) -> list[str]:
+    """The recorded reads not covered by the stage's ``settings`` minus its ``exclude`` (and, given the run's
+    ``params``, minus what its ``unused`` leaves out), nor in ``neutral``."""
 
     def under(path: str, prefix: str) -> bool:
         return path == prefix or path.startswith(prefix + ".")
 
     declared = stage.settings or ()
+    excluded = stage.exclude if params is None else stage.excluded(params)
     return sorted(
         path
         for path in reads
-        if (not any(under(path, s) for s in declared) or any(under(path, e) for e in stage.exclude))
-        and path not in neutral
+        if (not any(under(path, s) for s in declared) or any(under(path, e) for e in excluded)) and path not in neutral
     )
 
 
@@ -264,6 +272,12 @@ def _whole_yaml(ctx: Context) -> dict:
     return {}
 
 
+def _replaced_epochs(ctx: Context) -> dict:
+    member = ctx.params.replace(**{"train.epochs": "3"})  # as the teacher stage makes its members' trees
+    (ctx.out / "value.txt").write_text(f"{member.train.epochs} {member.seed}")
+    return {}
+
+
 def test_a_setting_read_outside_the_declared_settings_is_caught(tmp_path):
     params = config.load(None)
     honest = Stage("honest", _epochs_and_seed, main_output="value.txt", settings=("train.epochs", "seed"))
@@ -277,6 +291,15 @@ def test_a_setting_read_outside_the_declared_settings_is_caught(tmp_path):
 
     whole = Stage("whole", _whole_yaml, main_output="value.txt", settings=("train",))
     assert undeclared_reads(whole, _reads_of(whole, params, tmp_path)) == [""]  # the whole tree: not declared
+
+    given = Stage("given", _replaced_epochs, main_output="value.txt", settings=("seed",))
+    assert _reads_of(given, params, tmp_path) == {"seed"}  # a replaced setting is the caller's value, not a read
+    # a setting the record says this run does not use (``unused``) is left out of the key: reading it is caught
+    unused = replace(honest, unused=lambda p: ("seed",) if p.train.epochs > 10 else ())
+    assert unused.settings_of(params) == {"train.epochs": params.train.epochs}
+    assert undeclared_reads(unused, _reads_of(unused, params, tmp_path), params=params) == ["seed"]
+    short = config.load(None, ["train.epochs=5"])
+    assert undeclared_reads(unused, _reads_of(unused, short, tmp_path), params=short) == []
 
 
 # ------------------------------------------------------------------------------ outputs by name, optional upstreams

@@ -9,7 +9,10 @@ import tensorflow as tf
 
 from models.distill import DistillationLoss, LabelAccuracy, pack_targets
 from pipeline.core import config, files
+from pipeline.core.labels import CLASSES
+from pipeline.data.teacher_logits import read_teacher_logits
 from pipeline.running import runner, stages, state
+from pipeline.running.stages.teacher import teacher_params
 from tests.conftest import tiny_overrides
 
 
@@ -85,11 +88,51 @@ def test_teacher_logits_are_stored_reused_and_recomputed(tmp_path, tiny_dataset)
     third = runner.run_stages(params(**{"distill.temperature": 3.0}), tmp_path, ["prepare", "teacher", "train"])
     assert third["teacher"] == {"reused": True} and "reused" not in third["train"]
 
+    # the student's device augmentations: teachers trained without them are reused ...
+    device = {"augment.device_response.enabled": "true", "augment.freq_mixstyle.p": 0.9}
+    fifth = runner.run_stages(params(**device), tmp_path, ["prepare", "teacher", "train"])
+    assert fifth["teacher"] == {"reused": True} and "reused" not in fifth["train"]
+    # ... and teachers that train with them are retrained when they change
+    with_device = {**device, "distill.teacher.device_augmentations": "true"}
+    sixth = runner.run_stages(params(**with_device), tmp_path, ["prepare", "teacher", "train"])
+    assert "reused" not in sixth["teacher"]
+    seventh = runner.run_stages(
+        params(**{**with_device, "augment.freq_mixstyle.p": 0.5}), tmp_path, ["prepare", "teacher", "train"]
+    )
+    assert "reused" not in seventh["teacher"]
+
     # another teacher setting: recomputed, and the student (keyed by the teacher's output) too
     fourth = runner.run_stages(params(**{"distill.teacher.hidden_units": 8}), tmp_path, ["prepare", "teacher", "train"])
     assert "reused" not in fourth["teacher"] and "reused" not in fourth["train"]
     assert not np.array_equal(np.load(tmp_path / "teacher/logits.npz")["logits"], stored["logits"])
     assert files.read_marker(tmp_path / "train")["key"] != files.read_marker(tmp_path / "teacher")["key"]
+
+    # the stored logits are an importable teacher (distill.teacher.logits) for another run, in class order
+    names = stored["filenames"].tolist()
+    imported = read_teacher_logits(tmp_path / "teacher/logits.npz", names)
+    latest = np.load(tmp_path / "teacher/logits.npz")
+    assert [str(c) for c in latest["classes"]] == list(CLASSES)
+    np.testing.assert_allclose(np.stack([imported[n] for n in names]), latest["logits"], rtol=1e-6)
+
+
+def test_teachers_leave_out_the_device_augmentations_unless_asked():
+    """``teacher_params`` switches the device augmentations off by default; the key leaves their settings out."""
+    on = ["augment.device_response.enabled=true", "augment.freq_mixstyle.enabled=true", "distill.enabled=true"]
+    plain = config.load(None, on)
+    member = teacher_params(plain, 0)
+    assert not member.augment.device_response.enabled and not member.augment.freq_mixstyle.enabled
+    assert member.augment.specaugment == plain.augment.specaugment and member.augment.time_shift.enabled
+    assert sorted(stages.get("teacher").settings_of(plain)["augment"]) == ["specaugment", "time_shift"]
+
+    both = config.load(None, [*on, "distill.teacher.device_augmentations=true"])
+    member = teacher_params(both, 1)
+    assert member.augment.device_response.enabled and member.augment.freq_mixstyle.enabled
+    assert member.seed == both.seed + 2000
+    assert {"device_response", "freq_mixstyle"} <= set(stages.get("teacher").settings_of(both)["augment"])
+
+    # an imported teacher is a file read: the network, front end, augmentation and training settings are not in it
+    imported = config.load(None, [*on, "distill.teacher.logits=teacher.csv"])
+    assert sorted(stages.get("teacher").settings_of(imported)) == ["data", "distill.teacher", "seed"]
 
 
 def test_teacher_is_skipped_without_distillation(tmp_path, tiny_dataset):

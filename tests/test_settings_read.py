@@ -49,5 +49,32 @@ def test_train_evaluate_and_compress_read_only_their_declared_settings(tmp_path,
     for name in ("train", "evaluate", "compress"):
         reads = _run_recorded(name, params, workdir, tmp_path / "recorded")
         assert reads, name
-        found[name] = undeclared_reads(stages.get(name), reads, stages.OUTPUT_NEUTRAL)
+        found[name] = undeclared_reads(stages.get(name), reads, stages.OUTPUT_NEUTRAL, params=params)
     assert found == {"train": [], "evaluate": [], "compress": []}
+
+
+def test_the_teacher_reads_only_its_declared_settings(tmp_path, tiny_dataset):
+    # the student's device augmentations on: teachers that leave them out must not read them (their key
+    # leaves them out, so a change of them reuses the teachers); with device_augmentations they are read
+    sets = {
+        "train.epochs": 1,
+        "data.validation": "s3",
+        "distill.enabled": "true",
+        "distill.teacher.channels": "[8, 8, 16, 16]",
+        "distill.teacher.hidden_units": 16,
+        "augment.device_response.enabled": "true",
+        "augment.freq_mixstyle.enabled": "true",
+    }
+    workdir = tmp_path / "work"
+    for device in ("false", "true"):
+        params = config.load(
+            None, tiny_overrides(tmp_path, tiny_dataset, **sets, **{"distill.teacher.device_augmentations": device})
+        )
+        runner.run_stages(params, workdir, ["prepare"], track=False)
+        reads = _run_recorded("teacher", params, workdir, tmp_path / f"recorded-{device}")
+        assert undeclared_reads(stages.get("teacher"), reads, stages.OUTPUT_NEUTRAL, params=params) == [], device
+        assert any(r.startswith("augment.device_response") for r in reads) == (device == "true")
+        # the member's params.yaml is a config file of the member: its network, seed and augmentations
+        member = config.load(tmp_path / f"recorded-{device}" / "teacher" / "teacher1" / "params.yaml")
+        assert list(member.model.channels) == [8, 8, 16, 16] and member.seed == params.seed + 1000
+        assert member.augment.device_response.enabled == (device == "true") and not member.distill.enabled

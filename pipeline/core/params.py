@@ -277,6 +277,11 @@ class TeacherParams:
     channels: tuple = _f((128, 256, 256, 256), item=int, help="output channels of each teacher block")
     hidden_units: int = _f(256, min=1)
     epochs: int | None = _f(None, min=1, help="teacher epochs; null = train.epochs")
+    device_augmentations: bool = _f(
+        False,
+        help="teachers train with the student's device response and Freq-MixStyle augmentations (true) or "
+        "without them (false; SpecAugment++ and time shift are the student's either way)",
+    )
     logits: str | None = _f(
         None,
         help="imported teacher: a CSV or NPZ of logits computed elsewhere (filename + one column per class, "

@@ -22,7 +22,7 @@ from pipeline.running.stages.register import register
 from pipeline.running.stages.register import summary_lines as register_summary
 from pipeline.running.stages.report import report
 from pipeline.running.stages.report import summary_lines as report_summary
-from pipeline.running.stages.teacher import teacher, teacher_facts
+from pipeline.running.stages.teacher import teacher, teacher_facts, teacher_unused
 from pipeline.running.stages.train import train
 
 # Settings sections that shape the trained network (TTA only changes evaluation).
@@ -69,6 +69,10 @@ STAGES: tuple[Stage, ...] = (
         outputs={"logits": "logits.npz", "metrics": "metrics.json"},
         settings=("seed", "audio", "data", "model", "augment", "train", "distill.teacher"),
         exclude=("augment.tta", *_CHECKS),
+        unused=teacher_unused,
+        unused_note="not `augment.device_response`, `augment.freq_mixstyle` unless "
+        "`distill.teacher.device_augmentations`; an imported teacher (`distill.teacher.logits`): only `seed`, "
+        "`data`, `distill.teacher` and the file's digest",
         resumable=True,
         distributed=True,
         external=teacher_facts,
@@ -205,6 +209,7 @@ def table(registry: tuple[Stage, ...] = STAGES) -> str:
     for stage in registry:
         parts = [f"`{s}`" for s in stage.settings or ()]
         parts += [f"not `{s}`" for s in stage.exclude]
+        parts += [stage.unused_note] if stage.unused_note else []
         parts += ["the dataset files"] if stage.external else []
         parts += [f"`{up}/` outputs" for up in stage.upstream]
         reuse = "never reused: always runs" if stage.settings is None else ", ".join(parts)

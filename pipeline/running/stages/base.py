@@ -233,6 +233,9 @@ class Stage:
       settings: the Params sections (dotted paths) its outputs depend on; with the upstream
         outputs they form its reuse key. ``None``: never reused (always runs).
       exclude: dotted paths inside ``settings`` that do not matter to it.
+      unused: ``unused(params) -> dotted paths``: those inside ``settings`` that a run with these params
+        does not use (e.g. the teachers' device augmentations when they train without them); left out of
+        the key like ``exclude``. ``unused_note`` says when, for the README's stage table.
       external: facts of inputs outside the workdir (e.g. the dataset files' sizes and times).
       headline: metrics copied onto the parent MLflow run.
       resumable: an interrupted run with the same key resumes in place (checkpoints).
@@ -254,6 +257,8 @@ class Stage:
     outputs: Mapping[str, str] = field(default_factory=dict, hash=False)
     settings: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    unused: Callable[[Params], tuple[str, ...]] | None = None
+    unused_note: str = ""
     external: Callable[[Params], Any] | None = None
     headline: tuple[str, ...] = ()
     resumable: bool = False
@@ -273,11 +278,17 @@ class Stage:
             return None
         tree = params.to_dict()
         picked = {path: dotted.get(tree, path) for path in self.settings}
-        for path in self.exclude:
+        for path in self.excluded(params):
             head, _, rest = path.partition(".")
             if head in picked and rest:
                 picked[head] = dotted.without(picked[head], rest)
+            elif head in picked:
+                del picked[head]
         return picked
+
+    def excluded(self, params: Params) -> tuple[str, ...]:
+        """``exclude`` plus what ``unused`` says a run with ``params`` does not use."""
+        return (*self.exclude, *(self.unused(params) if self.unused is not None else ()))
 
 
 def replace(stage: Stage, **changes) -> Stage:

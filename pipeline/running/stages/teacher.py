@@ -16,6 +16,7 @@ is what the augmentations are meant to preserve (Schmid et al. 2022 do the same)
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ from evaluate import metrics as dm
 from pipeline.core import files, seeds
 from pipeline.core.config import Params
 from pipeline.core.hashing import file_digest
+from pipeline.core.labels import CLASSES
 from pipeline.data import inputs
 from pipeline.data.teacher_logits import TeacherLogitsError, read_teacher_logits
 from pipeline.running import task
@@ -36,24 +38,59 @@ from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, 
 logger = logging.getLogger(__name__)
 
 
-def teacher_params(params: Params, member: int) -> Params:
-    """The parameter tree of ensemble member ``member`` (0-based): wider network, own seed."""
+# the student's augmentations a teacher leaves out unless distill.teacher.device_augmentations
+DEVICE_AUGMENTATIONS = ("augment.device_response", "augment.freq_mixstyle")
+
+
+def member_changes(params: Params, member: int) -> dict[str, str]:
+    """What ensemble member ``member`` (0-based) changes in the run's settings (dotted key -> value)."""
     t = params.distill.teacher
-    return params.replace(
-        **{
-            "model.channels": str(list(t.channels)),
-            "model.hidden_units": str(t.hidden_units),
-            "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
-            "train.epochs": str(t.epochs or params.train.epochs),
-            "distill.enabled": "false",
-        }
-    )
+    changes = {
+        "model.channels": str(list(t.channels)),
+        "model.hidden_units": str(t.hidden_units),
+        "seed": str(seeds.stream_seed(params.seed, "teacher", member + 1)),  # seed + 1000 * (member + 1)
+        "train.epochs": str(t.epochs or params.train.epochs),
+        "distill.enabled": "false",
+    }
+    if not t.device_augmentations:
+        changes.update({f"{section}.enabled": "false" for section in DEVICE_AUGMENTATIONS})
+    return changes
+
+
+def teacher_params(params: Params, member: int) -> Params:
+    """The parameter tree of ensemble member ``member`` (0-based): wider network, own seed, and without the
+    device augmentations unless ``distill.teacher.device_augmentations``."""
+    return params.replace(**member_changes(params, member))
+
+
+def member_settings(settings: dict, member: Params, changes: dict[str, str]) -> dict:
+    """The stage's settings (``ctx.settings``: dotted path -> value) as a member uses them, its own values
+    in place of the run's (the member's ``params.yaml``)."""
+    out = copy.deepcopy(settings)
+    for key in changes:
+        value = functools.reduce(getattr, key.split("."), member)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def teacher_unused(params: Params) -> tuple[str, ...]:
+    """Settings of the teacher stage's record that a run with ``params`` does not use (left out of its key).
+
+    An imported teacher (``distill.teacher.logits``) is a file read: no network, front end, augmentation or
+    training setting shapes it. Teachers trained without the device augmentations do not use their settings,
+    so a change of ``augment.device_response`` or ``augment.freq_mixstyle`` (a search over the student's
+    augmentations, say) reuses the teachers.
+    """
+    if params.distill.teacher.logits is not None:
+        return ("audio", "model", "augment", "train")
+    return () if params.distill.teacher.device_augmentations else DEVICE_AUGMENTATIONS
 
 
 def logits_of(model, frame: pd.DataFrame, root, params: Params) -> np.ndarray:
-    """``[N, K]`` logits of the clean clips of ``frame``, in order."""
+    """``[N, K]`` logits of the clean clips of ``frame``, in order (batches of ``train.batch_size``, a
+    setting the stage depends on anyway)."""
     step = tf.function(lambda wave: model(wave, training=False), reduce_retracing=True)
-    ds = inputs.eval_dataset(frame, root, params.audio, params.data, batch_size=params.evaluate.batch_size)
+    ds = inputs.eval_dataset(frame, root, params.audio, params.data, batch_size=params.train.batch_size)
     return np.concatenate([step(wave).numpy() for wave, _ in ds]).astype(np.float32)
 
 
@@ -81,7 +118,14 @@ def _store(ctx: Context, tr: pd.DataFrame, ev: pd.DataFrame, logits: np.ndarray,
     """Write ``logits.npz`` (the training clips' ensemble logits) and ``metrics.json``; score on ``ev``."""
     with files.atomic_path(ctx.out / "logits.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, filenames=tr.filename.to_numpy(dtype=str), logits=logits, members=members)
+            # ``classes`` makes the file an importable teacher (distill.teacher.logits) for other runs
+            np.savez(
+                fh,
+                filenames=tr.filename.to_numpy(dtype=str),
+                classes=np.asarray(CLASSES, dtype=str),
+                logits=logits,
+                members=members,
+            )
     headline: dict = {}
     if eval_logits is not None:
         ensemble = tf.nn.softmax(eval_logits).numpy().astype(np.float64)
@@ -140,7 +184,8 @@ def teacher(ctx: Context) -> dict:
     val = clips(index, validation_split(params), params, labelled=True)  # what its members validate on
     train_logits, eval_logits = [], []
     for k in range(params.distill.teacher.members):
-        member = teacher_params(params, k)
+        changes = member_changes(params, k)
+        member = params.replace(**changes)
         name = f"teacher{k + 1}"
         logger.info(
             "teacher %d of %d: channels %s, seed %d, %d epochs",
@@ -160,6 +205,7 @@ def teacher(ctx: Context) -> dict:
             resuming=ctx.resuming,
             log_model=False,
             resume_from=task.resume_folder(params, ctx.workdir, "teacher", name),
+            settings=member_settings(ctx.settings, member, changes),
         )
         train_logits.append(logits_of(model, tr, root, member))
         eval_logits.append(logits_of(model, ev, root, member))
