@@ -26,7 +26,8 @@ Variants of ``--config`` (the ablation of issue 24):
 * ``dir+fms``: both; ``dir+fms-nospec``: both without SpecAugment++ (stacked regularizers);
   ``dir+fms-half``: both at half their probabilities (strength);
 * ``kd``: + knowledge distillation from a wider teacher trained by the same recipe;
-* ``all``: dir + fms + kd, the teacher trained with the device augmentations too;
+* ``all``: dir + fms + kd, the teacher trained with the device augmentations too
+  (``distill.teacher.device_augmentations``; the recipe as issue 13 shipped it);
 * ``kd-plain-teacher+dir+fms`` (``-w0.9``: distillation weight 0.9; ``-nospec``: without
   SpecAugment++): dir + fms + kd, the teacher imported from the ``kd`` variant of the same seed,
   trained without device augmentations.
@@ -61,7 +62,7 @@ VARIANTS = {
     "dir": [DIR],
     "fms": [FMS],
     "kd": [KD],
-    "all": [DIR, FMS, KD],
+    "all": [DIR, FMS, KD, "distill.teacher.device_augmentations=true"],  # the recipe as issue 13 shipped it
     # ablation (issue 24): which part of the device recipe costs, and what recovers it
     "dir+fms": [DIR, FMS],
     "dir+fms-nospec": [DIR, FMS, NOSPEC],

@@ -627,7 +627,7 @@ def test_no_configured_mask_is_zero_width(name, params):
 
     s = params.augment.specaugment
     widths = asc.specaugment_widths(params)
-    assert list(widths) == [p for p in asc.SPECAUGMENT_POSITIONS if p in s.positions], name
+    assert list(widths) == [p for p in asc.SPECAUGMENT_POSITIONS if p in s.positions and s.enabled], name
     for position, (time_width, freq_width) in widths.items():
         assert time_width >= 1 or s.n_time_masks == 0, (name, position, time_width)
         assert freq_width >= 1 or s.n_freq_masks == 0, (name, position, freq_width)

@@ -2,8 +2,12 @@
 
 A teacher is the report's network made wider (``distill.teacher.channels``, ``hidden_units``),
 trained by the same recipe and code as the student (:func:`pipeline.running.task.fit`:
-same data, augmentations, optimizer and checkpoints). ``distill.teacher.members`` teachers with
-seeds ``seed + 1000 * k`` form an ensemble whose logits are averaged (CP-JKU, DCASE2022-23).
+same data, optimizer and checkpoints, SpecAugment++ and time shift), without the device
+augmentations unless ``distill.teacher.device_augmentations`` (issue 24: under a short budget they
+cost a teacher more than they give). ``distill.teacher.members`` teachers with seeds
+``seed + 1000 * k`` form an ensemble whose logits are averaged (CP-JKU, DCASE2022-23).
+The stored ``logits.npz`` names its classes, so it is itself an importable teacher
+(``distill.teacher.logits``) for other runs.
 
 The teachers' logits are computed once, on the clean training clips (no augmentation), and
 stored in ``teacher/logits.npz``; the runner keys this stage by the teacher settings, so a
