@@ -466,3 +466,43 @@ def plot_sweep(
     axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_data_fraction(
+    percents: Sequence[int],
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    path="dcase2024.png",
+    title: str = "Accuracy against the fraction of training data",
+) -> Path:
+    """Macro accuracy against the share of the training split used (the DCASE2024 data-efficiency view).
+
+    Args:
+      percents: the subsets on the x axis (log scale), e.g. ``(5, 10, 25, 50, 100)``.
+      series: ``(label, means, stds)`` per line (one per setting), aligned with ``percents``; accuracies
+        in [0, 1]; NaN means are not drawn, NaN stds draw no bar.
+      path: output PNG.
+      title: figure title.
+
+    Returns:
+      ``path`` as a Path.
+    """
+    if not percents or not series:
+        raise ValueError("plot_data_fraction: need at least one subset and one series")
+    fig = _new_figure((6.0, 4.0))
+    ax = fig.subplots()
+    x = np.asarray(percents, dtype=float)
+    for label, means, stds in series:
+        if len(means) != len(x) or len(stds) != len(x):
+            raise ValueError(f"plot_data_fraction: series {label!r} has {len(means)} values for {len(x)} subsets")
+        m = 100 * np.asarray(means, dtype=float)
+        e = 100 * np.nan_to_num(np.asarray(stds, dtype=float), nan=0.0)
+        ax.errorbar(x, m, yerr=e, fmt="o-", capsize=4, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{int(p)} %" for p in x])
+    ax.minorticks_off()
+    ax.set_xlabel("training data (share of the training split)")
+    ax.set_ylabel("macro accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

@@ -243,6 +243,13 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
             )
     if inputs.teacher_metrics is not None:
         md += _teacher_lines(json.loads(Path(inputs.teacher_metrics).read_text()), plain)
+    subset = ev.get("training_data")
+    if subset:
+        share = subset["train_clips"] / max(subset["training_split_clips"], 1)
+        md.append(
+            f"- **Training data** (`data.train_split={subset['train_split']}`): {subset['train_clips']} of the "
+            f"{subset['training_split_clips']} clips of the training split ({100 * share:.1f} %)."
+        )
     held = ev.get("held_out_devices") or []
     if held and "validation" in ev["splits"]:
         val = ev["splits"]["validation"]["plain"]["overall"]

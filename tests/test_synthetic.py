@@ -129,7 +129,7 @@ def test_generator_tables_cover_the_label_lists():
 
 def test_layout_and_csv_headers(small):
     assert sorted(p.name for p in small.iterdir()) == sorted(
-        [".complete.json", ".synthetic.json", "audio", "evaluation_setup", "meta.csv"]
+        [".complete.json", ".synthetic.json", "audio", "evaluation_setup", "meta.csv", "splits"]
     )
     assert sorted(p.name for p in (small / "evaluation_setup").iterdir()) == [
         "fold1_evaluate.csv",

@@ -163,6 +163,8 @@ def _typed(key: str, tp, value, meta: dict):
         if not math.isfinite(value):  # NaN passes every range comparison; inf is never a setting here
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
+        if meta.get("numbers_as_text") and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # data.train_split=25: YAML reads a number
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
     elif tp is tuple:

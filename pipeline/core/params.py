@@ -1,8 +1,9 @@
 """The parameter tree's shape: one frozen dataclass per section, with validation metadata.
 
 A field's ``metadata`` may hold ``choices`` (allowed values), ``item`` (the type of a tuple's
-items), ``min``/``max`` (inclusive bounds), ``min_exclusive``, ``check`` (a function naming what
-is wrong with a value) and ``help``; :mod:`pipeline.core.config` holds the root
+items), ``numbers_as_text`` (a text field that takes a YAML number as its text), ``min``/``max``
+(inclusive bounds), ``min_exclusive``, ``check`` (a function naming what is wrong with a value) and
+``help``; :mod:`pipeline.core.config` holds the root
 :class:`~pipeline.core.config.Params`, loads YAML and ``--set`` overrides into these classes and
 validates every value against it. This module imports nothing of the configuration's loading.
 """
@@ -67,6 +68,19 @@ class AudioParams:
         return 1 + (self.clip_samples - self.n_fft) // self.hop_length
 
 
+TRAIN_SUBSETS = (5, 10, 25, 50, 100)  # the DCASE2024 Task 1 data-efficiency subsets, % of the training split
+
+
+def train_split_problem(value: str) -> str | None:
+    """Why a ``data.train_split`` value is refused (a number that is not a DCASE2024 subset), or None."""
+    allowed = f"one of {', '.join(map(str, TRAIN_SUBSETS))}, or the path of a split CSV"
+    if not value.strip():
+        return f"empty: {allowed}"
+    if value.strip().isdigit() and int(value) not in TRAIN_SUBSETS:
+        return f"{value!r} is not a DCASE2024 subset: {allowed}"
+    return None
+
+
 @dataclass(frozen=True)
 class DataParams:
     """Where the data comes from and how tf.data reads it."""
@@ -87,6 +101,14 @@ class DataParams:
         help="what training validates on (early stopping, best.keras): the evaluate split, or training devices "
         "held out as pseudo-unseen (e.g. s3 or s2,s3): their training clips leave training and become the "
         "validation split; tune on these, report on the evaluate split",
+    )
+    train_split: str | None = _f(
+        None,
+        check=train_split_problem,
+        numbers_as_text=True,
+        help="train on a DCASE2024 subset of the training split: 5, 10, 25, 50 or 100 (the dataset's "
+        "splits/split<N>.csv; `python -m pipeline.data download tau24-splits` for TAU22, the built-in set writes "
+        "its own) or the path of a tab-separated list with a filename column; null = the whole training split",
     )
     scan_audio: bool = _f(
         True,

@@ -243,6 +243,16 @@ def inspect(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(root, [f"{root}: dataset directory does not exist"])
+    unfinished = sorted(root.glob("_INCOMPLETE_*.json"))  # pipeline.data.download writes it while unpacking
+    if unfinished:
+        raise DatasetError(
+            root,
+            [
+                f"{m}: the download of {m.stem[len('_INCOMPLETE_') :]} into this folder did not finish: rerun "
+                f"python -m pipeline.data download {m.stem[len('_INCOMPLETE_') :]} --to {root.parent}"
+                for m in unfinished
+            ],
+        )
     real_root = Path(os.path.realpath(root))
     problems: list[str] = []
     for rel in ("meta.csv", *SPLIT_FILES.values()):

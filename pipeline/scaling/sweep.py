@@ -378,6 +378,12 @@ def run_sweep(
                 len(pending),
                 ", ".join(pending[:10]) + (", ..." if len(pending) > 10 else ""),
             )
+    ranking = [
+        line
+        for path in written
+        if path.parent == root and (root / "dcase2024.csv").is_file()  # the whole grid's, not a shard's
+        for line in sweep_summary.dcase2024_lines(sweep_summary.read_table(root / "dcase2024.csv"))
+    ]
     scope_cells = list(sweep.cells) if summary_only else mine
     bad = [c.name for c in scope_cells if c.name in errors or sweep_summary.status(latest.get(c.name)) != "finished"]
     text = "\n".join(
@@ -385,6 +391,7 @@ def run_sweep(
             f"Sweep {sweep.sweep_id}: {len(scope_cells) - len(bad)}/{len(scope_cells)} cell(s) finished"
             + (f"; not finished: {', '.join(bad)}" if bad else ""),
             *(f"  {path}" for path in written),
+            *ranking,
             (
                 f"  MLflow: runs tagged sweep_id = '{sweep.sweep_id}' in experiment "
                 f"'{sweep.base.tracking.experiment}' ({sweep.base.tracking.uri})"

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline.core import files
 from pipeline.core.config import Params
+from pipeline.core.params import TRAIN_SUBSETS
 from pipeline.core.stats import mean_std
 from pipeline.running import tracking
 
@@ -81,7 +82,9 @@ class Store:
             return run.info.run_id
         return ""
 
-    def log_summary(self, sweep, scope: str, paths: list[Path], summary: pd.DataFrame) -> str:
+    def log_summary(
+        self, sweep, scope: str, paths: list[Path], summary: pd.DataFrame, ranking: pd.DataFrame | None = None
+    ) -> str:
         """Log the summary files into the sweep's summary run for ``scope`` (created once, then updated)."""
         found = self.search(
             f"tags.sweep_id = '{sweep.sweep_id}' and tags.sweep_role = 'summary' and tags.sweep_scope = '{scope}'"
@@ -105,6 +108,11 @@ class Store:
                     value = row.get(f"{metric}_{stat}")
                     if value is not None and np.isfinite(value):
                         self.client.log_metric(run_id, f"{row['combo']}_{metric}_{stat}", float(value))
+        if ranking is not None:  # the DCASE2024 score: one metric per setting of the other swept keys
+            for k, row in enumerate(ranking.to_dict("records")):
+                if row["complete"]:
+                    name = "dcase2024_score" if len(ranking) == 1 else f"g{k}_dcase2024_score"
+                    self.client.log_metric(run_id, name, float(row["dcase2024_score"]))
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
@@ -171,6 +179,63 @@ def summary_table(sweep, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SPLIT_KEY = "data.train_split"
+
+
+def dcase2024_table(sweep, summary: pd.DataFrame) -> pd.DataFrame | None:
+    """The DCASE2024 Task 1 ranking score of a sweep over ``data.train_split``: per setting of the other
+    swept keys, the mean over the five subsets (5, 10, 25, 50, 100 %) of the macro accuracy (each the
+    mean over seeds), next to each subset's figure; None when the sweep does not cover all five.
+
+    Columns: the other keys, ``split<N>_macro_accuracy`` (mean over seeds) and ``_std`` per subset,
+    ``dcase2024_score`` (NaN while a subset has no finished run), ``complete``.
+    """
+    dim = next((d for d in sweep.dims if d.key == SPLIT_KEY), None)
+    wanted = [str(p) for p in TRAIN_SUBSETS]
+    if dim is None or not set(wanted) <= {t.strip() for t in dim.texts} or "macro_accuracy_mean" not in summary:
+        return None
+    others = [d.key for d in sweep.dims if d.key != SPLIT_KEY]
+    table = summary.assign(_split=summary[SPLIT_KEY].astype(str).str.strip())
+    groups = table.groupby(others, sort=False) if others else [((), table)]
+    rows = []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(others, key, strict=True))
+        accs = []
+        for p in wanted:
+            hit = group[group._split == p]
+            mean = float(hit.macro_accuracy_mean.iloc[0]) if len(hit) else np.nan
+            std = float(hit.macro_accuracy_std.iloc[0]) if len(hit) and "macro_accuracy_std" in hit else np.nan
+            row[f"split{p}_macro_accuracy"], row[f"split{p}_macro_accuracy_std"] = mean, std
+            accs.append(mean)
+        row["complete"] = bool(np.all(np.isfinite(accs)))
+        row["dcase2024_score"] = float(np.mean(accs)) if row["complete"] else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A summary CSV read back (the swept values as text, as the sweep holds them)."""
+    return pd.read_csv(path, dtype={SPLIT_KEY: str})
+
+
+def dcase2024_lines(table: pd.DataFrame) -> list[str]:
+    """The ranking score and each subset's figure, one line per setting, for the sweep's closing text."""
+    lines = []
+    others = [c for c in table.columns if not c.startswith("split") and c not in ("complete", "dcase2024_score")]
+    for row in table.to_dict("records"):
+        label = " ".join(f"{k}={row[k]}" for k in others) or "base"
+        figures = ", ".join(
+            f"{p} %: {100 * row[f'split{p}_macro_accuracy']:.1f}"
+            if np.isfinite(row[f"split{p}_macro_accuracy"])
+            else f"{p} %: -"
+            for p in TRAIN_SUBSETS
+        )
+        score = f"{100 * row['dcase2024_score']:.2f} %" if row["complete"] else "incomplete"
+        lines.append(f"  DCASE2024 score ({label}): {score}  [macro accuracy by subset: {figures}]")
+    return lines
+
+
 def write(sweep, cells: list, latest: dict, errors: dict[str, dict], folder: Path, scope: str, store: Store) -> Path:
     """Write ``runs.csv``, ``summary.csv`` and ``summary.png`` into ``folder``; log them. Returns summary.csv."""
     from evaluate.plots import plot_sweep
@@ -202,6 +267,31 @@ def write(sweep, cells: list, latest: dict, errors: dict[str, dict], folder: Pat
         )
     else:
         logger.warning("sweep %s (%s): no finished run with summary metrics; no plot", sweep.sweep_id, scope)
-    run_id = store.log_summary(sweep, scope, paths, summary)
+    ranking = dcase2024_table(sweep, summary)
+    if ranking is not None:
+        with files.atomic_path(folder / "dcase2024.csv") as tmp:
+            ranking.to_csv(tmp, index=False)
+        paths.append(folder / "dcase2024.csv")
+        from evaluate.plots import plot_data_fraction
+
+        others = [d.key for d in sweep.dims if d.key != SPLIT_KEY]
+        paths.append(
+            plot_data_fraction(
+                TRAIN_SUBSETS,
+                [
+                    (
+                        " ".join(f"{k}={row[k]}" for k in others) or "macro accuracy",
+                        [row[f"split{p}_macro_accuracy"] for p in TRAIN_SUBSETS],
+                        [row[f"split{p}_macro_accuracy_std"] for p in TRAIN_SUBSETS],
+                    )
+                    for row in ranking.to_dict("records")
+                ],
+                folder / "dcase2024.png",
+                title=f"sweep {sweep.sweep_id}: macro accuracy against the training data (DCASE2024 subsets)",
+            )
+        )
+        for line in dcase2024_lines(ranking):
+            logger.info("sweep %s (%s):%s", sweep.sweep_id, scope, line)
+    run_id = store.log_summary(sweep, scope, paths, summary, ranking)
     logger.info("sweep %s (%s): %s, logged to MLflow run %s", sweep.sweep_id, scope, folder / "summary.csv", run_id)
     return folder / "summary.csv"

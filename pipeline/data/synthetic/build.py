@@ -168,6 +168,7 @@ def generate(
     params = _completion_params(n_clips, seed, sample_rate_hz, clip_seconds, n_cities)
     if layout.is_complete(root, params):
         logger.info("reusing the synthetic dataset at %s (%d clips, seed %d)", root, n_clips, seed)
+        layout.write_splits(root, seed, missing_only=True)  # a set generated before the lists existed
         return root
     if (root / layout.MARKER).exists():
         logger.info("synthetic dataset at %s has other parameters; regenerating", root)
@@ -186,6 +187,7 @@ def generate(
     )
     _render_all(_Job(str(root), int(seed), int(sample_rate_hz), n_samples), chunks, workers, n_clips, progress)
     counts = layout.write_tables(root, recordings)
+    layout.write_splits(root, seed)
     layout.write_completion_record(root, params, counts)
     logger.info("wrote %d synthetic clips to %s in %.1f s", n_clips, root, time.perf_counter() - started)
     return root

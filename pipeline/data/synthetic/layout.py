@@ -104,3 +104,17 @@ def write_tables(root: Path, recordings: Sequence[Recording]) -> dict:
 def write_completion_record(root: Path, params: dict, counts: dict) -> None:
     """Write the completion record (last): the set is usable from here on."""
     write_json(root / MARKER, {"params": params, "counts": counts})
+
+
+def write_splits(root: Path, seed: int, *, missing_only: bool = False) -> None:
+    """The DCASE2024 data-efficiency lists ``splits/split{5,10,25,50,100}.csv`` of the training split, in
+    the official form (:func:`pipeline.data.splits.make_splits`: nested, whole recordings, scenes kept)."""
+    from pipeline.data import splits
+
+    folder = Path(root) / splits.FOLDER
+    if missing_only and all((folder / f"split{p}.csv").is_file() for p in splits.SUBSETS):
+        return
+    import pandas as pd
+
+    train = pd.read_csv(Path(root) / SPLIT_FILES["train"], sep="\t", dtype=str)
+    splits.make_splits(train, folder, seed=seed)

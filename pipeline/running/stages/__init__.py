@@ -12,7 +12,7 @@ No stage module imports another: what several stages share lives outside ``pipel
 
 from __future__ import annotations
 
-from pipeline.running.stages.base import Context, MemoryRecorder, Recorder, Stage, StageError
+from pipeline.running.stages.base import Context, MemoryRecorder, Recorder, Stage, StageError, train_split_facts
 from pipeline.running.stages.compress import compress
 from pipeline.running.stages.compress import summary_lines as compress_summary
 from pipeline.running.stages.evaluate import evaluate
@@ -37,11 +37,19 @@ _TRAINING = (
     "distill.temperature",
     "distill.weight",
 )
+_SPLIT_LIST = "the `data.train_split` list"
 _CHECKS = ("data.scan_audio", "data.strict_checks")  # prepare's business: its outputs' digest covers them
 # Settings no stage output depends on: how fast clips are decoded, not which values come out (the cached
 # and the parallel pipelines give the same elements in the same order: tests/test_inputs.py). A stage may
 # read them without declaring them; tests/test_settings_read.py checks every other read is declared.
 OUTPUT_NEUTRAL = ("data.cache", "data.num_parallel_calls")
+
+
+def _teacher_external(params):
+    """The imported logits file's digest and, with ``data.train_split``, its list's digest."""
+    split = train_split_facts(params)
+    return teacher_facts(params) if split is None else {"teacher": teacher_facts(params), "train_split": split}
+
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -75,7 +83,8 @@ STAGES: tuple[Stage, ...] = (
         "`data`, `distill.teacher` and the file's digest",
         resumable=True,
         distributed=True,
-        external=teacher_facts,
+        external=_teacher_external,
+        external_note="the `data.train_split` list",
         when=lambda params: params.distill.enabled,
         headline=("teacher_macro_accuracy", "teacher_log_loss", "teacher_unseen_macro_accuracy"),
         reads="`prepare/` (only with `distill.enabled`)",
@@ -90,6 +99,8 @@ STAGES: tuple[Stage, ...] = (
         outputs={"model": "model.keras", "best": "best.keras", "history": "history.json", "curves": "curves.png"},
         settings=_TRAINING,
         exclude=("augment.tta", *_CHECKS),
+        external=train_split_facts,
+        external_note=_SPLIT_LIST,
         resumable=True,
         distributed=True,
         reads="`prepare/`",
@@ -120,7 +131,10 @@ STAGES: tuple[Stage, ...] = (
             "data.max_eval_clips",
             "data.max_train_clips",
             "data.validation",
+            "data.train_split",
         ),
+        external=train_split_facts,
+        external_note=_SPLIT_LIST,
         headline=(
             "macro_accuracy",
             "log_loss",
@@ -156,6 +170,8 @@ STAGES: tuple[Stage, ...] = (
         },
         settings=("seed", "name", "audio", "model", "compress", "train", "data", "evaluate.batch_size"),
         exclude=_CHECKS,
+        external=train_split_facts,
+        external_note=_SPLIT_LIST,
         headline=("int8_macro_accuracy", "int8_log_loss", "int8_size_bytes", "int8_macs", "int8_accuracy_drop"),
         summary=compress_summary,
         reads="`prepare/`, `train/`",
@@ -210,7 +226,7 @@ def table(registry: tuple[Stage, ...] = STAGES) -> str:
         parts = [f"`{s}`" for s in stage.settings or ()]
         parts += [f"not `{s}`" for s in stage.exclude]
         parts += [stage.unused_note] if stage.unused_note else []
-        parts += ["the dataset files"] if stage.external else []
+        parts += [stage.external_note] if stage.external else []
         parts += [f"`{up}/` outputs" for up in stage.upstream]
         reuse = "never reused: always runs" if stage.settings is None else ", ".join(parts)
         reuse += "; an interrupted run resumes" if stage.resumable else ""

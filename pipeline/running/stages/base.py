@@ -236,7 +236,8 @@ class Stage:
       unused: ``unused(params) -> dotted paths``: those inside ``settings`` that a run with these params
         does not use (e.g. the teachers' device augmentations when they train without them); left out of
         the key like ``exclude``. ``unused_note`` says when, for the README's stage table.
-      external: facts of inputs outside the workdir (e.g. the dataset files' sizes and times).
+      external: facts of inputs outside the workdir (e.g. the dataset files' sizes and times);
+        ``external_note`` names them for the README's stage table.
       headline: metrics copied onto the parent MLflow run.
       resumable: an interrupted run with the same key resumes in place (checkpoints).
       when: the stage takes part only when this is true of the params (``--stage all`` skips it
@@ -260,6 +261,7 @@ class Stage:
     unused: Callable[[Params], tuple[str, ...]] | None = None
     unused_note: str = ""
     external: Callable[[Params], Any] | None = None
+    external_note: str = "the dataset files"
     headline: tuple[str, ...] = ()
     resumable: bool = False
     when: Callable[[Params], bool] | None = None
@@ -303,7 +305,17 @@ def load_index(ctx: Context) -> tuple[pd.DataFrame, Path, str]:
     """The index written by ``prepare``, its dataset root and its fingerprint."""
     marker = ctx.marker("prepare")
     index = pd.read_csv(ctx.input("prepare", "index"), dtype={"filename": str, "device": str})
+    index.attrs["root"] = marker["root"]  # where data.train_split=<N> finds splits/split<N>.csv (clips)
     return index, Path(marker["root"]), marker["fingerprint"]
+
+
+def train_split_facts(params: Params) -> dict | None:
+    """The ``data.train_split`` list's digest, for the key of every stage that reads training clips (None
+    without one). The built-in set's own lists are keyed by name: its settings already key its folder."""
+    from pipeline.data.splits import split_facts
+
+    root = None if params.data.source == "synthetic" else Path(params.data.source).expanduser()
+    return split_facts(params.data.train_split, root)
 
 
 def held_out_devices(params: Params) -> tuple[str, ...]:
@@ -319,12 +331,16 @@ def validation_split(params: Params) -> str:
 def clips(index: pd.DataFrame, split: str, params: Params, *, labelled: bool = False) -> pd.DataFrame:
     """The clips of one split, subsampled to ``data.max_train_clips``/``max_eval_clips`` (seeded).
 
-    With training devices held out (``data.validation``, e.g. ``s3``), ``train`` is the training split
-    without those devices' clips and ``validation`` is exactly those clips; without, ``validation`` is the
-    evaluate split. The subsample is drawn before the hold-out, so both come from one draw.
+    ``data.train_split`` first restricts the training split to the clips its list names
+    (:func:`pipeline.data.splits.restrict`; a percentage is read from the index's dataset root,
+    ``index.attrs["root"]``, set by :func:`load_index`). With training devices held out
+    (``data.validation``, e.g. ``s3``), ``train`` is the training split without those devices' clips
+    and ``validation`` is exactly those clips; without, ``validation`` is the evaluate split. The
+    subsample is drawn before the hold-out, so both come from one draw.
 
     Raises:
       StageError: a held-out device has no clip in the training split (named, with the devices it has).
+      SplitError: the ``data.train_split`` list is missing or bad, or names clips outside the training split.
     """
     held = held_out_devices(params)
     if split == "validation" and not held:
@@ -334,6 +350,12 @@ def clips(index: pd.DataFrame, split: str, params: Params, *, labelled: bool = F
     if labelled:
         part = part[part.label >= 0]
     limit = params.data.max_train_clips if source == "train" else params.data.max_eval_clips
+    if source == "train" and params.data.train_split is not None:
+        from pipeline.data import splits
+
+        if "root" not in index.attrs:
+            raise StageError("data.train_split: the index does not say its dataset folder (load it with load_index)")
+        part = splits.restrict(part, params.data.train_split, index.attrs["root"])
     part = part.reset_index(drop=True)
     if limit and source in ("train", "evaluate"):
         part = part.sample(n=min(len(part), limit), random_state=params.seed).reset_index(drop=True)

@@ -138,6 +138,12 @@ def evaluate(ctx: Context) -> dict:
     headline = {}
     held = held_out_devices(params)  # pseudo-unseen training devices: their figures next to the real unseen ones
     result["held_out_devices"] = list(held)
+    if params.data.train_split is not None:  # a DCASE2024 subset: what share of the training split trained
+        result["training_data"] = {
+            "train_split": params.data.train_split,
+            "train_clips": len(clips(index, "train", params)),
+            "training_split_clips": int((index.split == "train").sum()),
+        }
     for split in (*params.evaluate.splits, *(("validation",) if held else ())):
         part = clips(index, split, params, labelled=True)
         if len(part) == 0:

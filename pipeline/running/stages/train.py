@@ -42,6 +42,13 @@ def train(ctx: Context) -> dict:
     index, root, _ = load_index(ctx)
     tr = clips(index, "train", params)
     ev = clips(index, validation_split(params), params)
+    if params.data.train_split is not None:
+        logger.info(
+            "train: data.train_split=%s: %d of the %d clips of the training split",
+            params.data.train_split,
+            len(tr),
+            int((index.split == "train").sum()),
+        )
     if len(ev) == 0:
         raise StageError(f"the {validation_split(params)} split is empty: nothing to validate on (data.validation)")
     widths = asc.specaugment_widths(params)
