@@ -101,6 +101,7 @@ def frontend(params: Params) -> LogMel:
         center=a.center,
         power=a.power,
         mel_scale=a.mel_scale,
+        mel_norm=a.mel_norm,
         log=a.log,
         log_offset=a.log_offset,
         name="logmel",
@@ -169,7 +170,7 @@ def specaugment_widths(params: Params) -> dict[str, tuple[int, int]]:
     (``logger.info``); the train stage can record them as MLflow params.
     """
     s = params.augment.specaugment
-    if not s.enabled or params.model.name != "asc":
+    if not s.enabled or params.model.name == "baseline":
         return {}
     widths = {}
     for position, (frames, bins) in _specaugment_shapes(params).items():
@@ -262,8 +263,25 @@ def build_model(params: Params) -> tf_keras.Model:
     aug = _specaugment(params, "input", params.audio.frames, params.audio.n_mels)
     if aug is not None:
         x = aug(x)
-    logits = build_classifier(params, augment=True)(x)  # [B, 10]
+    logits = _classifier(params)(x)  # [B, 10]
     return tf_keras.Model(wave, logits, name=f"asc_{params.model.name}")
+
+
+def _classifier(params: Params) -> tf_keras.Model:
+    """The classifier ``model.name`` selects (log-mel in, logits out): the report's, or CP-Mobile."""
+    if params.model.name == "cpmobile":
+        from models.cpmobile import build_cpmobile_classifier
+
+        m = params.model
+        return build_cpmobile_classifier(
+            params.audio.frames,
+            params.audio.n_mels,
+            len(CLASSES),
+            base_channels=m.base_channels,
+            channels_multiplier=m.channels_multiplier,
+            expansion_rate=m.expansion_rate,
+        )
+    return build_classifier(params, augment=True)
 
 
 def get_classifier(model: tf_keras.Model) -> tf_keras.Model:
@@ -274,7 +292,7 @@ def get_classifier(model: tf_keras.Model) -> tf_keras.Model:
 def export_classifier(model: tf_keras.Model, params: Params) -> tf_keras.Model:
     """A copy of the trained classifier without augmentation layers (for TFMOT and TFLite)."""
     trained = get_classifier(model)
-    if params.model.name == "baseline":
+    if params.model.name in ("baseline", "cpmobile"):  # no augmentation layers inside: a plain copy
         clone = tf_keras.models.clone_model(trained)
         clone.set_weights(trained.get_weights())
         return clone

@@ -168,6 +168,8 @@ class LogMel(tf_keras.layers.Layer):
       power: exponent of the magnitude: 2.0 gives the power spectrogram, 1.0 the magnitude.
       mel_scale: "slaney" (librosa's default: Slaney's scale, area-normalised triangles,
         ``htk=False, norm="slaney"``) or "htk" (``htk=True, norm="slaney"``).
+      mel_norm: "slaney" (area-normalised triangles, librosa's default) or "none" (peak 1, as
+        ``torchaudio.transforms.MelSpectrogram``'s default ``norm=None``, the DCASE2024 baseline's).
       log: "natural" gives ``log(mel + log_offset)``; "db" gives
         ``10 * log10(max(mel, log_offset))`` as ``librosa.power_to_db(mel, ref=1.0,
         amin=log_offset, top_db=top_db)`` (SP4ASC's torchlibrosa front end is ``log="db"``
@@ -203,6 +205,7 @@ class LogMel(tf_keras.layers.Layer):
         pad_mode="reflect",
         power=2.0,
         mel_scale="slaney",
+        mel_norm="slaney",
         log="natural",
         log_offset=1e-10,
         top_db=None,
@@ -236,6 +239,7 @@ class LogMel(tf_keras.layers.Layer):
         self.pad_mode = check_choice("pad_mode", pad_mode, PAD_MODES)
         self.power = check_real("power", power, exclusive=True)
         self.mel_scale = check_choice("mel_scale", mel_scale, MEL_SCALES)
+        self.mel_norm = check_choice("mel_norm", mel_norm, ("slaney", "none"))
         self.log = check_choice("log", log, LOGS)
         self.log_offset = check_real("log_offset", log_offset, exclusive=True)
         if top_db is None:
@@ -257,7 +261,7 @@ class LogMel(tf_keras.layers.Layer):
             fmin=self.fmin,
             fmax=self.fmax,
             htk=self.mel_scale == "htk",
-            norm="slaney",
+            norm=None if self.mel_norm == "none" else "slaney",
         )  # [n_mels, F]
         empty = int(np.sum(mel.max(axis=1) <= 0.0))
         if empty:
@@ -420,6 +424,7 @@ class LogMel(tf_keras.layers.Layer):
                 "pad_mode": self.pad_mode,
                 "power": self.power,
                 "mel_scale": self.mel_scale,
+                "mel_norm": self.mel_norm,
                 "log": self.log,
                 "log_offset": self.log_offset,
                 "top_db": self.top_db,

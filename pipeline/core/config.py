@@ -307,6 +307,18 @@ def _cross_check(p: Params) -> None:
             f"got {frames} frames (audio.clip_seconds={a.clip_seconds}, audio.hop_length={a.hop_length})"
             f" and audio.n_mels={a.n_mels}"
         )
+    if p.model.name == "cpmobile":
+        if frames < 16 or a.n_mels < 16:
+            raise ConfigError(
+                f"audio: CP-Mobile strides 4 times by 2, so it needs at least 16 frames and 16 mel bins; got "
+                f"{frames} frames and audio.n_mels={a.n_mels}"
+            )
+        hidden = [pos for pos in p.augment.specaugment.positions if pos != "input"]
+        if p.augment.specaugment.enabled and hidden:
+            raise ConfigError(
+                f"augment.specaugment.positions: model.name=cpmobile masks only its input (positions: [input]); "
+                f"got {list(p.augment.specaugment.positions)}"
+            )
     if p.model.name == "baseline" and round(a.clip_seconds * 44100) < 44100:
         raise ConfigError(
             f"audio.clip_seconds: the DCASE2022 baseline needs 1-s clips (51 frames), got {a.clip_seconds}"

@@ -53,6 +53,12 @@ class AudioParams:
     center: bool = _f(True)
     power: float = _f(2.0, choices=(1.0, 2.0))
     mel_scale: str = _f("slaney", choices=("slaney", "htk"))
+    mel_norm: str = _f(
+        "slaney",
+        choices=("slaney", "none"),
+        help="slaney: area-normalised mel triangles (librosa); none: peak 1 (torchaudio's default, the DCASE2024 "
+        "baseline's)",
+    )
     log: str = _f("natural", choices=("natural", "db"))
     log_offset: float = _f(1e-10, min_exclusive=0.0)
 
@@ -124,14 +130,18 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The network: the report's separable CNN ('asc') or the DCASE2022 baseline."""
+    """The network: the report's separable CNN ('asc'), the DCASE2022 baseline, or the DCASE2024/2025
+    baseline, a simplified CP-Mobile ('cpmobile', models/cpmobile.py)."""
 
-    name: str = _f("asc", choices=("asc", "baseline"))
+    name: str = _f("asc", choices=("asc", "baseline", "cpmobile"))
     channels: tuple = _f((64, 128, 128, 128), item=int, help="output channels of each block")
     attention_reduction: int = _f(32, min=1)
     attention_min_channels: int = _f(8, min=1)
     hidden_units: int = _f(128, min=1)
     dropout: float = _f(0.1, min=0.0, max=0.95)
+    base_channels: int = _f(32, min=8, help="cpmobile: channels after the input convolutions")
+    channels_multiplier: float = _f(1.8, min_exclusive=0.0, help="cpmobile: width growth per stage")
+    expansion_rate: float = _f(2.1, min_exclusive=0.0, help="cpmobile: expansion of the inverted bottleneck")
 
 
 @dataclass(frozen=True)
