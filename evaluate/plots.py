@@ -506,3 +506,37 @@ def plot_data_fraction(
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_general_vs_specialized(devices: dict, path="device_specific.png", title: str = "") -> Path:
+    """Per device: the general model's and the device's own model's macro accuracy, side by side (DCASE2025).
+
+    Args:
+      devices: ``{device: {"general": acc, "specialized": acc, "n": clips}}`` (accuracies in [0, 1];
+        devices without evaluate clips, ``general`` None, are left out).
+      path: output PNG.
+      title: appended to the figure title.
+
+    Returns:
+      ``path`` as a Path.
+    """
+    shown = {d: r for d, r in devices.items() if r.get("general") is not None}
+    if not shown:
+        raise ValueError("plot_general_vs_specialized: no device with evaluate clips")
+    names = list(shown)
+    x = np.arange(len(names))
+    fig = _new_figure((1.0 * len(names) + 3.0, 3.6))
+    ax = fig.subplots()
+    general = [100 * shown[d]["general"] for d in names]
+    special = [100 * shown[d]["specialized"] for d in names]
+    ax.bar(x - 0.2, general, 0.4, label="general model", color="#7f7f7f")
+    ax.bar(x + 0.2, special, 0.4, label="device's own model", color=GROUP_STYLE["real"]["color"])
+    for i in range(len(names)):
+        ax.annotate(f"{special[i] - general[i]:+.1f}", (x[i] + 0.2, special[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [f"{d.upper()}\n(n={shown[d]['n']})" for d in names])
+    ax.set_ylabel("macro accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"General against device-specific models {title}".strip(), fontsize=10)
+    return _save(fig, path)

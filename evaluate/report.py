@@ -243,6 +243,26 @@ def build_report(inputs: ReportInputs, params_yaml: str, out_dir: Path, ablation
             )
     if inputs.teacher_metrics is not None:
         md += _teacher_lines(json.loads(Path(inputs.teacher_metrics).read_text()), plain)
+    special = ev.get("device_specific")
+    if special:
+        system = special["overall"]
+        md.append(
+            f"- **Device-specific models** (DCASE2025: each training device's own fine-tuned model, the general "
+            f"model for the others): macro accuracy **{_pct(system['macro_accuracy'])}** over the evaluate split, "
+            f"against {_pct(plain['overall']['macro_accuracy'])} for the general model alone."
+        )
+        md.append("")
+        md.append("| device | clips | general model | device's own model | gain (points) |")
+        md.append("| --- | ---: | ---: | ---: | ---: |")
+        for device, row in special["devices"].items():
+            if row.get("general") is None:
+                md.append(f"| {device.upper()} | 0 | - | - | - |")
+                continue
+            md.append(
+                f"| {device.upper()} | {row['n']} | {_pct(row['general'])} | {_pct(row['specialized'])} | "
+                f"{100 * row['gain']:+.1f} |"
+            )
+        md.append("")
     subset = ev.get("training_data")
     if subset:
         share = subset["train_clips"] / max(subset["training_split_clips"], 1)

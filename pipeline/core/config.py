@@ -36,6 +36,7 @@ from pipeline.core.params import (  # noqa: F401  (the section classes, re-expor
     ModelParams,
     SearchParams,
     SpecAugmentParams,
+    SpecializeParams,
     SyntheticParams,
     TeacherParams,
     TimeShiftParams,
@@ -77,6 +78,7 @@ class Params:
     augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
     train: TrainParams = dataclasses.field(default_factory=TrainParams)
     distill: DistillParams = dataclasses.field(default_factory=DistillParams)
+    specialize: SpecializeParams = dataclasses.field(default_factory=SpecializeParams)
     evaluate: EvaluateParams = dataclasses.field(default_factory=EvaluateParams)
     compress: CompressParams = dataclasses.field(default_factory=CompressParams)
     tracking: TrackingParams = dataclasses.field(default_factory=TrackingParams)

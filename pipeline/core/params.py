@@ -322,6 +322,33 @@ class TeacherParams:
 
 
 @dataclass(frozen=True)
+class SpecializeParams:
+    """DCASE2025 device-specific models (the ``specialize`` stage): a copy of the trained general model
+    fine-tuned on each listed training device's clips; devices without one use the general model."""
+
+    enabled: bool = _f(False, help="run the specialize stage (one fine-tuned model per device)")
+    devices: tuple = _f(
+        tuple(d.lower() for d in SEEN_DEVICES),
+        choices=tuple(d.lower() for d in SEEN_DEVICES),
+        help="the training devices that get their own model",
+    )
+    epochs: int = _f(10, min=1, help="fine-tuning epochs per device")
+    learning_rate: float = _f(
+        5e-4, min_exclusive=0.0, max=10.0, help="fine-tuning learning rate (cosine to train.min_learning_rate)"
+    )
+    layers: str = _f(
+        "all",
+        choices=("all", "batchnorm", "head"),
+        help="what trains: every layer, the batch norms only (device-specific normalisation), or the head only",
+    )
+    device_augmentations: bool = _f(
+        False,
+        help="keep device responses and Freq-MixStyle while fine-tuning (they imitate other devices; the "
+        "DCASE2025 baseline switches Freq-MixStyle off for its device models)",
+    )
+
+
+@dataclass(frozen=True)
 class DistillParams:
     """Knowledge distillation (Hinton et al. 2015) from the teacher stage's stored logits."""
 

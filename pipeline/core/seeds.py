@@ -18,6 +18,8 @@ stream                  offset  used by
 ``compress.qat_data``   202     stages/compress.py: the QAT fine-tune's data order
 ``compress``            1000    stages/compress.py: ``seed_everything`` of the compress stage
 ``teacher``             1000    stages/teacher.py: ensemble member ``m`` (0-based), ``k = m + 1``
+``specialize``          5000    stages/specialize.py: device ``d`` of ``specialize.devices``, ``k = 1 +``
+                                its index among the training devices (a, b, c, s1, s2, s3)
 ======================  ======  ==============================================================
 """
 
@@ -34,6 +36,7 @@ STREAMS: dict[str, int] = {
     "compress.qat_data": 202,
     "compress": 1000,
     "teacher": 1000,
+    "specialize": 5000,
 }
 
 

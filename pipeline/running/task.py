@@ -67,6 +67,8 @@ def fit(
     log_model: bool = True,
     resume_from: Path | None = None,
     settings: dict | None = None,
+    init_from: Path | None = None,
+    layers: str = "all",
 ):
     """Build, train and save one network as ``params`` says; resumes from ``out/checkpoints``.
 
@@ -85,6 +87,10 @@ def fit(
         from the chief's folder: :func:`resume_folder`).
       settings: the settings the stage's outputs depend on (``ctx.settings``: dotted path ->
         value), written to ``params.yaml`` as a config file; None writes the whole tree.
+      init_from: a trained model (``model.keras``) whose classifier weights this one starts from
+        (fine-tuning: the ``specialize`` stage); None starts from a fresh initialisation.
+      layers: what trains: ``all``, ``batchnorm`` (the batch norms only) or ``head`` (the layers
+        after the last feature block: :func:`freeze`).
 
     Returns:
       ``(model, history)``; with ``train.strategy=multi_worker`` the model is the saved
@@ -98,6 +104,10 @@ def fit(
     steps = int(np.ceil(len(tr) / params.train.batch_size))
     with strategy.scope():
         model = build_model(params)
+        if init_from is not None:
+            asc.get_classifier(model).set_weights(asc.get_classifier(load(init_from)).get_weights())
+        if layers != "all":
+            freeze(asc.get_classifier(model), layers)
         optimizer = training.make_optimizer(params.train, steps)
         if targets is None:
             training.compile_model(model, optimizer)
@@ -160,6 +170,9 @@ def fit(
     if start < params.train.epochs:
         training.fit(params, model, train_ds, val_ds, steps, start, [callback])
 
+    if layers != "all":  # a frozen layer is a training detail: the saved model is a plain one
+        for layer in asc.get_classifier(model).layers:
+            layer.trainable = True
     with files.atomic_path(out / MODEL_FILE) as tmp:
         model.save(tmp)
     digest = training.weights_digest(model)  # every worker: reading batch-norm statistics is a collective
@@ -184,6 +197,30 @@ def fit(
         final.get("val_loss", float("nan")),
     )
     return model, callback.history
+
+
+HEAD_LAYERS = ("logits", "dense1")  # with every layer named head_*: the networks' heads
+
+
+def freeze(classifier: tf_keras.Model, layers: str) -> list[str]:
+    """Leave only ``layers`` of ``classifier`` trainable: ``batchnorm`` (every BatchNormalization) or
+    ``head`` (layers named ``head_*``, ``logits``, the DCASE2022 baseline's ``dense1``); returns their names.
+
+    Raises:
+      ValueError: an unknown choice, or a network with no such layer.
+    """
+    if layers == "batchnorm":
+        keep = [la for la in classifier.layers if isinstance(la, tf_keras.layers.BatchNormalization)]
+    elif layers == "head":
+        keep = [la for la in classifier.layers if la.name.startswith("head") or la.name in HEAD_LAYERS]
+    else:
+        raise ValueError(f"layers: expected 'batchnorm' or 'head', got {layers!r}")
+    keep = [la for la in keep if la.weights]
+    if not keep:
+        raise ValueError(f"layers={layers!r}: the network {classifier.name!r} has no such layer with weights")
+    for layer in classifier.layers:
+        layer.trainable = layer in keep
+    return [la.name for la in keep]
 
 
 def load(folder: Path) -> tf_keras.Model:

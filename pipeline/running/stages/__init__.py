@@ -22,6 +22,8 @@ from pipeline.running.stages.register import register
 from pipeline.running.stages.register import summary_lines as register_summary
 from pipeline.running.stages.report import report
 from pipeline.running.stages.report import summary_lines as report_summary
+from pipeline.running.stages.specialize import specialize, specialize_unused
+from pipeline.running.stages.specialize import summary_lines as specialize_summary
 from pipeline.running.stages.teacher import teacher, teacher_facts, teacher_unused
 from pipeline.running.stages.train import train
 
@@ -107,9 +109,30 @@ STAGES: tuple[Stage, ...] = (
         writes="`train/model.keras`, `best.keras` (best validation loss), `history.json`, `curves.png`, `checkpoints/`",
     ),
     Stage(
+        "specialize",
+        specialize,
+        upstream=("prepare", "train"),
+        main_output="models.json",
+        outputs={"models": "models.json", "metrics": "metrics.json"},
+        settings=(*_TRAINING, "specialize"),
+        exclude=("augment.tta", *_CHECKS),
+        unused=specialize_unused,
+        unused_note="not `distill` (no distillation while fine-tuning), not `augment.device_response`, "
+        "`augment.freq_mixstyle` unless `specialize.device_augmentations`",
+        external=train_split_facts,
+        external_note=_SPLIT_LIST,
+        resumable=True,
+        when=lambda params: params.specialize.enabled,
+        summary=specialize_summary,
+        reads="`prepare/`, `train/` (only with `specialize.enabled`)",
+        writes="`specialize/<device>/model.keras` (the general model fine-tuned on that device's clips), "
+        "`models.json` (device -> model), `metrics.json`",
+    ),
+    Stage(
         "evaluate",
         evaluate,
         upstream=("prepare", "train"),
+        optional=("specialize",),
         main_output="metrics.json",
         outputs={
             "metrics": "metrics.json",
@@ -159,6 +182,7 @@ STAGES: tuple[Stage, ...] = (
         "compress",
         compress,
         upstream=("prepare", "train"),
+        optional=("specialize",),
         main_output="model_int8.tflite",
         outputs={
             "model_int8": "model_int8.tflite",

@@ -309,6 +309,19 @@ def load_index(ctx: Context) -> tuple[pd.DataFrame, Path, str]:
     return index, Path(marker["root"]), marker["fingerprint"]
 
 
+def derived_settings(settings: dict, derived: Params, changes: dict[str, str]) -> dict:
+    """The stage's settings (``ctx.settings``: dotted path -> value) as a derived run uses them (a teacher
+    member, a device's fine-tuning): its own values in place of the run's, for its ``params.yaml``."""
+    import copy
+    import functools
+
+    out = copy.deepcopy(settings)
+    for key in changes:
+        value = functools.reduce(getattr, key.split("."), derived)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def train_split_facts(params: Params) -> dict | None:
     """The ``data.train_split`` list's digest, for the key of every stage that reads training clips (None
     without one). The built-in set's own lists are keyed by name: its settings already key its folder."""

@@ -97,6 +97,56 @@ def tta_cost(classifier_macs: int, n_copies: int) -> dict:
     }
 
 
+def device_specific(
+    params: Params, part: pd.DataFrame, general_probs: np.ndarray, root: Path, models_file: Path
+) -> dict:
+    """Each device with its own model (``specialize/models.json``): the general and the specialized model's
+    figures on that device's evaluate-split clips side by side, and the DCASE2025 system's figures over
+    the whole split (the device's model where it has one, the general model for every other device).
+
+    Returns:
+      ``{"devices": {device: {n, general, specialized, gain, general_log_loss, specialized_log_loss}},
+      "overall": ..., "per_device_group": ..., "per_device": ...}`` (macro accuracies).
+    """
+    spec = json.loads(Path(models_file).read_text())["devices"]
+    combined = np.array(general_probs, copy=True)
+    rows = {}
+    for device, rel in spec.items():
+        mask = (part.device == device.upper()).to_numpy()
+        if not mask.any():
+            rows[device] = {"n": 0, "general": None, "specialized": None, "gain": None}
+            continue
+        sub = part[mask]
+        probs = predict(task.load(Path(models_file).parent / rel), params, sub, root)
+        combined[mask] = probs
+        y, dev = sub.label.to_numpy(), sub.device.to_numpy()
+        g = dm.compute_metrics(y, general_probs[mask], dev)["overall"]
+        s = dm.compute_metrics(y, probs, dev)["overall"]
+        rows[device] = {
+            "n": int(mask.sum()),
+            "general": g["macro_accuracy"],
+            "specialized": s["macro_accuracy"],
+            "gain": s["macro_accuracy"] - g["macro_accuracy"],
+            "general_log_loss": g["log_loss"],
+            "specialized_log_loss": s["log_loss"],
+        }
+        logger.info(
+            "evaluate: device %s: general %.3f, specialized %.3f (%+.3f) on %d clips",
+            device,
+            g["macro_accuracy"],
+            s["macro_accuracy"],
+            rows[device]["gain"],
+            rows[device]["n"],
+        )
+    system = dm.compute_metrics(part.label.to_numpy(), combined, part.device.to_numpy())
+    return {
+        "devices": rows,
+        "overall": system["overall"],
+        "per_device_group": system["per_device_group"],
+        "per_device": system["per_device"],
+    }
+
+
 def _suffix(split: str, variant: str) -> str:
     """File suffix of a split/variant's tables: '' for the evaluate split without TTA."""
     return "" if (split, variant) == ("evaluate", "plain") else f"_{split}_{variant}".replace("_evaluate", "")
@@ -155,6 +205,8 @@ def evaluate(ctx: Context) -> dict:
             probs = predict(model, params, part, root, tta=mode)
             m = dm.compute_metrics(part.label.to_numpy(), probs, part.device.to_numpy())
             result["splits"][split][variant] = m
+            if (split, variant) == ("evaluate", "plain"):
+                general = (part, probs)
             suffix = _suffix(split, variant)
             tables = dm.write_tables(m, out / f"tables{suffix}")
             for kind, path in tables.items():
@@ -183,6 +235,23 @@ def evaluate(ctx: Context) -> dict:
             )
     if not result["splits"]:
         raise StageError("evaluate: no labelled clips in the splits " + ", ".join(params.evaluate.splits))
+    models_file = ctx.input("specialize", "models", missing_ok=True)
+    if models_file is not None and models_file.is_file() and "evaluate" in result["splits"]:
+        result["device_specific"] = device_specific(params, *general, root, models_file)
+        ds = result["device_specific"]
+        flat = {
+            "device_specific_macro_accuracy": ds["overall"]["macro_accuracy"],
+            "device_specific_log_loss": ds["overall"]["log_loss"],
+            **{f"{d}_specialized_gain": r["gain"] for d, r in ds["devices"].items() if r.get("gain") is not None},
+        }
+        ctx.record.metrics(flat)
+        headline.update(flat)
+        with files.atomic_path(out / "device_specific.csv") as tmp:
+            pd.DataFrame([{"device": d, **r} for d, r in ds["devices"].items()]).to_csv(tmp, index=False)
+        ctx.record.artifact(out / "device_specific.csv")
+        ctx.record.artifact(
+            plots.plot_general_vs_specialized(ds["devices"], out / "device_specific.png", title=f"({ctx.data_name})")
+        )
     ctx.record.metrics(
         {"model_params": cost["params"], "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]}
     )

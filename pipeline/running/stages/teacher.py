@@ -20,7 +20,6 @@ is what the augmentations are meant to preserve (Schmid et al. 2022 do the same)
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 from pathlib import Path
@@ -37,7 +36,15 @@ from pipeline.core.labels import CLASSES
 from pipeline.data import inputs
 from pipeline.data.teacher_logits import TeacherLogitsError, read_teacher_logits
 from pipeline.running import task
-from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, load_index, validation_split
+from pipeline.running.stages.base import (
+    Context,
+    PrefixedRecorder,
+    StageError,
+    clips,
+    derived_settings,
+    load_index,
+    validation_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +75,8 @@ def teacher_params(params: Params, member: int) -> Params:
 
 
 def member_settings(settings: dict, member: Params, changes: dict[str, str]) -> dict:
-    """The stage's settings (``ctx.settings``: dotted path -> value) as a member uses them, its own values
-    in place of the run's (the member's ``params.yaml``)."""
-    out = copy.deepcopy(settings)
-    for key in changes:
-        value = functools.reduce(getattr, key.split("."), member)
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
+    """The stage's settings as a member uses them (:func:`pipeline.running.stages.base.derived_settings`)."""
+    return derived_settings(settings, member, changes)
 
 
 def teacher_unused(params: Params) -> tuple[str, ...]:
