@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from models.distill import DistillationLoss, LabelAccuracy, pack_targets
-from pipeline.core import config, files
+from pipeline.core import config
 from pipeline.core.labels import CLASSES
 from pipeline.data.teacher_logits import read_teacher_logits
 from pipeline.running import runner, stages, state
@@ -88,24 +88,12 @@ def test_teacher_logits_are_stored_reused_and_recomputed(tmp_path, tiny_dataset)
     third = runner.run_stages(params(**{"distill.temperature": 3.0}), tmp_path, ["prepare", "teacher", "train"])
     assert third["teacher"] == {"reused": True} and "reused" not in third["train"]
 
-    # the student's device augmentations: teachers trained without them are reused ...
-    device = {"augment.device_response.enabled": "true", "augment.freq_mixstyle.p": 0.9}
-    fifth = runner.run_stages(params(**device), tmp_path, ["prepare", "teacher", "train"])
-    assert fifth["teacher"] == {"reused": True} and "reused" not in fifth["train"]
-    # ... and teachers that train with them are retrained when they change
-    with_device = {**device, "distill.teacher.device_augmentations": "true"}
-    sixth = runner.run_stages(params(**with_device), tmp_path, ["prepare", "teacher", "train"])
-    assert "reused" not in sixth["teacher"]
-    seventh = runner.run_stages(
-        params(**{**with_device, "augment.freq_mixstyle.p": 0.5}), tmp_path, ["prepare", "teacher", "train"]
-    )
-    assert "reused" not in seventh["teacher"]
+    # (the student's device augmentations leave the key of teachers trained without them: the
+    # settings_of checks of test_teachers_leave_out_the_device_augmentations_unless_asked, no training)
 
-    # another teacher setting: recomputed, and the student (keyed by the teacher's output) too
-    fourth = runner.run_stages(params(**{"distill.teacher.hidden_units": 8}), tmp_path, ["prepare", "teacher", "train"])
-    assert "reused" not in fourth["teacher"] and "reused" not in fourth["train"]
-    assert not np.array_equal(np.load(tmp_path / "teacher/logits.npz")["logits"], stored["logits"])
-    assert files.read_marker(tmp_path / "train")["key"] != files.read_marker(tmp_path / "teacher")["key"]
+    # (another teacher setting recomputes the teacher and, through its output's digest, the student: the
+    # teacher's key holds distill.teacher, test_teachers_leave_out_the_device_augmentations_unless_asked,
+    # and a stage's key holds its upstream outputs' digests, tests/test_runner.py)
 
     # the stored logits are an importable teacher (distill.teacher.logits) for another run, in class order
     names = stored["filenames"].tolist()

@@ -200,7 +200,12 @@ def _start_launcher(stubborn: bool = False, nohup: bool = False):
     # Started as under nohup, or with SIGHUP at its default whatever this test runner inherited
     # (a test suite run under nohup would otherwise hand its ignored SIGHUP down to the launcher).
     hup = "signal.SIG_IGN" if nohup else "signal.SIG_DFL"
-    code = f"import signal; signal.signal(signal.SIGHUP, {hup}); " + LAUNCHER
+    # SIGINT at Python's own handler too: a suite started in the background inherits SIGINT ignored, and
+    # Python then leaves it ignored, so the launcher would never see the Ctrl-C this test sends
+    code = (
+        f"import signal; signal.signal(signal.SIGHUP, {hup}); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); " + LAUNCHER
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code.format(worker=WORKER)],
         cwd=ROOT,

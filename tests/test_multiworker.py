@@ -95,6 +95,7 @@ def _files(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # minutes of two-worker training: outside the default run (docs/tests.md)
 def test_two_workers_train_like_one(prepared, tmp_path, tiny_dataset):
     workdir = _workdir(prepared, tmp_path)
     t0 = time.perf_counter()
@@ -163,6 +164,7 @@ def test_two_workers_train_like_one(prepared, tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # minutes of two-worker training: outside the default run (docs/tests.md)
 def test_killed_worker_restarts_and_resumes(prepared, tmp_path, tiny_dataset):
     workdir = _workdir(prepared, tmp_path)
     cmd = _launch_cmd(workdir, tiny_dataset, "--max-restarts", "1", **{"train.epochs": 4})

@@ -511,7 +511,7 @@ def test_a_shared_stage_folder_waits_for_the_process_making_it(tmp_path):
 def test_a_real_search_records_three_trials_under_one_parent(tmp_path, tiny_dataset):
     space = _write(tmp_path / "space.yaml", "train.learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
     sets = tiny_overrides(
-        tmp_path, tiny_dataset, **{"train.epochs": 2, "data.validation": "s3", "augment.tta.enabled": "false"}
+        tmp_path, tiny_dataset, **{"train.epochs": 1, "data.validation": "s3", "augment.tta.enabled": "false"}
     )
     args = ["--stage", "evaluate", "--workdir", str(tmp_path / "work"), "--search", str(space), "--trials", "3"]
     assert run.main([*args, *(a for o in sets for a in ("--set", o))]) == 0
