@@ -447,6 +447,18 @@ def stages_child(
     )
     if "teacher" in results and not results["teacher"].get("reused"):
         out["teacher_macro_accuracy"] = results["teacher"].get("teacher_macro_accuracy")
+    out["per_device"] = {d: m["macro_accuracy"] for d, m in plain["per_device"].items()}
+    if "device_specific" in metrics:  # the specialize stage ran: general against specialized per device
+        ds = metrics["device_specific"]
+        out["device_specific"] = {"devices": ds["devices"], "overall": {k: ds["overall"][k] for k in GRID_METRICS}}
+    if "training_data" in metrics:
+        out["training_data"] = metrics["training_data"]
+    compressed = work / "compress" / "metrics.json"
+    if "compress" in results and compressed.is_file():
+        cm = json.loads(compressed.read_text())
+        out["int8"] = cm.get("tflite")
+        if "devices" in cm:
+            out["device_models"] = cm["devices"]
     return out
 
 

@@ -126,6 +126,7 @@ def test_random_streams_keep_the_offsets_they_had():
         "compress.qat_data": 202,
         "compress": 1000,
         "teacher": 1000,
+        "specialize": 5000,
     }
     assert seeds.stream_seed(5, "time_shift") == 12
     assert [seeds.stream_seed(5, "specaugment", 1 + k) for k in range(3)] == [16, 27, 38]

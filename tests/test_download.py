@@ -35,6 +35,7 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cuts: dict[str, list[int]] = {}
+        self.errors: dict[str, list[int]] = {}  # HTTP statuses answered first, one per request
         self.log: list[tuple[str, str | None]] = []
         server = self
 
@@ -45,6 +46,9 @@ class Server:
             def do_GET(self):
                 server.log.append((self.path, self.headers.get("Range")))
                 body = server.files.get(self.path)
+                if server.errors.get(self.path):
+                    self.send_error(server.errors[self.path].pop(0), "Service Unavailable")
+                    return
                 if body is None:
                     self.send_error(404, "Not Found")
                     return
@@ -323,3 +327,27 @@ def test_the_built_in_manifests():
         RemoteFile("a.zip", "http://x/a.zip", 1, "xyz")
     with pytest.raises(ValueError, match=r"dest '\.\./x' must stay inside"):
         RemoteFile("a.csv", "http://x/a.csv", kind="tsv", dest="../x")
+
+
+def test_a_busy_server_is_retried_and_a_resumed_unpack_needs_no_room_for_what_is_unpacked(
+    server, tmp_path, monkeypatch
+):
+    m = _record(server, tmp_path)
+    server.errors["/record/fake.meta.zip"] = [503, 503]
+    out = _get(m, tmp_path / "data", retries=2)
+    assert [p for p, _ in server.log].count("/record/fake.meta.zip") == 3 and "fake.meta.zip" in out.fetched
+    # an unpack interrupted after the meta archive: the rerun's space check leaves that archive out
+    root = tmp_path / "data" / FOLDER
+    (root / "_DOWNLOADED_fake.json").unlink()
+    key = dl.manifest_digest(m)
+    (root / "_INCOMPLETE_fake.json").write_text(json.dumps({"manifest_digest": key, "unpacked": ["fake.meta.zip"]}))
+    seen = {}
+    real = dl.check_space
+
+    def spy(manifest, to, downloads, *, unpacked=()):
+        seen["unpacked"] = unpacked
+        return real(manifest, to, downloads, unpacked=unpacked)
+
+    monkeypatch.setattr(dl, "check_space", spy)
+    again = _get(m, tmp_path / "data")
+    assert seen["unpacked"] == ("fake.meta.zip",) and again.unpacked == ["fake.audio.1.zip", "split5.csv"]

@@ -142,7 +142,7 @@ def test_cli_choices_come_from_the_records():
 
     action = next(a for a in run.build_parser()._actions if a.dest == "stage")
     assert tuple(action.choices) == (*stages.NAMES, "all")
-    assert stages.NAMES == ("prepare", "teacher", "train", "evaluate", "compress", "report", "register")
+    assert stages.NAMES == ("prepare", "teacher", "train", "specialize", "evaluate", "compress", "report", "register")
 
 
 def test_readme_stage_table_is_made_from_the_records():

@@ -78,3 +78,16 @@ def test_the_teacher_reads_only_its_declared_settings(tmp_path, tiny_dataset):
         member = config.load(tmp_path / f"recorded-{device}" / "teacher" / "teacher1" / "params.yaml")
         assert list(member.model.channels) == [8, 8, 16, 16] and member.seed == params.seed + 1000
         assert member.augment.device_response.enabled == (device == "true") and not member.distill.enabled
+
+
+def test_specialize_reads_only_its_declared_settings(tmp_path, tiny_dataset):
+    sets = {"train.epochs": 1, "specialize.enabled": "true", "specialize.devices": "[a]", "specialize.epochs": 1}
+    params = config.load(None, tiny_overrides(tmp_path, tiny_dataset, **sets))
+    workdir = tmp_path / "work"
+    runner.run_stages(params, workdir, ["prepare", "train"], track=False)
+    reads = _run_recorded("specialize", params, workdir, tmp_path / "recorded")
+    assert any(r.startswith("specialize.") for r in reads)
+    assert undeclared_reads(stages.get("specialize"), reads, stages.OUTPUT_NEUTRAL, params=params) == []
+    # the fine-tuned copy's params.yaml is a config file of it: its own epochs, seed, no distillation
+    tuned = config.load(tmp_path / "recorded" / "specialize" / "a" / "params.yaml")
+    assert tuned.train.epochs == 1 and tuned.seed == params.seed + 5000 and not tuned.distill.enabled

@@ -44,6 +44,7 @@ CHUNK = 1 << 20
 # unpacked bytes per archive byte assumed by the disk-space check (WAV barely compresses)
 UNPACK_FACTOR = 1.1
 DOWNLOADS = ".downloads"
+TRANSIENT = (429, 500, 502, 503, 504)  # HTTP statuses retried like a cut connection
 
 
 class DownloadError(RuntimeError):
@@ -98,8 +99,9 @@ def _gb(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_space(manifest: Manifest, to: Path, downloads: Path, *, unpack: bool = True) -> None:
-    """Refuse to start when the files still to fetch and unpack do not fit on the disk under ``to``.
+def check_space(manifest: Manifest, to: Path, downloads: Path, *, unpacked: tuple[str, ...] = ()) -> None:
+    """Refuse to start when the files still to fetch and unpack do not fit on the disk under ``to``
+    (archives an interrupted run already unpacked, ``unpacked``, need no more room).
 
     Raises:
       DownloadError: naming the bytes needed and free.
@@ -110,7 +112,7 @@ def check_space(manifest: Manifest, to: Path, downloads: Path, *, unpack: bool =
             continue
         part = downloads / (f.name + ".part")
         fetch += f.size - (min(part.stat().st_size, f.size) if part.is_file() else 0)
-    expand = int(UNPACK_FACTOR * sum(f.size or 0 for f in manifest.files if f.kind == "zip")) if unpack else 0
+    expand = int(UNPACK_FACTOR * sum(f.size or 0 for f in manifest.files if f.kind == "zip" and f.name not in unpacked))
     need = fetch + expand
     free = shutil.disk_usage(to).free
     if need > free:
@@ -177,6 +179,13 @@ def _fetch(f: RemoteFile, downloads: Path, *, retries: int, timeout: float, back
         except urllib.error.HTTPError as e:
             if e.code == 416 and offset:  # nothing left to send: the partial file is whole (checked next)
                 return received
+            if e.code in TRANSIENT and failures < retries:  # busy or failing server: wait and try again
+                failures += 1
+                logger.warning(
+                    "%s: HTTP %d %s; retrying (attempt %d of %d)", f.name, e.code, e.reason, failures + 1, retries + 1
+                )
+                time.sleep(backoff * 2 ** (failures - 1))
+                continue
             hint = " (the record may have moved or the file was withdrawn)" if e.code == 404 else ""
             raise DownloadError(f"{f.name}: HTTP {e.code} {e.reason} from {f.url}{hint}") from None
         except (_Cut, urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -290,6 +299,18 @@ def _unpack_zip(archive: Path, to: Path, folder: str, progress: bool) -> None:
         raise DownloadError(f"{archive.name}: not a valid zip archive ({e}); delete it and rerun") from None
 
 
+def _unpacked_before(root: Path, key: str) -> list[str]:
+    """The files an interrupted unpack of the same manifest finished (its ``_INCOMPLETE_`` marker), or []."""
+    for marker in incomplete_markers(root):
+        try:
+            earlier = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if earlier.get("manifest_digest") == key:
+            return list(earlier.get("unpacked", []))
+    return []
+
+
 def download(
     manifest: Manifest,
     to: str | os.PathLike,
@@ -336,7 +357,7 @@ def download(
             return outcome
     downloads = to / DOWNLOADS / manifest.key
     downloads.mkdir(parents=True, exist_ok=True)
-    check_space(manifest, to, downloads)
+    check_space(manifest, to, downloads, unpacked=tuple(_unpacked_before(root, key)))
 
     verified = _read_verified(downloads)
     for i, f in enumerate(manifest.files, 1):
@@ -361,13 +382,7 @@ def download(
 
     root.mkdir(parents=True, exist_ok=True)
     pending = root / f"_INCOMPLETE_{manifest.key}.json"
-    finished: list[str] = []  # archives an interrupted run unpacked completely: not unpacked again
-    try:
-        earlier = json.loads(pending.read_text())
-        if earlier.get("manifest_digest") == key:
-            finished = list(earlier.get("unpacked", []))
-    except (OSError, json.JSONDecodeError):
-        pass
+    finished = _unpacked_before(root, key)  # archives an interrupted run unpacked completely: not again
     note = "unpacking; rerun the download to finish"
     write_json(pending, {"key": manifest.key, "manifest_digest": key, "note": note, "unpacked": finished})
     done.unlink(missing_ok=True)

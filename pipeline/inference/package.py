@@ -66,7 +66,7 @@ tf = ["tensorflow"]
 packages = ["asc_infer"]
 
 [tool.setuptools.package-data]
-asc_infer = ["model/*"]
+asc_infer = ["model/*", "model/devices/*"]
 """
 
 
@@ -129,6 +129,7 @@ def build_package(
     metrics: dict,
     complexity: dict,
     provenance: dict | None = None,
+    device_models: dict[str, dict] | None = None,
 ) -> Path:
     """Write the installable package ``out/package/`` (and ``out/package.tar.gz``), atomically.
 
@@ -140,6 +141,9 @@ def build_package(
       metrics: what goes into ``metrics.json`` (the int8 metrics on the evaluate split).
       complexity: what goes into ``complexity.json`` (``params``, ``size_bytes``, ``macs``, ``limits``).
       provenance: the training run it came from (see :func:`model_info`).
+      device_models: DCASE2025 device-specific classifiers, device ID -> ``{"tflite": bytes, **figures}``
+        (figures: ``size_bytes``, ``macs``, ``within_limits``, ...); written as ``model/devices/<id>.tflite``
+        and listed in ``model/devices.json``. They share the front end; other devices use the general model.
 
     Returns:
       the package folder ``out/package``.
@@ -166,6 +170,18 @@ def build_package(
         (pkg / "model" / "model_int8.tflite").write_bytes(classifier_tflite)
         for name, obj in (("model.json", info), ("metrics.json", metrics), ("complexity.json", complexity)):
             files.write_json(pkg / "model" / name, obj)
+        if device_models:
+            (pkg / "model" / "devices").mkdir()
+            listing = {}
+            for device, entry in sorted(device_models.items()):
+                if not entry.get("tflite"):
+                    raise ValueError(f"build_package: device model {device!r} has no TFLite bytes")
+                (pkg / "model" / "devices" / f"{device}.tflite").write_bytes(entry["tflite"])
+                listing[device] = {
+                    "file": f"devices/{device}.tflite",
+                    **{k: v for k, v in entry.items() if k != "tflite"},
+                }
+            files.write_json(pkg / "model" / "devices.json", listing)
         (tmp / "pyproject.toml").write_text(_PYPROJECT.format(version=PACKAGE_VERSION))
         (tmp / "README.md").write_text(
             _README.format(config=params.name, n=len(info["labels"]), labels=", ".join(info["labels"]))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import itertools
 import json
@@ -57,7 +58,7 @@ import numpy as np
 
 from pipeline.core import files
 from pipeline.inference import asc_infer
-from pipeline.inference.predict_files import UsageError, check_outputs, expand_inputs, open_source
+from pipeline.inference.predict_files import UsageError, check_outputs, expand_inputs, open_source, read_file_list
 from pipeline.inference.predict_models import package_info, resolve_model
 
 logger = logging.getLogger("pipeline.predict")
@@ -84,6 +85,15 @@ class Int8Engine:
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
         """float64 ``[len(windows), n_classes]``."""
         return np.stack([self.model.window_probabilities(w) for w in windows])
+
+    def for_device(self, device: str | None):
+        """This engine with ``device``'s own classifier (DCASE2025 packages), or itself (the general model)."""
+        chosen = self.model.for_device(device)
+        if chosen is self.model:
+            return self
+        view = copy.copy(self)
+        view.model = chosen
+        return view
 
 
 def _audio_settings(params_file: Path):
@@ -137,6 +147,10 @@ class FloatEngine:
         self.labels = list(CLASSES)
         self.sample_rate = audio.sample_rate_hz
         self.window_seconds = self.hop_seconds = self.clip_samples / self.sample_rate
+
+    def for_device(self, device: str | None):
+        """The float engine has no device models: always the general model."""
+        return self
 
     def probabilities(self, windows: list[np.ndarray]) -> np.ndarray:
         """float64 ``[len(windows), n_classes]``: softmax per clip piece, weighted mean over each window's pieces."""
@@ -244,6 +258,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
     inputs, failed, skipped = expand_inputs(args.paths)
+    listed: dict[Path, str | None] = {}
+    if args.list is not None:
+        extra, listed, problems = read_file_list(args.list)
+        inputs += [p for p in extra if p not in inputs]
+        failed += problems
     check_outputs({"--output": args.output, "--windows-output": args.windows_output}, inputs)
     if skipped:
         logger.info("predict: skipped %d CSV file(s) in the input folders that this command wrote earlier", skipped)
@@ -269,13 +288,29 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
 
     labels = list(engine.labels)
     done = 0
+    told: set[str] = set()
+
+    def engine_for(path: Path):
+        """The engine of ``path``'s device: ``--list`` column, else ``--device``, else the TAU name suffix."""
+        device = listed.get(path) or args.device or asc_infer.device_from_filename(path.name)
+        device = device.strip().lower() if device else None
+        chosen = engine.for_device(device) if device else engine
+        if device and device not in told:
+            told.add(device)
+            own = chosen is not engine
+            logger.info(
+                "predict: device %s: %s", device, "its own model" if own else "no model of its own: the general model"
+            )
+        return chosen, (f"device {device}" if chosen is not engine else "general")
+
     with _csv_out(args.output) as out, _csv_out(args.windows_output) as wout:
-        out.writerow(["file", "scene", *labels, "windows", "seconds", "padded_seconds"])
+        out.writerow(["file", "scene", *labels, "windows", "seconds", "padded_seconds", "model"])
         if wout is not None:
             wout.writerow(["file", "window", "start_s", "end_s", "weight", "scene", *labels])
         for path in tqdm(inputs, desc="predict", unit="file", disable=None):
             try:
-                got = predict_file(engine, path, window_seconds=args.window_seconds, hop_seconds=args.hop_seconds)
+                chosen, which = engine_for(path)
+                got = predict_file(chosen, path, window_seconds=args.window_seconds, hop_seconds=args.hop_seconds)
             except asc_infer.InputError as exc:
                 failed.append((str(path), exc.reason))
                 continue
@@ -294,6 +329,7 @@ def _run(args: argparse.Namespace, engine_name: str, model_path: Path) -> int:
                     len(got.windows),
                     got.seconds,
                     got.padded_seconds,
+                    which,
                 ]
             )
             done += 1
@@ -324,10 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help="files, folders (recursive: every file in them is an input, except CSV files this "
         "command wrote) or glob patterns",
+    )
+    parser.add_argument(
+        "--list",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="a CSV (or tab-separated) list of recordings: a file or filename column, optionally a device or "
+        "device_id column (DCASE2025 device IDs)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="ID",
+        help="the recording device of every input (a, b, c, s1, ...): a package with device-specific models "
+        "uses that device's model; default: the --list column, else the TAU file-name suffix (-a.wav), "
+        "else the general model",
     )
     parser.add_argument(
         "--model",
@@ -381,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.paths and args.list is None:
+        parser.error("name at least one PATH, or --list CSV")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)

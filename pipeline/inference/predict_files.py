@@ -130,6 +130,53 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]], 
     return unique, problems, skipped
 
 
+def read_file_list(path: Path) -> tuple[list[Path], dict[Path, str | None], list[tuple[str, str]]]:
+    """A CSV list of recordings (``--list``): a ``file`` or ``filename`` column (paths relative to the list's
+    folder), optionally a ``device`` or ``device_id`` column (DCASE2025 device IDs); comma- or tab-separated.
+
+    Returns:
+      ``(files, devices, problems)``: the listed files that exist, each file's device (None where the cell is
+      empty), and ``(path, reason)`` for listed files that do not exist or are not regular files.
+
+    Raises:
+      UsageError: the list cannot be read, has no file column, or lists nothing.
+    """
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--list {path}: cannot be read ({exc})") from None
+    lines = text.splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
+    rows = [
+        {(k or "").strip(): v for k, v in row.items()}
+        for row in csv.DictReader(lines, delimiter=delimiter, skipinitialspace=True)
+    ]
+    columns = [c.strip() for c in (rows[0].keys() if rows else (lines[0].split(delimiter) if lines else []))]
+    name_col = next((c for c in ("file", "filename") if c in columns), None)
+    if name_col is None:
+        raise UsageError(f"--list {path}: no 'file' or 'filename' column (columns: {columns})")
+    if not rows:
+        raise UsageError(f"--list {path}: lists no file")
+    device_col = next((c for c in ("device", "device_id") if c in columns), None)
+    files, devices, problems = [], {}, []
+    for row in rows:
+        raw = (row.get(name_col) or "").strip()
+        if not raw:
+            continue
+        item = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+        reason = _kind(str(item)) if os.path.exists(item) else "no such file (named in --list)"
+        if reason:
+            problems.append((str(item), reason))
+            continue
+        device = (row.get(device_col) or "").strip().lower() if device_col else ""
+        if item not in devices:
+            files.append(item)
+        devices[item] = device or None
+    return files, devices, problems
+
+
 def check_outputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
     """Refuse, before any work, outputs that would destroy something or be lost.
 

@@ -203,24 +203,40 @@ HEAD_LAYERS = ("logits", "dense1")  # with every layer named head_*: the network
 
 
 def freeze(classifier: tf_keras.Model, layers: str) -> list[str]:
-    """Leave only ``layers`` of ``classifier`` trainable: ``batchnorm`` (every BatchNormalization) or
-    ``head`` (layers named ``head_*``, ``logits``, the DCASE2022 baseline's ``dense1``); returns their names.
+    """Leave only ``layers`` of ``classifier`` trainable: ``batchnorm`` (every BatchNormalization, those
+    nested in a layer too, e.g. CoordAttention's) or ``head`` (layers named ``head_*``, ``logits``, the
+    DCASE2022 baseline's ``dense1``). Returns the names of the classifier's layers that keep trainable
+    weights.
 
     Raises:
       ValueError: an unknown choice, or a network with no such layer.
     """
-    if layers == "batchnorm":
-        keep = [la for la in classifier.layers if isinstance(la, tf_keras.layers.BatchNormalization)]
-    elif layers == "head":
-        keep = [la for la in classifier.layers if la.name.startswith("head") or la.name in HEAD_LAYERS]
-    else:
-        raise ValueError(f"layers: expected 'batchnorm' or 'head', got {layers!r}")
-    keep = [la for la in keep if la.weights]
-    if not keep:
-        raise ValueError(f"layers={layers!r}: the network {classifier.name!r} has no such layer with weights")
+    bn = tf_keras.layers.BatchNormalization
+
+    def nested(layer):
+        return [sub for sub in layer._flatten_layers(include_self=False) if sub.weights]
+
+    kept = []
     for layer in classifier.layers:
-        layer.trainable = layer in keep
-    return [la.name for la in keep]
+        if not layer.weights:
+            continue
+        if layers == "batchnorm":
+            inner = [sub for sub in nested(layer) if isinstance(sub, bn)]
+            if isinstance(layer, bn) or inner:
+                layer.trainable = True
+                for sub in nested(layer):  # inside a container: only its batch norms train
+                    sub.trainable = isinstance(sub, bn)
+                kept.append(layer.name)
+            else:
+                layer.trainable = False
+        elif layers == "head":
+            layer.trainable = layer.name.startswith("head") or layer.name in HEAD_LAYERS
+            kept += [layer.name] if layer.trainable else []
+        else:
+            raise ValueError(f"layers: expected 'batchnorm' or 'head', got {layers!r}")
+    if not kept:
+        raise ValueError(f"layers={layers!r}: the network {classifier.name!r} has no such layer with weights")
+    return kept
 
 
 def load(folder: Path) -> tf_keras.Model:

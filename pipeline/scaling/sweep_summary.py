@@ -272,7 +272,7 @@ def write(sweep, cells: list, latest: dict, errors: dict[str, dict], folder: Pat
         with files.atomic_path(folder / "dcase2024.csv") as tmp:
             ranking.to_csv(tmp, index=False)
         paths.append(folder / "dcase2024.csv")
-        from evaluate.plots import plot_data_fraction
+        from evaluate.challenge_plots import plot_data_fraction
 
         others = [d.key for d in sweep.dims if d.key != SPLIT_KEY]
         paths.append(

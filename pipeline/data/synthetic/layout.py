@@ -109,12 +109,12 @@ def write_completion_record(root: Path, params: dict, counts: dict) -> None:
 def write_splits(root: Path, seed: int, *, missing_only: bool = False) -> None:
     """The DCASE2024 data-efficiency lists ``splits/split{5,10,25,50,100}.csv`` of the training split, in
     the official form (:func:`pipeline.data.splits.make_splits`: nested, whole recordings, scenes kept)."""
-    from pipeline.data import splits
+    from pipeline.data.splits import FOLDER, SUBSETS, make_splits
 
-    folder = Path(root) / splits.FOLDER
-    if missing_only and all((folder / f"split{p}.csv").is_file() for p in splits.SUBSETS):
+    folder = Path(root) / FOLDER
+    if missing_only and all((folder / f"split{p}.csv").is_file() for p in SUBSETS):
         return
     import pandas as pd
 
     train = pd.read_csv(Path(root) / SPLIT_FILES["train"], sep="\t", dtype=str)
-    splits.make_splits(train, folder, seed=seed)
+    make_splits(train, folder, seed=seed)

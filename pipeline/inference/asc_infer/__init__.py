@@ -6,6 +6,10 @@ The runtime API of the deployable package, mirroring the DCASE2025 Task 1 infere
     model = asc_infer.load_model()                       # the model bundled in the package
     probs = asc_infer.predict(model, asc_infer.load_inputs(["memo.wav", "park.wav"]))  # [2, n_classes]
 
+    # the DCASE2025 form: device IDs pick each device's own model (the general one for the others)
+    logits, class_order = asc_infer.predict(["a.wav", "b.wav"], ["a", "s4"])
+    asc_infer.get_model_for_device(model, "s1")          # that device's model, or the general one
+
 It depends only on NumPy, the standard library, its sibling modules and a TFLite interpreter:
 
 * ``wavfile``: a streaming WAV reader for 16/24/32-bit PCM and 32/64-bit float (8-bit PCM,
@@ -40,9 +44,11 @@ How a recording becomes probabilities (the rules are in :mod:`asc_infer.recordin
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -136,6 +142,12 @@ class Model:
         self.hop_seconds = float(self.info.get("hop_seconds", self.window_seconds))
         self.metrics: dict = self._json("metrics.json")
         self.complexity: dict = self._json("complexity.json")
+        # DCASE2025 device-specific classifiers (devices.json: ID -> file and figures); {} without any
+        self.devices: dict = self._json("devices.json") if (self.folder / "devices.json").is_file() else {}
+        self.device: str | None = None  # whose classifier this is: None = the general model
+        self._num_threads = num_threads
+        self._views: dict[str, Model] = {}
+        self._told: set[str] = set()  # devices already reported as having no model of their own
         interpreter, self.runtime = _interpreter_class()
         self._frontend = interpreter(model_path=str(self.folder / "frontend.tflite"), num_threads=num_threads)
         self._classifier = interpreter(model_path=str(self.folder / "model_int8.tflite"), num_threads=num_threads)
@@ -163,6 +175,29 @@ class Model:
             self.window_samples,
             self.runtime,
         )
+
+    def for_device(self, device_id: str | None) -> Model:
+        """This model with ``device_id``'s own classifier (same front end), or ``self`` (the general model)
+        when the package has none for it. IDs are compared in lower case (``"A"`` is ``"a"``)."""
+        key = None if device_id is None else str(device_id).strip().lower()
+        if key is None or key not in self.devices:
+            return self
+        if key not in self._views:
+            interpreter, _ = _interpreter_class()
+            path = self.folder / self.devices[key]["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.folder / 'devices.json'} lists {path}, which does not exist")
+            it = interpreter(model_path=str(path), num_threads=self._num_threads)
+            it.allocate_tensors()
+            view = copy.copy(self)
+            view._classifier, view.device, view._views = it, key, {}
+            view._cin, view._cout = it.get_input_details()[0], it.get_output_details()[0]
+            if int(view._cout["shape"][-1]) != len(self.labels):
+                raise ValueError(
+                    f"{path} has {int(view._cout['shape'][-1])} outputs; model.json lists {len(self.labels)}"
+                )
+            self._views[key] = view
+        return self._views[key]
 
     def _json(self, name: str) -> dict:
         path = self.folder / name
@@ -203,7 +238,12 @@ class Model:
         return weights @ np.stack([softmax(self.clip_logits(p)) for p in pieces])
 
 
-def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike | None = None,
+    *,
+    num_threads: int | None = None,
+    model_file_path: str | os.PathLike | None = None,
+) -> Model:
     """Load a packaged model.
 
     Args:
@@ -211,10 +251,12 @@ def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None
         ``metrics.json``, ``complexity.json``) or a package folder holding ``asc_infer/model/``;
         ``None``: the model bundled inside this installed package.
       num_threads: interpreter threads (``None``: the interpreter's default).
+      model_file_path: ``path`` under the DCASE2025 API's name.
 
     Returns:
       a :class:`Model`.
     """
+    path = path if path is not None else model_file_path
     folder = Path(path) if path is not None else Path(__file__).resolve().parent / "model"
     if not (folder / "model.json").is_file() and (folder / "asc_infer" / "model" / "model.json").is_file():
         folder = folder / "asc_infer" / "model"
@@ -227,19 +269,30 @@ def load_model(path: str | os.PathLike | None = None, *, num_threads: int | None
 
 
 def load_inputs(
-    items: Item | Iterable[Item],
-    model: Model | None = None,
+    items: Item | Iterable[Item] | None = None,
+    model: Model | Sequence[str] | None = None,
+    model_or_none: Model | None = None,
     *,
+    device_ids: Sequence[str | None] | None = None,
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
+    file_paths: Item | Iterable[Item] | None = None,
 ) -> list[Recording]:
     """Open recordings lazily (headers only).
+
+    Also callable as the DCASE2025 API's ``load_inputs(file_paths, device_ids, model)``: a list of
+    strings in second place is taken as the device IDs.
 
     Args:
       items: one WAV path (``str`` or ``os.PathLike``) or the bytes of one whole WAV file
         (``bytes``, ``bytearray``, ``memoryview``), or a list of those.
       model: the model whose rate and clip length set the windowing; ``None``: the bundled model's
         ``model.json`` (read without loading an interpreter).
+      model_or_none: the model, in the DCASE2025 argument order.
+      device_ids: one device ID (or None) per item, kept on each :class:`Recording` (``device``) for
+        :func:`predict`.
+      file_paths: ``items`` under the DCASE2025 API's name (``load_inputs(file_paths=..., device_ids=...,
+        model=...)``).
       window_seconds: window length (default: the model's clip length); at most
         :data:`MAX_WINDOW_SECONDS`.
       hop_seconds: hop between window starts (default: the window length); at most
@@ -254,14 +307,54 @@ def load_inputs(
       ValueError: a bad window or hop (not a number, not positive, over the limit).
       TypeError: an item that is neither a path nor bytes.
     """
+    items = items if items is not None else file_paths
+    if items is None:
+        raise TypeError("load_inputs: give the inputs (items or file_paths)")
+    if model is not None and not hasattr(model, "sample_rate"):
+        device_ids, model = model, model_or_none  # load_inputs(file_paths, device_ids, model)
+    elif model is None and model_or_none is not None:
+        model = model_or_none  # load_inputs(file_paths, None, model)
     spec = model if model is not None else ModelSpec.of_folder(Path(__file__).resolve().parent / "model")
+    listed = item_list(items)
+    devices = _device_list(device_ids, len(listed))
     out = []
-    for i, item in enumerate(item_list(items)):
+    for i, item in enumerate(listed):
         name = item_name(item, i)
-        out.append(
-            make_recording(name, open_wav(item, name), spec, window_seconds=window_seconds, hop_seconds=hop_seconds)
-        )
+        rec = make_recording(name, open_wav(item, name), spec, window_seconds=window_seconds, hop_seconds=hop_seconds)
+        rec.device = devices[i]
+        out.append(rec)
     return out
+
+
+def _device_list(device_ids, n: int) -> list[str | None]:
+    if device_ids is None:
+        return [None] * n
+    if isinstance(device_ids, str):
+        raise TypeError(f"device_ids: expected one ID per input (a list), got the string {device_ids!r}")
+    ids = list(device_ids)
+    if len(ids) != n:
+        raise ValueError(f"device_ids: {len(ids)} ID(s) for {n} input(s)")
+    return [None if d is None else str(d) for d in ids]
+
+
+TAU_NAME = re.compile(r"^[a-z_]+-[a-z]+-\d+-\d+-\d+-([abc]|s\d+)\.(wav|flac|ogg)$", re.IGNORECASE)
+
+
+def device_from_filename(name: str | os.PathLike) -> str | None:
+    """The device of a file named as TAU names them, ``<scene>-<city>-<location>-<segment>-<index>-<device>``
+    (``airport-lisbon-1000-40000-0-s1.wav`` -> ``s1``), or None for any other name (``interview-a.wav``)."""
+    m = TAU_NAME.match(os.path.basename(os.fspath(name)))
+    return m.group(1).lower() if m else None
+
+
+def get_model_for_device(model: Model, device_id: str | None) -> Model:
+    """The DCASE2025 API: the model that classifies recordings of ``device_id``: the package's own model for
+    that device, else the general model (an unknown device, ``"unknown"``, None), which it says (log)."""
+    chosen = model.for_device(device_id)
+    if device_id is not None and chosen is model and model.devices and str(device_id) not in model._told:
+        model._told.add(str(device_id))  # once per device, not once per file
+        logger.info("asc_infer: device %r has no model of its own: the general model", device_id)
+    return chosen
 
 
 # --------------------------------------------------------------------------- prediction
@@ -285,22 +378,50 @@ def predict_windows(
         yield start, score(window)
 
 
-def predict(model: Model, inputs: Recording | Item | Sequence[Recording | Item]) -> np.ndarray:
+def predict(
+    model: Model | Item | Sequence[Item] | None = None,
+    inputs: Recording | Item | Sequence[Recording | Item] | Sequence[str | None] | None = None,
+    model_file_path: str | os.PathLike | None = None,
+    *,
+    device_ids: Sequence[str | None] | None = None,
+    file_paths: Item | Sequence[Item] | None = None,
+    **_ignored,
+):
     """Class probabilities of each input: the weighted mean of its windows' probabilities.
 
     Every sample of a recording counts once (``Recording.weights()``): with the default windowing
     the windows weigh the same, except that a last window moved back to end at the recording's
-    end and its neighbour share the samples they both cover.
+    end and its neighbour share the samples they both cover. A recording with a device ID (its
+    ``device``, or ``device_ids``) runs through that device's own model when the package has one.
 
-    Args:
-      model: a loaded :class:`Model`.
-      inputs: :class:`Recording` objects (or paths/bytes, opened with the model's default
-        windowing), or a single one.
+    Two call forms:
 
-    Returns:
-      float64 ``[n_inputs, n_classes]``; columns in ``model.labels`` order; rows sum to 1.
+    * ``predict(model, inputs, device_ids=None)`` -> float64 ``[n_inputs, n_classes]`` probabilities
+      (columns in ``model.labels`` order; rows sum to 1);
+    * the DCASE2025 API, ``predict(file_paths, device_ids=None, model_file_path=None)`` (positional or
+      by those names; other keywords of the official harness, e.g. ``use_cuda``, are accepted and
+      ignored) -> ``(logits, class_order)``: float32 ``[n_files, n_classes]`` logits, the log of each
+      file's probabilities (for a one-clip file the classifier's logits up to a constant; softmax gives
+      the probabilities), and the class names in column order; the packaged model unless
+      ``model_file_path``.
+
+    Raises:
+      ValueError: ``device_ids`` does not hold one ID per input.
     """
+    if file_paths is not None or not hasattr(model, "window_probabilities"):  # the DCASE2025 form
+        paths = file_paths if file_paths is not None else model
+        if paths is None:
+            raise TypeError("predict: give a model and inputs, or file_paths")
+        ids = inputs if device_ids is None else device_ids
+        loaded = load_model(model_file_path)
+        probs = _probabilities(loaded, paths, ids)
+        return np.log(np.clip(probs, 1e-30, None)).astype(np.float32), list(loaded.labels)
+    return _probabilities(model, inputs, device_ids)
+
+
+def _probabilities(model: Model, inputs, device_ids) -> np.ndarray:
     items = [inputs] if isinstance(inputs, Recording) else item_list(inputs)
+    devices = _device_list(device_ids, len(items))
     rows = []
     for i, item in enumerate(items):
         rec = (
@@ -308,7 +429,9 @@ def predict(model: Model, inputs: Recording | Item | Sequence[Recording | Item])
             if isinstance(item, Recording)
             else make_recording(item_name(item, i), open_wav(item, item_name(item, i)), model)
         )
-        probs = np.stack([p for _, p in predict_windows(model, rec)])
+        device = devices[i] if devices[i] is not None else rec.device
+        chosen = get_model_for_device(model, device) if device is not None else model
+        probs = np.stack([p for _, p in predict_windows(chosen, rec)])
         rows.append(rec.weights() @ probs)
     return np.asarray(rows, np.float64).reshape(len(rows), len(model.labels))
 
@@ -344,6 +467,8 @@ __all__ = [
     "clip_pieces",
     "complexity",
     "coverage_weights",
+    "device_from_filename",
+    "get_model_for_device",
     "load_inputs",
     "load_model",
     "make_recording",

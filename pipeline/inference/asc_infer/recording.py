@@ -239,6 +239,8 @@ class Recording:
       sample_rate: the model's rate (Hz).
       window_samples, hop_samples: the windowing at the model's rate.
       clip_samples: the model's clip (the piece a window is cut into); default ``window_samples``.
+      device: the recording device's ID (DCASE2025: ``a``, ``s1``, ...), or None; :func:`asc_infer.predict`
+        runs it through that device's model when the package has one.
     """
 
     name: str
@@ -249,6 +251,7 @@ class Recording:
     clip_samples: int | None = None
     _resampler: Resampler | None = field(default=None, repr=False)
     _starts: np.ndarray | None = field(default=None, repr=False)
+    device: str | None = None
 
     def __post_init__(self):
         if self.clip_samples is None:

@@ -237,6 +237,10 @@ def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: b
     }
     trained = ctx.marker("train")
     provenance = {"train_output": trained.get("output"), "train_run_id": trained.get("run_id")}
+    device_models = {
+        device: {"tflite": (out / "devices" / device / "model_int8.tflite").read_bytes(), **figures}
+        for device, figures in result.get("devices", {}).items()
+    }
     package = build_package(
         out,
         frontend_tflite=frontend_bytes,
@@ -245,6 +249,7 @@ def _ship(ctx: Context, result: dict, frontend_bytes: bytes, classifier_bytes: b
         metrics=metrics,
         complexity=cost,
         provenance=provenance,
+        device_models=device_models or None,
     )
     ctx.record.artifact(out / "package.tar.gz")
     # The MLflow model and its registry version are the register stage's (its own settings and run).

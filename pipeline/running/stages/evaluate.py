@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from evaluate import complexity, plots
+from evaluate import challenge_plots, complexity, plots
 from evaluate import metrics as dm
 from models import asc
 from pipeline.core import files
@@ -249,9 +249,14 @@ def evaluate(ctx: Context) -> dict:
         with files.atomic_path(out / "device_specific.csv") as tmp:
             pd.DataFrame([{"device": d, **r} for d, r in ds["devices"].items()]).to_csv(tmp, index=False)
         ctx.record.artifact(out / "device_specific.csv")
-        ctx.record.artifact(
-            plots.plot_general_vs_specialized(ds["devices"], out / "device_specific.png", title=f"({ctx.data_name})")
-        )
+        if any(row["n"] for row in ds["devices"].values()):
+            ctx.record.artifact(
+                challenge_plots.plot_general_vs_specialized(
+                    ds["devices"], out / "device_specific.png", title=f"({ctx.data_name})"
+                )
+            )
+        else:
+            logger.warning("evaluate: no specialized device has evaluate clips: no device_specific.png")
     ctx.record.metrics(
         {"model_params": cost["params"], "model_macs": cost["macs"], "model_int8_bytes_estimate": cost["size_bytes"]}
     )

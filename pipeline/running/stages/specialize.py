@@ -37,6 +37,8 @@ def device_changes(params: Params, device: str) -> dict[str, str]:
         "train.learning_rate": str(s.learning_rate),
         "train.min_learning_rate": str(min(params.train.min_learning_rate, s.learning_rate)),
         "distill.enabled": "false",
+        # the stage runs on the chief alone (not distributed): its fine-tuning is a one-process job
+        "train.strategy": "default",
     }
     if not s.device_augmentations:
         changes.update({f"{section}.enabled": "false" for section in DEVICE_AUGMENTATIONS})
