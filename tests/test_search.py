@@ -508,6 +508,7 @@ def test_a_shared_stage_folder_waits_for_the_process_making_it(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # long: outside the default run (docs/tests.md)
 def test_a_real_search_records_three_trials_under_one_parent(tmp_path, tiny_dataset):
     space = _write(tmp_path / "space.yaml", "train.learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
     sets = tiny_overrides(

@@ -53,6 +53,7 @@ def test_train_evaluate_and_compress_read_only_their_declared_settings(tmp_path,
     assert found == {"train": [], "evaluate": [], "compress": []}
 
 
+@pytest.mark.extended  # long: outside the default run (docs/tests.md)
 def test_the_teacher_reads_only_its_declared_settings(tmp_path, tiny_dataset):
     # the student's device augmentations on: teachers that leave them out must not read them (their key
     # leaves them out, so a change of them reuses the teachers); with device_augmentations they are read

@@ -269,6 +269,7 @@ def test_cli_bad_dataset_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # long: outside the default run (docs/tests.md)
 def test_second_all_with_new_compress_settings_reuses_training(full_run, tiny_dataset):
     workdir, params, _ = full_run
     model_mtime = (workdir / "train/model.keras").stat().st_mtime_ns
@@ -296,6 +297,7 @@ def test_mirrored_strategy_runs_as_one_replica_on_cpu(tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # long: outside the default run (docs/tests.md)
 def test_force_retrains_and_stale_inputs_are_refused(tmp_path, tiny_dataset):
     params = _params(tmp_path, tiny_dataset, **{"train.epochs": 1})
     runner.run_stages(params, tmp_path, ["prepare", "train"])
