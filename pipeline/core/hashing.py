@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,3 +31,18 @@ def file_digest(path: str | os.PathLike) -> str | None:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:DIGEST_CHARS]
+
+
+def stat_file_digest(path: str | os.PathLike) -> str | None:
+    """:func:`file_digest`, read once per (resolved path, size, modification time): a stage's key is computed
+    several times in one run (its own, a downstream stage's upstream check, the report's optional inputs)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str | None:
+    return file_digest(path)

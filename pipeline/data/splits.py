@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import ProblemsError
-from pipeline.core.hashing import file_digest
+from pipeline.core.hashing import stat_file_digest
 from pipeline.core.params import TRAIN_SUBSETS
 
 SUBSETS = TRAIN_SUBSETS
@@ -63,13 +63,7 @@ def split_facts(value: str | None, root: str | os.PathLike | None) -> dict | Non
     path = split_path(value, root or ".")
     if not path.is_file():
         return {"train_split": value, "file": f"missing: {path}"}
-    st = path.stat()
-    return {"train_split": value, "file": _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)}
-
-
-@functools.lru_cache(maxsize=16)
-def _digest(path: str, size: int, mtime_ns: int) -> str | None:
-    return file_digest(path)
+    return {"train_split": value, "file": stat_file_digest(path)}
 
 
 @functools.lru_cache(maxsize=16)

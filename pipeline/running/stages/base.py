@@ -309,6 +309,10 @@ def load_index(ctx: Context) -> tuple[pd.DataFrame, Path, str]:
     return index, Path(marker["root"]), marker["fingerprint"]
 
 
+# The student's device imitations: teachers and device models leave them out unless asked.
+DEVICE_AUGMENTATIONS = ("augment.device_response", "augment.freq_mixstyle")
+
+
 def derived_settings(settings: dict, derived: Params, changes: dict[str, str]) -> dict:
     """The stage's settings (``ctx.settings``: dotted path -> value) as a derived run uses them (a teacher
     member, a device's fine-tuning): its own values in place of the run's, for its ``params.yaml``."""

@@ -20,11 +20,18 @@ from pipeline.core import files, seeds
 from pipeline.core.config import Params
 from pipeline.core.labels import SEEN_DEVICES
 from pipeline.running import task
-from pipeline.running.stages.base import Context, PrefixedRecorder, StageError, clips, derived_settings, load_index
+from pipeline.running.stages.base import (
+    DEVICE_AUGMENTATIONS,
+    Context,
+    PrefixedRecorder,
+    StageError,
+    clips,
+    derived_settings,
+    load_index,
+)
 
 logger = logging.getLogger(__name__)
 
-DEVICE_AUGMENTATIONS = ("augment.device_response", "augment.freq_mixstyle")
 DEVICES = tuple(d.lower() for d in SEEN_DEVICES)  # fixed order: a device's seed does not depend on the list
 
 

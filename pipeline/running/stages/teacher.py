@@ -20,7 +20,6 @@ is what the augmentations are meant to preserve (Schmid et al. 2022 do the same)
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -31,12 +30,13 @@ import tensorflow as tf
 from evaluate import metrics as dm
 from pipeline.core import files, seeds
 from pipeline.core.config import Params
-from pipeline.core.hashing import file_digest
+from pipeline.core.hashing import stat_file_digest
 from pipeline.core.labels import CLASSES
 from pipeline.data import inputs
 from pipeline.data.teacher_logits import TeacherLogitsError, read_teacher_logits
 from pipeline.running import task
 from pipeline.running.stages.base import (
+    DEVICE_AUGMENTATIONS,
     Context,
     PrefixedRecorder,
     StageError,
@@ -47,10 +47,6 @@ from pipeline.running.stages.base import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-# the student's augmentations a teacher leaves out unless distill.teacher.device_augmentations
-DEVICE_AUGMENTATIONS = ("augment.device_response", "augment.freq_mixstyle")
 
 
 def member_changes(params: Params, member: int) -> dict[str, str]:
@@ -109,15 +105,7 @@ def teacher_facts(params: Params) -> dict | None:
     file = Path(path).expanduser()
     if not file.is_file():
         return {"logits": f"missing: {file}"}
-    st = file.stat()
-    return {"logits": _digest_of(str(file.resolve()), st.st_size, st.st_mtime_ns)}
-
-
-@functools.lru_cache(maxsize=8)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str | None:
-    """The file's content digest, read once per (path, size, modification time): one run computes this
-    stage's key several times (its own, its downstream's upstream check, the report's optional inputs)."""
-    return file_digest(path)
+    return {"logits": stat_file_digest(file)}
 
 
 def _store(ctx: Context, tr: pd.DataFrame, ev: pd.DataFrame, logits: np.ndarray, members, eval_logits) -> dict:
