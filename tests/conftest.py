@@ -152,3 +152,36 @@ def tiny_sweep(tmp_path_factory, tiny_dataset):
         "codes": (first, second),
         "after_first": after_first,
     }
+
+
+# Fixtures too costly to compute twice: a test that uses one runs on the same pytest-xdist worker as every other
+# test that uses it (and as the rest of its module, whose module-scoped fixtures it may share).
+SHARED_FIXTURES = ("learned_workdir", "shipped_workdir", "tiny_sweep")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2`` (setup.cfg), give every test an ``xdist_group``: the tests of one module, joined
+    with the other modules whose tests use the same costly session fixture (``SHARED_FIXTURES``). With
+    ``--dist loadgroup`` each group runs on one worker, so no fixture is built twice; the groups still spread
+    over the workers."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        find(module)
+        # a module that asks for one at run time (request.getfixturevalue) names it in SHARED_FIXTURES_USED
+        used = (*getattr(item, "fixturenames", ()), *getattr(getattr(item, "module", None), "SHARED_FIXTURES_USED", ()))
+        for name in SHARED_FIXTURES:
+            if name in used:
+                union(module, name)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(find(item.nodeid.split("::")[0])))

@@ -46,6 +46,10 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
         return json.load(resp)
 
 
+# conftest's xdist grouping: mlflow_server asks for tiny_sweep at run time
+SHARED_FIXTURES_USED = ("tiny_sweep",)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, tiny_dataset, request):
     missing = None
