@@ -1,5 +1,6 @@
 """Knowledge distillation: the loss against a hand-computed example, the teacher stage's stored logits."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -121,6 +122,30 @@ def test_teachers_leave_out_the_device_augmentations_unless_asked():
     # an imported teacher is a file read: the network, front end, augmentation and training settings are not in it
     imported = config.load(None, [*on, "distill.teacher.logits=teacher.csv"])
     assert sorted(stages.get("teacher").settings_of(imported)) == ["data", "distill.teacher", "seed"]
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "expected"),
+    [(False, None, False), (False, True, True), (True, False, False), (True, None, True)],
+)
+def test_teachers_have_their_own_specaugment_switch(student, teacher, expected):
+    """``distill.teacher.specaugment`` sets the teachers' SpecAugment++ (null: the student's), the rest of
+    SpecAugment++'s settings stay the run's, and the switch is in the teacher's key but not the student's."""
+    modes = "[shift, masks]" if student else "[shift]"  # the masks TTA mode needs the student's SpecAugment++
+    sets = ["distill.enabled=true", f"augment.specaugment.enabled={str(student).lower()}", f"augment.tta.modes={modes}"]
+    if teacher is not None:
+        sets.append(f"distill.teacher.specaugment={str(teacher).lower()}")
+    params = config.load(None, sets)
+    member = teacher_params(params, 0)
+    assert member.augment.specaugment.enabled is expected
+    assert dataclasses.replace(member.augment.specaugment, enabled=True) == dataclasses.replace(
+        params.augment.specaugment, enabled=True
+    )
+    assert params.augment.specaugment.enabled is student  # the student's own switch is untouched
+    flipped = config.load(None, [*sets, f"distill.teacher.specaugment={str(not expected).lower()}"])
+    teacher_stage = stages.get("teacher")
+    assert teacher_stage.settings_of(flipped) != teacher_stage.settings_of(params)
+    assert teacher_params(flipped, 0).augment.specaugment.enabled is (not expected)
 
 
 def test_teacher_is_skipped_without_distillation(tmp_path, tiny_dataset):

@@ -312,7 +312,12 @@ class TeacherParams:
     device_augmentations: bool = _f(
         False,
         help="teachers train with the student's device response and Freq-MixStyle augmentations (true) or "
-        "without them (false; SpecAugment++ and time shift are the student's either way)",
+        "without them (false); time shift is the student's either way",
+    )
+    specaugment: bool | None = _f(
+        None,
+        help="teachers train with SpecAugment++ (true) or without it (false); null = as the student "
+        "(augment.specaugment.enabled). A wider teacher needs a regulariser even when its small student does not",
     )
     logits: str | None = _f(
         None,

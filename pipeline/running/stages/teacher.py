@@ -2,10 +2,12 @@
 
 A teacher is the report's network made wider (``distill.teacher.channels``, ``hidden_units``),
 trained by the same recipe and code as the student (:func:`pipeline.running.task.fit`:
-same data, optimizer and checkpoints, SpecAugment++ and time shift), without the device
-augmentations unless ``distill.teacher.device_augmentations`` (issue 24: under a short budget they
-cost a teacher more than they give). ``distill.teacher.members`` teachers with seeds
-``seed + 1000 * k`` form an ensemble whose logits are averaged (CP-JKU, DCASE2022-23).
+same data, optimizer and checkpoints, time shift), without the device augmentations unless
+``distill.teacher.device_augmentations`` (issue 24: under a short budget they cost a teacher more
+than they give), and with SpecAugment++ as the student has it unless ``distill.teacher.specaugment``
+says otherwise (issue 24: a 60-epoch teacher without it over-fitted to below its student).
+``distill.teacher.members`` teachers with seeds ``seed + 1000 * k`` form an ensemble whose logits
+are averaged (CP-JKU, DCASE2022-23).
 The stored ``logits.npz`` names its classes, so it is itself an importable teacher
 (``distill.teacher.logits``) for other runs.
 
@@ -61,6 +63,10 @@ def member_changes(params: Params, member: int) -> dict[str, str]:
     }
     if not t.device_augmentations:
         changes.update({f"{section}.enabled": "false" for section in DEVICE_AUGMENTATIONS})
+    if t.specaugment is not None:
+        changes["augment.specaugment.enabled"] = str(t.specaugment).lower()
+        if not t.specaugment:  # a teacher runs no TTA, and the masks mode would need SpecAugment++
+            changes["augment.tta.enabled"] = "false"
     return changes
 
 
