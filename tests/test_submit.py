@@ -98,3 +98,36 @@ def test_bad_inputs_are_named(evaluated, tmp_path, capsys):
     (tmp_path / "evaluation_setup/fold1_test.csv").write_text("filename\naudio/missing.wav\n")
     assert main([str(workdir), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "1 listed file(s) do not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failed_package_copy_leaves_no_results_file_and_no_half_folder(
+    evaluated, tiny_dataset, tmp_path, monkeypatch, capsys
+):
+    """A copy that fails part-way (a full disk) leaves neither a results file nor a half package; the next
+    run completes the folder."""
+    import pipeline.inference.submit as submit_module
+
+    out, label = tmp_path / "submission", "Doe_TST_task1_2"
+    args = [str(evaluated), "--data", str(tiny_dataset), "--out", str(out), "--label", label, "--no-progress"]
+    assert main(args) == 0
+    real_copytree = shutil.copytree
+
+    def full_disk(src, dst, *a, **k):
+        if str(src).endswith(".tflite"):
+            raise OSError(28, "No space left on device")
+        return shutil.copy2(src, dst, *a, **k)
+
+    def failing_copytree(src, dst, *args, **kwargs):  # a nested folder's call passes copy_function on itself
+        if args:
+            return real_copytree(src, dst, *args, **kwargs)
+        return real_copytree(src, dst, copy_function=full_disk, **kwargs)
+
+    monkeypatch.setattr(submit_module.shutil, "copytree", failing_copytree)
+    assert main(args) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (out / f"{label}.output.csv").exists()  # the earlier results file went first
+    assert sorted(p.name for p in out.iterdir()) == [label, f"{label}.meta.yaml"]  # no staged folder left
+    assert (out / label / "asc_infer" / "model" / "model_int8.tflite").is_file()  # the earlier package, whole
+    monkeypatch.setattr(submit_module.shutil, "copytree", real_copytree)
+    assert main(args) == 0 and (out / f"{label}.output.csv").is_file()

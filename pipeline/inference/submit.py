@@ -19,6 +19,9 @@ device model) and writes, under ``--out``:
   fields only people know (authors, affiliation) marked ``FILL IN``;
 - ``<label>/``: the inference package.
 
+The results file is written last (after the package and the meta YAML, each put in place whole), and an
+earlier one is removed first: a run that fails part-way leaves no results file beside a wrong package.
+
 Device IDs come from a ``device_id`` (DCASE2025 evaluation lists) or ``source_label`` column, else from
 the TAU file-name suffix (``...-s1.wav``); a file without one uses the general model.
 """
@@ -28,9 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -202,14 +207,28 @@ def submit(workdir: Path, eval_dir: Path, out: Path, label: str, tracking_uri: s
     table = results_frame(listed, probs, model.labels)
     out.mkdir(parents=True, exist_ok=True)
     results = out / f"{label}.output.csv"
+    # The results file is written last, so its presence means a complete folder: an earlier one goes first,
+    # the package is copied beside its place and renamed onto it, then the meta YAML, then the results.
+    results.unlink(missing_ok=True)
+    _replace_folder(Path(package), out / label)
+    files.write_text(out / f"{label}.meta.yaml", yaml.safe_dump(meta(label, Path(workdir), model), sort_keys=False))
     with files.atomic_path(results) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
-    files.write_text(out / f"{label}.meta.yaml", yaml.safe_dump(meta(label, Path(workdir), model), sort_keys=False))
-    target = out / label
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(package, target)
     return results
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Copy ``source`` to a temporary folder next to ``target``, then put it in ``target``'s place: a copy
+    that fails (a full disk) leaves no half folder under ``target``'s name."""
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copytree(source, staged, dirs_exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,5 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, asc_infer.InputError) as e:
         sys.stderr.write(f"submit: {e}\n")
         return 2 if isinstance(e, UsageError) else 1
+    except OSError as e:  # a full disk, a folder without write permission: nothing is left half-written
+        sys.stderr.write(f"submit: {e}\n")
+        return 1
     sys.stdout.write(f"wrote {path}, {args.out / (args.label + '.meta.yaml')} and {args.out / args.label}/\n")
     return 0
