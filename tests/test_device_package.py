@@ -133,3 +133,33 @@ def test_predict_cli_takes_the_device_from_the_list_the_option_or_the_file_name(
     bad = tmp_path / "bad.csv"
     bad.write_text("path\nx.wav\n")
     assert predict.main(["--list", str(bad), "--model", str(package), "--output", str(tmp_path / "x.csv")]) == 2
+
+
+def test_the_served_model_routes_each_row_by_its_device_column(package, clips):
+    """The pyfunc model (``serving.PackageModel``) takes an optional ``device`` column: a row whose device has
+    its own model runs through it (IDs in any case), any other (unknown, null, NaN, blank) through the general
+    model; the answer's ``model`` column says which."""
+    import types
+
+    import pandas as pd
+
+    from pipeline.inference import serving
+
+    served = serving.PackageModel()
+    served.load_context(types.SimpleNamespace(artifacts={serving.PACKAGE_ARTIFACT: str(package)}))
+    audio = [Path(clips[k % 3]).read_bytes() for k in range(6)]
+    devices = ["S1", None, "s4", float("nan"), " ", "a"]
+    got = served.predict(None, pd.DataFrame({"audio": audio, "device": devices}))
+    assert got["model"].tolist() == ["s1", "general", "general", "general", "general", "a"]
+    assert got["error"].tolist() == [""] * 6
+    model = asc_infer.load_model(package)
+    general = asc_infer.predict(model, [clips[k % 3] for k in range(6)])
+    labels = list(model.labels)
+    assert got["scene"][0] == labels[ALWAYS] and got[labels].to_numpy()[0].argmax() == ALWAYS
+    # the rows without a device model of their own, and device a (the general classifier itself), equal the
+    # general model's answer
+    np.testing.assert_allclose(got[labels].to_numpy()[1:], general[1:], rtol=0, atol=1e-9)
+    # without the column every row is the general model's
+    plain = served.predict(None, pd.DataFrame({"audio": audio}))
+    assert plain["model"].tolist() == ["general"] * 6
+    np.testing.assert_allclose(plain[labels].to_numpy(), general, rtol=0, atol=1e-9)

@@ -176,13 +176,15 @@ def runtime_model(store):
 def test_pyfunc_in_process_equals_runtime_api(pyfunc, runtime_model):
     model = runtime_model
     clips = _clips()
-    assert pyfunc.metadata.get_input_schema().input_names() == ["audio"]
-    assert pyfunc.metadata.get_output_schema().input_names() == ["scene", *model.labels, "windows", "error"]
+    assert pyfunc.metadata.get_input_schema().input_names() == ["audio", "device"]
+    assert pyfunc.metadata.get_input_schema().required_input_names() == ["audio"]
+    assert pyfunc.metadata.get_output_schema().input_names() == ["scene", *model.labels, "windows", "model", "error"]
     got = pyfunc.predict(pd.DataFrame({"audio": clips}))
 
     recordings = asc_infer.load_inputs(clips, model)
     want = asc_infer.predict(model, recordings)
-    assert list(got.columns) == ["scene", *model.labels, "windows", "error"]
+    assert list(got.columns) == ["scene", *model.labels, "windows", "model", "error"]
+    assert got["model"].tolist() == ["general"] * 3  # no device models in this package
     np.testing.assert_allclose(got[model.labels].to_numpy(), want, rtol=0, atol=SAME_CODE_ATOL)
     np.testing.assert_allclose(got[model.labels].to_numpy().sum(axis=1), 1.0, atol=1e-9)
     assert got["scene"].tolist() == [model.labels[i] for i in want.argmax(axis=1)]
@@ -207,7 +209,7 @@ def test_one_bad_file_fails_its_row_only(pyfunc, runtime_model, bad):
     data, words = BAD_FILES[bad]
     good = _clips()
     got = pyfunc.predict(pd.DataFrame({"audio": [good[0], data, good[2]]}))
-    assert len(got) == 3 and list(got.columns) == ["scene", *labels, "windows", "error"]
+    assert len(got) == 3 and list(got.columns) == ["scene", *labels, "windows", "model", "error"]
     reason = _reason(runtime_model, data)
     assert words in reason
     _assert_failed_row(got.iloc[1], labels, reason)
@@ -384,7 +386,7 @@ def test_mlflow_models_serve_answers_like_the_pyfunc(served, pyfunc):
     split = _post(url, {"dataframe_split": {"columns": ["audio"], "data": [[e] for e in encoded]}})["predictions"]
     records = _post(url, {"dataframe_records": [{"audio": e} for e in encoded]})["predictions"]
     lines = _post(url, {"dataframe_records": [{"audio": base64.encodebytes(c).decode()} for c in clips]})["predictions"]
-    labels = [c for c in expected.columns if c not in ("scene", "windows", "error")]
+    labels = [c for c in expected.columns if c not in ("scene", "windows", "model", "error")]
     for answer in (split, records, lines):
         served_frame = pd.DataFrame(answer)
         assert list(served_frame.columns) == list(expected.columns)
@@ -394,6 +396,16 @@ def test_mlflow_models_serve_answers_like_the_pyfunc(served, pyfunc):
         assert served_frame["scene"].tolist() == expected["scene"].tolist()
         assert served_frame["windows"].tolist() == expected["windows"].tolist() == [2, 1]
         assert served_frame["error"].tolist() == ["", ""]
+    # the optional device column (DCASE2025): null, a number or an ID this package has no model for is the
+    # general model's, not a failed request
+    devices = _post(
+        url, {"dataframe_split": {"columns": ["audio", "device"], "data": [[encoded[0], "A"], [encoded[1], None]]}}
+    )["predictions"]
+    served_frame = pd.DataFrame(devices)
+    assert served_frame["model"].tolist() == ["general", "general"] and served_frame["error"].tolist() == ["", ""]
+    np.testing.assert_allclose(
+        served_frame[labels].to_numpy(float), expected[labels].to_numpy(), rtol=0, atol=JSON_ATOL
+    )
 
 
 def _assert_no_server_detail(body: str, *folders) -> None:
@@ -424,7 +436,7 @@ def test_mlflow_models_serve_answers_bad_rows_with_their_reason(served, pyfunc, 
     body = _post_text(url, {"dataframe_split": {"columns": ["audio"], "data": [[r] for r in rows]}})
     _assert_no_server_detail(body, home, workdir)
     got = pd.DataFrame(json.loads(body)["predictions"])
-    assert len(got) == len(rows) and list(got.columns) == ["scene", *labels, "windows", "error"]
+    assert len(got) == len(rows) and list(got.columns) == ["scene", *labels, "windows", "model", "error"]
     for row, clip in ((0, good[0]), (2, good[2])):
         _assert_same_row(got.iloc[row], pyfunc.predict(pd.DataFrame({"audio": [clip]})).iloc[0], labels, JSON_ATOL)
     for row, data in ((1, garbage), (3, truncated), (4, b"not a wav"), (5, loud)):

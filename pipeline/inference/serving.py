@@ -15,7 +15,11 @@ base64-encoded (standard alphabet; line breaks allowed)::
 
     {"dataframe_split": {"columns": ["audio"], "data": [["UklGR..."], ["UklGR..."]]}}
 
-or ``{"dataframe_records": [{"audio": "UklGR..."}, ...]}``. In process, ``PyFuncModel.predict``
+or ``{"dataframe_records": [{"audio": "UklGR..."}, ...]}``. An optional column ``device`` names each
+file's recording device (a DCASE device ID: ``a``, ``s1``, ...; case-insensitive): with DCASE2025
+device-specific models in the package, that file runs through its device's model; an unknown device, an
+empty value or ``null`` uses the general model (``{"columns": ["audio", "device"], "data": [["UklGR...",
+"a"]]}``). In process, ``PyFuncModel.predict``
 takes the bytes themselves (or the same base64 text). The column's MLflow type is ``any``, not
 ``binary``: MLflow decodes a ``binary`` column for the whole request before the model sees it, so one
 value that is not base64 (a number, ``null``, bad padding) would fail every row; this model decodes
@@ -23,7 +27,8 @@ each row itself. A value is never taken as a path on the server.
 
 The answer holds one record per file, in request order: ``scene`` (the predicted class), one
 probability column per class (named by class, the weighted mean over the file's windows),
-``windows`` (how many windows were scored) and ``error``. Files are read and predicted one at a
+``windows`` (how many windows were scored), ``model`` (the device whose own model scored the file, or
+``general``) and ``error``. Files are read and predicted one at a
 time, so a bad file spoils only its own row: ``error`` is ``""`` for a predicted row; a failed row
 has ``error`` set, ``scene`` ``""``, NaN probabilities (``NaN`` in the JSON answer) and ``windows``
 0. The error is the WAV reader's reason (``asc_infer.InputError.reason``: "not a RIFF/WAVE file
@@ -65,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_ARTIFACT = "package"  # the artifact key (and folder) holding the package
 AUDIO_COLUMN = "audio"
+DEVICE_COLUMN = "device"  # optional: each file's device ID, for DCASE2025 device-specific models
+GENERAL = "general"  # the answer's ``model`` for a file scored by the general model
 MODEL_NAME = "model"  # the logged model's name inside its run (``runs:/RUN_ID/model``)
 MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
 
@@ -107,13 +114,13 @@ def _model_dir(package_dir: Path) -> Path:
     return Path(package_dir) / "asc_infer" / "model"
 
 
-OUTPUT_COLUMNS = ("scene", "windows", "error")  # besides one probability column per class
+OUTPUT_COLUMNS = ("scene", "windows", "model", "error")  # besides one probability column per class
 # an absolute POSIX path (not a relative one like "RIFF/WAVE" or "a/b"), a Windows path, for the row errors
 _PATH = re.compile(r"(?<![\w.])/(?:[\w.@+~-]+/)*[\w.@+~-]+|\b[A-Za-z]:\\[^\s'\"]*")
 
 
 def output_columns(labels) -> list[str]:
-    """The answer's columns: ``scene``, one per class (in ``labels`` order), ``windows``, ``error``.
+    """The answer's columns: ``scene``, one per class (in ``labels`` order), ``windows``, ``model``, ``error``.
 
     Raises:
       PackageError: a class is named like another column, or two classes share a name.
@@ -124,7 +131,7 @@ def output_columns(labels) -> list[str]:
         raise PackageError(
             f"class name(s) {clash} clash with the answer's columns {list(OUTPUT_COLUMNS)} or with each other"
         )
-    return ["scene", *labels, "windows", "error"]
+    return ["scene", *labels, "windows", "model", "error"]
 
 
 def _without_paths(text: str) -> str:
@@ -175,7 +182,16 @@ def audio_bytes(value) -> bytes:
     raise ValueNotAudio(f"holds {shown}, not an audio file (bytes; in JSON a base64-encoded string)")
 
 
-def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
+def device_id(value) -> str | None:
+    """A request's ``device`` value as a device ID: None for a missing one (``None``, NaN, blank), else the
+    text stripped and in lower case."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().lower()
+    return text or None
+
+
+def predict_frame(runtime, model, audio: list, devices: list | None = None) -> pd.DataFrame:
     """Probabilities for whole audio files, as the served model answers: each file on its own.
 
     A file that cannot be read or predicted fails its row only (see the module doc): ``error``
@@ -185,10 +201,13 @@ def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
       runtime: the package's ``asc_infer`` module.
       model: ``runtime.load_model(...)``.
       audio: one item per file: the bytes of a whole WAV file, or that file base64-encoded as text.
+      devices: None, or one device ID per file (:func:`device_id`: None, NaN or blank for none): a file
+        whose device has its own model in the package runs through it, any other through the general one.
 
     Returns:
       ``[n]`` rows, in order: ``scene`` (str), one float64 column per class in ``model.labels``
-      order, ``windows`` (int64), ``error`` (str, ``""`` when the row was predicted).
+      order, ``windows`` (int64), ``model`` (str: the device ID whose model scored the file, or
+      ``general``), ``error`` (str, ``""`` when the row was predicted).
 
     Raises:
       PackageError: the model's class names clash with the answer's columns.
@@ -196,12 +215,17 @@ def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
     columns = output_columns(model.labels)
     n, classes = len(audio), len(model.labels)
     probs = np.full((n, classes), np.nan)
-    scenes, windows, errors = [""] * n, np.zeros(n, np.int64), [""] * n
+    scenes, windows, errors, used = [""] * n, np.zeros(n, np.int64), [""] * n, [GENERAL] * n
+    if devices is not None and len(devices) != n:
+        raise ValueError(f"{len(devices)} device value(s) for {n} file(s)")
     input_error = getattr(runtime, "InputError", ())
     for i, value in enumerate(audio):
         try:
-            recordings = runtime.load_inputs([audio_bytes(value)], model)  # reads the header only
-            row = np.asarray(runtime.predict(model, recordings), dtype=np.float64)  # streams the windows
+            device = None if devices is None else device_id(devices[i])
+            scorer = model.for_device(device) if device is not None and hasattr(model, "for_device") else model
+            used[i] = getattr(scorer, "device", None) or GENERAL
+            recordings = runtime.load_inputs([audio_bytes(value)], scorer)  # reads the header only
+            row = np.asarray(runtime.predict(scorer, recordings), dtype=np.float64)  # streams the windows
             if row.shape != (1, classes):
                 raise RuntimeError(
                     f"the runtime returned probabilities of shape {row.shape} for 1 file and {classes} classes"
@@ -218,6 +242,7 @@ def predict_frame(runtime, model, audio: list) -> pd.DataFrame:
     frame = pd.DataFrame(probs, columns=list(model.labels))
     frame.insert(0, "scene", pd.Series(scenes, dtype=object))
     frame["windows"] = windows
+    frame["model"] = pd.Series(used, dtype=object)
     frame["error"] = pd.Series(errors, dtype=object)
     return frame[columns]
 
@@ -235,8 +260,8 @@ class PackageModel(mlflow.pyfunc.PythonModel):
 
         Args:
           context: unused (the package is loaded by :meth:`load_context`).
-          model_input: a DataFrame with a column ``audio`` (bytes of whole files, or base64 text),
-            or a list of such values.
+          model_input: a DataFrame with a column ``audio`` (bytes of whole files, or base64 text) and
+            optionally ``device`` (each file's device ID), or a list of ``audio`` values.
           params: unused.
 
         Returns:
@@ -253,6 +278,8 @@ class PackageModel(mlflow.pyfunc.PythonModel):
                     "whole WAV files"
                 )
             values = model_input[AUDIO_COLUMN].tolist()
+            devices = model_input[DEVICE_COLUMN].tolist() if DEVICE_COLUMN in model_input.columns else None
+            return predict_frame(self.runtime, self.model, values, devices)
         elif isinstance(model_input, (list, tuple)):
             values = list(model_input)
         else:
@@ -300,8 +327,9 @@ def signature(labels) -> mlflow.models.ModelSignature:
     """The model's signature.
 
     Input: ``audio`` (MLflow type ``any``: bytes in process, base64 text in JSON; each row is
-    decoded by the model, see the module doc). Output: ``scene`` (string), one double per class,
-    ``windows`` (long), ``error`` (string, ``""`` for a predicted row).
+    decoded by the model, see the module doc) and the optional ``device`` (type ``any``; see
+    :func:`device_id`). Output: ``scene`` (string), one double per class, ``windows`` (long), ``model``
+    (string), ``error`` (string, ``""`` for a predicted row).
 
     Raises:
       PackageError: a class is named like another output column.
@@ -310,9 +338,11 @@ def signature(labels) -> mlflow.models.ModelSignature:
     from mlflow.types.schema import AnyType
 
     names = output_columns(labels)
-    types = {"scene": "string", "windows": "long", "error": "string"}
+    types = {"scene": "string", "windows": "long", "model": "string", "error": "string"}
     outputs = [ColSpec(types.get(name, "double"), name) for name in names]
-    return mlflow.models.ModelSignature(inputs=Schema([ColSpec(AnyType(), AUDIO_COLUMN)]), outputs=Schema(outputs))
+    # ``device`` is typed ``any`` too: a null or a number is the general model's, not a failed request
+    inputs = Schema([ColSpec(AnyType(), AUDIO_COLUMN), ColSpec(AnyType(), DEVICE_COLUMN, required=False)])
+    return mlflow.models.ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
 # --------------------------------------------------------------------------- log, register, fetch
