@@ -108,6 +108,7 @@ GROUPS = {
         "pipeline.scaling.search",  # the CLI hands --search/--trials over
         "pipeline.inference.package",  # the compress stage builds the package
         "pipeline.inference.serving",
+        "pipeline.inference.registry",
     ),  # tracking registers the served model
     "pipeline.scaling": ("pipeline.core", "pipeline.scaling", "pipeline.running", "evaluate"),
     "pipeline.inference": (

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from pipeline.core import config
-from pipeline.inference import serving
+from pipeline.inference import registry as model_registry
 from pipeline.running import runner
 from pipeline.running import stages as registry
 from pipeline.running.stages.base import Context, MemoryRecorder, StageError
@@ -96,7 +96,7 @@ def test_empty_name_logs_the_pyfunc_without_registering(copy, tmp_path):
     written = json.loads((workdir / "register" / "registered.json").read_text())
     assert written["registered_model"] is None and written["version"] is None
     assert written["model_uri"] == f"runs:/{_marker(workdir / 'register')['run_id']}/model"
-    fetched = serving.package_from_registry(written["model_uri"], uri, dst=tmp_path / "fetched")
+    fetched = model_registry.package_from_registry(written["model_uri"], uri, dst=tmp_path / "fetched")
     source = workdir / "compress" / "package" / "asc_infer" / "model" / "model_int8.tflite"
     assert (fetched / "asc_infer" / "model" / "model_int8.tflite").read_bytes() == source.read_bytes()
 

@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from pipeline.inference import asc_infer, serving
+from pipeline.inference import registry as model_registry
 from pipeline.running import stages as registry
 from pipeline.running.stages.base import MemoryRecorder, PrefixedRecorder
 from pipeline.scaling.launch import free_ports
@@ -486,7 +487,7 @@ def test_package_from_registry_round_trips(store, tmp_path):
     version = shipped_version(client, params, workdir)
     run_id = client.get_model_version(name, version).run_id
     for i, uri in enumerate([f"models:/{name}/{version}", f"runs:/{run_id}/model"]):
-        folder = serving.package_from_registry(uri, params.tracking.uri, dst=tmp_path / str(i))
+        folder = model_registry.package_from_registry(uri, params.tracking.uri, dst=tmp_path / str(i))
         shipped = sorted(
             p.relative_to(source) for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
         )
@@ -511,13 +512,13 @@ def test_missing_model_uri_is_a_clear_error(store, uri, tmp_path, monkeypatch):
     _, params, _ = store
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(serving.PackageError, match=f"model '{uri}' not found in the MLflow store"):
-        serving.package_from_registry(uri, params.tracking.uri)
+        model_registry.package_from_registry(uri, params.tracking.uri)
     assert list(tmp_path.iterdir()) == []  # its temporary download folder is gone
 
 
 def test_not_a_model_uri(tmp_path):
     with pytest.raises(serving.PackageError, match="'work/compress' is not a model URI"):
-        serving.package_from_registry("work/compress", dst=tmp_path)
+        model_registry.package_from_registry("work/compress", dst=tmp_path)
 
 
 def test_second_compress_run_registers_the_next_version(shipped_workdir, tmp_path):
@@ -553,7 +554,7 @@ def test_second_compress_run_registers_the_next_version(shipped_workdir, tmp_pat
         metrics["int8"]["overall"]["macro_accuracy"], abs=5e-5
     )
     client.set_registered_model_alias(name, "champion", str(new))
-    folder = serving.package_from_registry(f"models:/{name}@champion", tracking.uri, dst=tmp_path / "fetched")
+    folder = model_registry.package_from_registry(f"models:/{name}@champion", tracking.uri, dst=tmp_path / "fetched")
     assert (folder / "asc_infer" / "model" / "model_int8.tflite").read_bytes() == (
         copy / "compress" / "package" / "asc_infer" / "model" / "model_int8.tflite"
     ).read_bytes()
@@ -571,7 +572,7 @@ def test_empty_registered_model_logs_without_registering(shipped_workdir, tmp_pa
     mlflow.set_tracking_uri(uri)
     try:
         assert (
-            serving.log_package(
+            model_registry.log_package(
                 workdir / "compress" / "package", run_id=run.info.run_id, registered_model="", tags={"config": "tiny"}
             )
             is None

@@ -113,7 +113,7 @@ def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Pat
 
     ``spec``: a workdir (``compress/package`` for int8, ``train/model.keras`` for float), a package
     folder, a model folder (holding ``model.json``), a ``.keras`` file (float) or
-    ``models:/NAME/VERSION`` (int8; downloaded with :func:`pipeline.inference.serving.package_from_registry`
+    ``models:/NAME/VERSION`` (int8; downloaded with :func:`pipeline.inference.registry.package_from_registry`
     into ``scratch``, or a new temporary folder when ``None``). A workdir's package made from
     another training run than its ``train/`` is refused unless ``engine`` is given
     (:func:`check_fresh`).
@@ -125,10 +125,10 @@ def resolve_model(spec: str, engine: str | None, tracking_uri: str, scratch: Pat
         if engine == "float":
             raise UsageError(f"--model {spec}: a registered model is the int8 package; use --engine int8")
         check_store(tracking_uri)
-        from pipeline.inference import serving
+        from pipeline.inference import registry
 
         try:
-            return "int8", serving.package_from_registry(spec, tracking_uri, scratch)
+            return "int8", registry.package_from_registry(spec, tracking_uri, scratch)
         except Exception as exc:  # the registry's own errors (no such model, unreachable store)
             raise UsageError(f"--model {spec}: {exc}") from exc
     path = Path(spec)

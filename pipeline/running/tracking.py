@@ -220,10 +220,10 @@ class MlflowRecorder(Recorder):
           RuntimeError: logging or registering failed (the message names the package and the model name).
         """
         super().package(path, tags)
-        from pipeline.inference import serving
+        from pipeline.inference import registry, serving
 
         try:
-            version = serving.log_package(
+            version = registry.log_package(
                 Path(path), run_id=self.run_id, registered_model=self.registered_model, tags=tags
             )
         except Exception as exc:
