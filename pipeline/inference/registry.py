@@ -77,8 +77,9 @@ def _description(model, tags: Mapping[str, str], run_id: str) -> str:
     if shown:
         parts.append("Tags: " + ", ".join(shown) + ".")
     parts.append(
-        "Input: a column 'audio' of whole WAV files (bytes; base64 in JSON). Output: 'scene', one "
-        "probability per class, 'windows', 'error' (empty, or why that file failed: its row only)."
+        "Input: a column 'audio' of whole WAV files (bytes; base64 in JSON) and optionally 'device' (each "
+        "file's device ID). Output: 'scene', one probability per class, 'windows', 'model' (the device model "
+        "that scored the file, or 'general'), 'error' (empty, or why that file failed: its row only)."
     )
     return " ".join(parts)
 

@@ -273,15 +273,14 @@ class PackageModel(mlflow.pyfunc.PythonModel):
                 )
             values = model_input[AUDIO_COLUMN].tolist()
             devices = model_input[DEVICE_COLUMN].tolist() if DEVICE_COLUMN in model_input.columns else None
-            return predict_frame(self.runtime, self.model, values, devices)
         elif isinstance(model_input, (list, tuple)):
-            values = list(model_input)
+            values, devices = list(model_input), None
         else:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"expected a DataFrame with a column '{AUDIO_COLUMN}' (or a list of files), got "
                 f"{type(model_input).__name__}"
             )
-        return predict_frame(self.runtime, self.model, values)
+        return predict_frame(self.runtime, self.model, values, devices)
 
 
 # --------------------------------------------------------------------------- example input, signature
