@@ -162,6 +162,26 @@ def test_sigterm_unwinds_like_ctrl_c_and_removes_temporary_files(tmp_path):
         time.sleep(5)  # the handler raises before this ends
     assert not target.exists() and list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+    assert preflight.received_signal() == signal.SIGTERM  # remembered, for an error TF raises in its place
+    with preflight.terminate_as_interrupt():
+        assert preflight.received_signal() is None  # each block starts afresh
+
+
+def test_an_error_after_sigterm_exits_as_terminated(monkeypatch, capsys, tmp_path):
+    """TF may swallow Terminated inside a collective and raise its own error: the CLI still exits 143."""
+    from pipeline.running import cli, preflight, runner
+
+    def fails_after_sigterm(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except preflight.Terminated:
+            raise RuntimeError("MISMATCH of original and normalized active exception types") from None
+
+    monkeypatch.setattr(runner, "run_stages", fails_after_sigterm)
+    args = ["--stage", "train", "--workdir", str(tmp_path / "w"), "--set", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    assert cli.main(args) == 143
+    assert capsys.readouterr().err.startswith("terminated by signal SIGTERM (the stage then failed with RuntimeError)")
 
 
 # ----------------------------------------------------------------------------- the dataset: paths, splits, samples

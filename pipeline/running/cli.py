@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         logger.debug("traceback", exc_info=True)
+        if (signum := preflight.received_signal()) is not None:  # TF replaced Terminated by its own error
+            name = signal.Signals(signum).name
+            print(f"terminated by signal {name} (the stage then failed with {type(exc).__name__})", file=sys.stderr)
+            return 128 + signum
         print(
             f"error: stage failed with {type(exc).__name__}: {exc}\n"
             "The traceback is logged as error.txt in the stage's MLflow run "

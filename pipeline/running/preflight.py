@@ -37,12 +37,26 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_RECEIVED: list[int] = []
+
+
+def received_signal() -> int | None:
+    """The SIGTERM that arrived in the last :func:`terminate_as_interrupt` block, or None.
+
+    TensorFlow can swallow :class:`Terminated` raised inside one of its calls and raise another error in
+    its place (a collective aborted by the other worker's exit); the CLI asks this to still exit as terminated.
+    """
+    return _RECEIVED[-1] if _RECEIVED else None
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread (then the default again)."""
+    _RECEIVED.clear()
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process at once
+        _RECEIVED.append(signum)
         raise Terminated(signum)
 
     try:
