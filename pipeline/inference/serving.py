@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib.metadata
 import importlib.util
 import io
 import logging
